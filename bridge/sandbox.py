@@ -1,0 +1,236 @@
+"""`textback sandbox`: every emulator, the bridge and a worker on 127.0.0.1, wired together."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import requests
+import yaml
+
+from core import config as config_mod
+from core.errors import ConfigError
+
+ACCOUNT_SID = "AC" + "5a" * 16
+AUTH_TOKEN = "sandbox-auth-token-0123456789abcdef"  # noqa: S105 - the emulator's, public by design
+
+BUSINESS = {
+    "id": "bright-spark",
+    "name": "Bright Spark Electric",
+    "timezone": "America/Chicago",
+    "numbers": ["+13125550100"],
+    "staff_phones": ["+13125550111"],
+    "mode": "ring_through",
+    "ring_timeout": 20,
+    "hours": {
+        "mon": ["08:00-17:00"],
+        "tue": ["08:00-17:00"],
+        "wed": ["08:00-17:00"],
+        "thu": ["08:00-17:00"],
+        "fri": ["08:00-17:00"],
+        "sat": ["09:00-13:00"],
+    },
+    "holidays": ["2026-12-25", "2027-01-01"],
+    "booking_link": "https://book.example.com/bright-spark",
+    "policy": {
+        "min_ring_seconds": 4,
+        "cooldown_hours": 12,
+        "sending_window": {"start": "08:00", "end": "21:00"},
+    },
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def default_config(directory: Path) -> dict[str, Any]:
+    bridge_port, twilio_port = free_port(), free_port()
+    return {
+        "database_url": f"sqlite:///{(directory / 'textback.db').resolve()}",
+        "public_url": f"http://127.0.0.1:{bridge_port}",
+        "twilio": {
+            "account_sid": ACCOUNT_SID,
+            "auth_token": AUTH_TOKEN,
+            "api_base_url": f"http://127.0.0.1:{twilio_port}",
+            "timeout_seconds": 5,
+        },
+        "worker": {"poll_interval": 0.05, "lease_seconds": 30},
+        "logging": {"level": "INFO"},
+        "businesses": [BUSINESS],
+    }
+
+
+def _port(url: str | None, what: str, source: str) -> int:
+    if not url or url.count(":") < 2:
+        raise ConfigError(f"the sandbox needs {what} as http://127.0.0.1:PORT", source=source)
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+class Sandbox:
+    """Starts and stops the sandbox's processes. Use as a context manager."""
+
+    def __init__(self, directory: str | Path, config_path: str | None = None, quiet: bool = False) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.dir / "textback.yaml"
+        if config_path:
+            raw = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
+            if Path(config_path).resolve() != self.config_path.resolve():
+                self.config_path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+        else:
+            self.config_path.write_text(
+                yaml.safe_dump(default_config(self.dir), sort_keys=False), encoding="utf-8"
+            )
+        self.config = config_mod.load(str(self.config_path))
+        self.quiet = quiet
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.log_dir = self.dir / "logs"
+        self.log_dir.mkdir(exist_ok=True)
+        self.bridge_url = self.config.public_url or ""
+        self.emulators = {"twilio": self.config.twilio.api_base_url or ""}
+
+    def _spawn(self, name: str, *args: str) -> None:
+        log = open(self.log_dir / f"{name}.log", "ab")
+        env = dict(os.environ)
+        env.pop("TEXTBACK_CONFIG", None)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge.cli", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(self.dir),
+        )
+        self.procs.append(proc)
+
+    def start(self, timeout: float = 30.0) -> None:
+        cfg = self.config
+        src = str(self.config_path)
+        bridge_port = _port(cfg.public_url, "public_url", src)
+        twilio_port = _port(cfg.twilio.api_base_url, "twilio.api_base_url", src)
+        subprocess.run(
+            [sys.executable, "-m", "bridge.cli", "db", "upgrade", "--config", src],
+            check=True,
+            capture_output=True,
+            cwd=str(self.dir),
+        )
+        self._spawn(
+            "twilio-emulator",
+            "emulator",
+            "twilio",
+            "--port",
+            str(twilio_port),
+            "--account-sid",
+            cfg.twilio.account_sid or ACCOUNT_SID,
+            "--auth-token",
+            cfg.twilio.auth_token or AUTH_TOKEN,
+            "--bridge-url",
+            self.bridge_url,
+        )
+        self._spawn(
+            "bridge",
+            "serve",
+            "--config",
+            src,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(bridge_port),
+            "--workers",
+            "1",
+            "--threads",
+            "8",
+        )
+        self._spawn("worker", "worker", "--config", src)
+        self._wait_until_up(timeout)
+        self.write_manifest()
+
+    def _wait_until_up(self, timeout: float) -> None:
+        checks = [f"{self.bridge_url}/healthz", f"{self.emulators['twilio']}/_emulator/health"]
+        deadline = time.monotonic() + timeout
+        pending = list(checks)
+        while pending and time.monotonic() < deadline:
+            for proc in self.procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"a sandbox process exited early; see the logs in {self.log_dir}")
+            url = pending[0]
+            try:
+                if requests.get(url, timeout=1).status_code == 200:
+                    pending.pop(0)
+                    continue
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        if pending:
+            raise RuntimeError(
+                f"the sandbox did not come up in {timeout:.0f}s ({pending[0]}); logs in {self.log_dir}"
+            )
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "bridge_url": self.bridge_url,
+            "emulators": dict(self.emulators),
+            "twilio": {
+                "account_sid": self.config.twilio.account_sid,
+                "auth_token": self.config.twilio.auth_token,
+            },
+            "businesses": [
+                {"id": b.id, "name": b.name, "numbers": list(b.numbers), "staff_phones": list(b.staff_phones)}
+                for b in self.config.businesses
+            ],
+        }
+
+    def write_manifest(self) -> None:
+        (self.dir / "sandbox.json").write_text(json.dumps(self.manifest(), indent=2), encoding="utf-8")
+
+    def guide(self) -> str:
+        b = self.config.businesses[0]
+        twilio = self.emulators["twilio"]
+        return "\n".join(
+            [
+                "textback sandbox is running (Ctrl-C stops everything).",
+                f"  bridge:           {self.bridge_url}   (health: {self.bridge_url}/healthz)",
+                f"  Twilio emulator:  {twilio}",
+                f"  config:           {self.config_path}",
+                f"  details:          {self.dir / 'sandbox.json'}",
+                "",
+                f"Try a missed call to {b.name}:",
+                f"  curl -s -X POST {twilio}/_emulator/calls -H 'Content-Type: application/json' \\",
+                f'       -d \'{{"from": "+13125550142", "to": "{b.numbers[0]}", "outcome": "no-answer"}}\'',
+                f"  curl -s {twilio}/_emulator/state            # the text the caller got",
+                f"  textback leads list --config {self.config_path}",
+            ]
+        )
+
+    def wait(self) -> None:
+        while all(p.poll() is None for p in self.procs):
+            time.sleep(0.5)
+        raise RuntimeError(f"a sandbox process stopped; see the logs in {self.log_dir}")
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.procs.clear()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

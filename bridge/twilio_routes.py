@@ -1,0 +1,422 @@
+"""Twilio webhooks under ``/twilio/``: verify, parse, one transaction, answer with TwiML.
+
+No vendor call ever happens here; texts and CRM work go through the outbox.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import Callable
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+from flask import Blueprint, Response, g, request
+from sqlalchemy.exc import IntegrityError, OperationalError
+from twilio.twiml.voice_response import Dial, Gather, VoiceResponse
+
+from bridge import signature
+from bridge.app import state
+from core import calls, inbound, texting
+from core.config import Business
+from core.db import transaction
+from core.models import utcnow
+from core.phones import mask, to_e164
+from core.policy import classify_dial
+from core.templates import render
+
+log = logging.getLogger("textback.bridge.twilio")
+blueprint = Blueprint("twilio", __name__, url_prefix="/twilio")
+
+F = TypeVar("F", bound=Callable[..., Any])
+_SID = re.compile(r"^[A-Z]{2}[0-9a-fA-F]{32}$")
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def twiml(response: VoiceResponse | None = None, status: int = 200) -> Response:
+    return Response(str(response or VoiceResponse()), status=status, mimetype="application/xml")
+
+
+def signed(view: F) -> F:
+    """Reject (403, nothing stored) any request whose Twilio signature does not verify."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Response:
+        st = state()
+        if not st.insecure_dev and not signature.is_valid(request, st.tokens, st.config.public_url):
+            log.warning(
+                "signature rejected", extra={"request_id": g.get("request_id"), "route": request.path}
+            )
+            return Response("invalid Twilio signature\n", status=403, mimetype="text/plain")
+        try:
+            return view(*args, **kwargs)
+        except BadRequest as exc:
+            log.warning(
+                "bad webhook",
+                extra={"request_id": g.get("request_id"), "route": request.path, "problem": str(exc)},
+            )
+            return Response(f"{exc}\n", status=exc.status, mimetype="text/plain")
+        except (IntegrityError, OperationalError):
+            # A concurrent delivery of the same webhook won the race, or the DB is briefly busy:
+            # answer 503 so Twilio (or the operator) can retry; nothing half-written was kept.
+            log.warning("webhook conflict", extra={"request_id": g.get("request_id"), "route": request.path})
+            return Response("busy, retry\n", status=503, mimetype="text/plain")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def field(name: str, required: bool = True, max_len: int = 256) -> str:
+    value = request.form.get(name)
+    if value is None or value == "":
+        if required:
+            raise BadRequest(f"missing form field {name}")
+        return ""
+    if len(value) > max_len:
+        raise BadRequest(f"form field {name} is too long")
+    return value
+
+
+def sid_field(name: str, required: bool = True) -> str:
+    value = field(name, required, 64)
+    if value and not _SID.match(value):
+        raise BadRequest(f"form field {name} is not a Twilio SID")
+    return value
+
+
+def business_for(number: str) -> Business:
+    business = state().config.business_for_number(number)
+    if business is None:
+        raise BadRequest(f"no business is configured for the number {mask(to_e164(number) or number)}", 404)
+    return business
+
+
+def with_retry(fn: Callable[[], Response]) -> Response:
+    """Run a webhook transaction, once more if a concurrent delivery made it conflict."""
+    try:
+        return fn()
+    except IntegrityError:
+        return fn()
+
+
+# -- voice ---------------------------------------------------------------------------------------
+
+
+def voicemail_twiml(business: Business) -> VoiceResponse:
+    vr = VoiceResponse()
+    prompt = render(
+        business.templates["voicemail_prompt"], business=business.name, first_name=None, booking_link=None
+    )
+    vr.say(prompt)
+    if business.policy.voicemail:
+        vr.record(
+            action="/twilio/recording",
+            method="POST",
+            max_length=120,
+            play_beep=True,
+            transcribe=True,
+            transcribe_callback="/twilio/transcription",
+        )
+    vr.hangup()
+    return vr
+
+
+def _log_decision(business: Business, call_sid: str, concluded: calls.Concluded) -> None:
+    if concluded.new:
+        log.info(
+            "call decided",
+            extra={
+                "request_id": g.get("request_id"),
+                "business": business.id,
+                "call_sid": call_sid,
+                "lead_id": concluded.lead_id,
+                "outcome": concluded.decision.outcome,
+                "reason": concluded.decision.reason,
+            },
+        )
+
+
+@blueprint.post("/voice")
+@signed
+def voice() -> Response:
+    call_sid = sid_field("CallSid")
+    caller = field("From", required=False, max_len=64)
+    called = field("To")
+    direction = field("Direction", required=False, max_len=20) or "inbound"
+    business = business_for(called)
+    st = state()
+
+    def run() -> Response:
+        with transaction(st.factory) as session:
+            calls.first_delivery(session, "voice.incoming", call_sid)
+            call = calls.record_incoming(session, business, call_sid, caller, called, direction)
+            if business.mode == "forward":
+                # The carrier only forwards calls nobody answered: every call here is a miss.
+                concluded = calls.conclude(
+                    session, business, call, answered=False, miss_reason="missed_forwarded"
+                )
+                _log_decision(business, call_sid, concluded)
+                return twiml(voicemail_twiml(business))
+        vr = VoiceResponse()
+        dial = Dial(
+            action="/twilio/dial-result", method="POST", timeout=business.ring_timeout, answer_on_bridge=True
+        )
+        for staff in business.staff_phones:
+            dial.number(staff, url="/twilio/screen", method="POST")
+        vr.append(dial)
+        return twiml(vr)
+
+    return with_retry(run)
+
+
+@blueprint.post("/screen")
+@signed
+def screen() -> Response:
+    sid_field("CallSid")
+    parent = sid_field("ParentCallSid", required=False)
+    called = field("To", required=False)
+    st = state()
+    business = None
+    if parent:
+        with st.factory() as session:
+            call = calls.find_call(session, parent)
+            business = st.config.business(call.business_id) if call else None
+    business = business or (st.config.business_for_number(called) if called else None)
+    name = business.name if business else "the business"
+    prompt = render(
+        business.templates["screen_prompt"]
+        if business
+        else "Call for {business}. Press 1 to take this call.",
+        business=name,
+        first_name=None,
+        booking_link=None,
+    )
+    vr = VoiceResponse()
+    gather = Gather(num_digits=1, timeout=5, action="/twilio/screen-accept", method="POST")
+    gather.say(prompt)
+    vr.append(gather)
+    vr.hangup()
+    return twiml(vr)
+
+
+@blueprint.post("/screen-accept")
+@signed
+def screen_accept() -> Response:
+    parent = sid_field("ParentCallSid", required=False)
+    digits = field("Digits", required=False, max_len=10)
+    if digits.strip() != "1":
+        vr = VoiceResponse()
+        vr.hangup()
+        return twiml(vr)
+    if parent:
+        with transaction(state().factory) as session:
+            calls.record_screen_accept(session, parent)
+    return twiml()
+
+
+@blueprint.post("/dial-result")
+@signed
+def dial_result() -> Response:
+    call_sid = sid_field("CallSid")
+    dial_status = field("DialCallStatus", max_len=20).lower()
+    bridged_param = field("DialBridged", required=False, max_len=10).lower()
+    st = state()
+
+    def run() -> Response:
+        with transaction(st.factory) as session:
+            call = calls.find_call(session, call_sid)
+            if call is None:
+                raise BadRequest("dial result for a call this bridge never saw", 404)
+            business = st.config.business(call.business_id)
+            if business is None:
+                raise BadRequest("the call's business is no longer configured", 404)
+            bridged = bridged_param == "true" if bridged_param else call.screen_accepted
+            answered, reason = classify_dial(dial_status, bridged, call.screen_accepted)
+            calls.first_delivery(session, "voice.dial_result", call_sid)
+            concluded = calls.conclude(
+                session, business, call, answered=answered, miss_reason=reason, dial_status=dial_status
+            )
+            _log_decision(business, call_sid, concluded)
+            if concluded.decision.reason == "answered":
+                vr = VoiceResponse()
+                vr.hangup()
+                return twiml(vr)
+            return twiml(voicemail_twiml(business))
+
+    return with_retry(run)
+
+
+def _timestamp(value: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        raise BadRequest("form field Timestamp is not an RFC 2822 date") from None
+    return parsed if parsed.tzinfo else None
+
+
+@blueprint.post("/call-status")
+@signed
+def call_status() -> Response:
+    call_sid = sid_field("CallSid")
+    status = field("CallStatus", max_len=20).lower()
+    caller = field("From", required=False, max_len=64)
+    called = field("To", required=False)
+    direction = field("Direction", required=False, max_len=20) or "inbound"
+    duration_raw = field("CallDuration", required=False, max_len=10)
+    if duration_raw and not duration_raw.isdigit():
+        raise BadRequest("form field CallDuration is not a number")
+    at = _timestamp(field("Timestamp", required=False, max_len=64))
+    st = state()
+
+    def run() -> Response:
+        with transaction(st.factory) as session:
+            if not calls.first_delivery(session, "voice.status", f"{call_sid}:{status}"):
+                return Response(status=204)
+            call = calls.find_call(session, call_sid)
+            if call is None:
+                call = calls.record_incoming(session, business_for(called), call_sid, caller, called, direction)
+            business = st.config.business(call.business_id)
+            if business is None:
+                raise BadRequest("the call's business is no longer configured", 404)
+            call.status = status
+            if call.decision_outcome is None and status in (
+                "completed",
+                "no-answer",
+                "busy",
+                "failed",
+                "canceled",
+            ):
+                # The caller hung up before <Dial> ended, so no dial result will come.
+                ring = ((at or utcnow()) - call.started_at).total_seconds()
+                concluded = calls.conclude(
+                    session,
+                    business,
+                    call,
+                    answered=False,
+                    miss_reason="missed_hangup",
+                    hung_up_ringing=True,
+                    ring_seconds=max(ring, 0.0),
+                    dial_status=status,
+                )
+                _log_decision(business, call_sid, concluded)
+        return Response(status=204)
+
+    return with_retry(run)
+
+
+@blueprint.post("/recording")
+@signed
+def recording() -> Response:
+    call_sid = sid_field("CallSid")
+    recording_sid = sid_field("RecordingSid")
+    url = field("RecordingUrl", required=False, max_len=512)
+    duration = field("RecordingDuration", required=False, max_len=10)
+    with transaction(state().factory) as session:
+        if calls.first_delivery(session, "voice.recording", recording_sid):
+            calls.attach_voicemail(
+                session,
+                call_sid,
+                recording_sid=recording_sid,
+                recording_url=url or None,
+                duration=int(duration) if duration.isdigit() else None,
+            )
+    vr = VoiceResponse()
+    vr.say("Thanks, we got your message. Goodbye.")
+    vr.hangup()
+    return twiml(vr)
+
+
+@blueprint.post("/transcription")
+@signed
+def transcription() -> Response:
+    call_sid = sid_field("CallSid")
+    recording_sid = sid_field("RecordingSid", required=False)
+    key = field("TranscriptionSid", required=False, max_len=64) or recording_sid or call_sid
+    text = field("TranscriptionText", required=False, max_len=8000)
+    status = field("TranscriptionStatus", required=False, max_len=20)
+    with transaction(state().factory) as session:
+        if calls.first_delivery(session, "voice.transcription", key) and status != "failed" and text:
+            calls.attach_transcript(session, call_sid, recording_sid=recording_sid or None, text=text)
+    return Response(status=204)
+
+
+# -- messaging -----------------------------------------------------------------------------------
+
+
+@blueprint.post("/sms")
+@signed
+def sms() -> Response:
+    message_sid = sid_field("MessageSid")
+    caller_raw = field("From", max_len=64)
+    called = field("To")
+    body = field("Body", required=False, max_len=1600)
+    opt_out_type = field("OptOutType", required=False, max_len=10) or None
+    caller = to_e164(caller_raw)
+    if caller is None:
+        raise BadRequest("form field From is not a phone number")
+    business = business_for(called)
+    st = state()
+
+    def run() -> Response:
+        with transaction(st.factory) as session:
+            if not calls.first_delivery(session, "sms.inbound", message_sid):
+                return twiml_messaging()
+            result = inbound.record(
+                session,
+                business,
+                message_sid=message_sid,
+                caller=caller,
+                to_number=to_e164(called) or called,
+                body=body,
+                opt_out_type=opt_out_type,
+            )
+        log.info(
+            "sms received",
+            extra={
+                "request_id": g.get("request_id"),
+                "business": business.id,
+                "lead_id": result.lead_id,
+                "keyword": result.keyword,
+            },
+        )
+        return twiml_messaging()
+
+    return with_retry(run)
+
+
+def twiml_messaging() -> Response:
+    return Response('<?xml version="1.0" encoding="UTF-8"?><Response />', mimetype="application/xml")
+
+
+@blueprint.post("/message-status")
+@signed
+def message_status() -> Response:
+    sid = sid_field("MessageSid")
+    status = field("MessageStatus", max_len=20).lower()
+    if status not in texting.STATUS_RANK:
+        raise BadRequest(f"unknown MessageStatus {status!r}")
+    code_raw = field("ErrorCode", required=False, max_len=10)
+    if code_raw and not code_raw.isdigit():
+        raise BadRequest("form field ErrorCode is not a number")
+    message_id = request.args.get("m") or None
+
+    def run() -> Response:
+        with transaction(state().factory) as session:
+            texting.apply_status(
+                session,
+                message_id=message_id,
+                sid=sid,
+                status=status,
+                error_code=int(code_raw) if code_raw else None,
+            )
+        return Response(status=204)
+
+    return with_retry(run)

@@ -1,0 +1,57 @@
+"""Structured JSON log lines with phone numbers masked and no message bodies.
+
+Callers pass facts as ``extra=``; a final filter masks anything that still looks like a full
+phone number, so a mistake in one log call cannot leak a number.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from core.phones import redact_numbers
+
+_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+_SECRET_KEYS = ("token", "secret", "password", "authorization", "body", "text")
+
+
+_mask_text = redact_numbers
+
+
+def _clean(key: str, value: Any) -> Any:
+    if any(s in key.lower() for s in _SECRET_KEYS):
+        return "***"
+    if isinstance(value, str):
+        return _mask_text(value)
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    return _mask_text(str(value))
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "event": _mask_text(record.getMessage()),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and not key.startswith("_"):
+                payload[key] = _clean(key, value)
+        if record.exc_info and record.exc_info[0] is not None:
+            payload["error"] = record.exc_info[0].__name__
+        return json.dumps(payload, default=str)
+
+
+def setup(level: str = "INFO", stream: Any = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("werkzeug", "urllib3", "twilio.http_client", "gunicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,284 @@
+"""The transactional outbox: follow-up work written in the same transaction as its cause.
+
+Workers claim jobs with a lease and a claim token. On PostgreSQL the claim is
+``FOR UPDATE SKIP LOCKED``, so many workers on many machines share one table; on SQLite every
+transaction is ``BEGIN IMMEDIATE`` (see core.db), which serialises claims. A killed worker's job
+becomes claimable again when its lease runs out, and completion is guarded by the claim token,
+so a stale worker can never finish a job somebody else has re-claimed.
+
+Jobs sharing an ``ordering_key`` (a lead and a target) run one at a time, oldest first.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, aliased, sessionmaker
+from tenacity import RetryCallState, wait_exponential_jitter
+
+from core.errors import JobError, TransientError
+from core.models import OutboxJob, utcnow
+
+ACTIVE = ("pending", "running")
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    kind: str
+    target: str
+    payload: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    claim_token: str
+    lead_id: str | None
+    business_id: str | None
+
+
+class Deferred(Exception):
+    """Raised by a handler to put its job back until ``until`` without spending an attempt."""
+
+    def __init__(self, until: datetime, reason: str) -> None:
+        super().__init__(reason)
+        self.until = until
+        self.reason = reason
+
+
+def enqueue(
+    session: Session,
+    *,
+    kind: str,
+    target: str,
+    dedupe_key: str,
+    ordering_key: str | None = None,
+    business_id: str | None = None,
+    lead_id: str | None = None,
+    payload: dict[str, Any] | None = None,
+    run_at: datetime | None = None,
+    max_attempts: int = 8,
+) -> bool:
+    """Add a job inside the caller's transaction. Returns False when ``dedupe_key`` exists."""
+    values = {
+        "kind": kind,
+        "target": target,
+        "dedupe_key": dedupe_key,
+        "ordering_key": ordering_key or dedupe_key,
+        "business_id": business_id,
+        "lead_id": lead_id,
+        "payload": payload or {},
+        "status": "pending",
+        "attempts": 0,
+        "max_attempts": max_attempts,
+        "next_attempt_at": run_at or utcnow(),
+        "created_at": utcnow(),
+        "updated_at": utcnow(),
+    }
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(OutboxJob).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    result = session.execute(stmt)
+    return bool(getattr(result, "rowcount", 0))
+
+
+class Outbox:
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        worker_id: str,
+        lease_seconds: float = 60.0,
+        backoff_initial: float = 2.0,
+        backoff_max: float = 600.0,
+    ) -> None:
+        self.factory = factory
+        self.worker_id = worker_id
+        self.lease = timedelta(seconds=lease_seconds)
+        self._wait = wait_exponential_jitter(
+            multiplier=backoff_initial, max=backoff_max, jitter=backoff_initial
+        )
+
+    def claim(self, limit: int = 10, now: datetime | None = None) -> list[Job]:
+        now = now or utcnow()
+        token = str(uuid.uuid4())
+        earlier = aliased(OutboxJob)
+        blocked = exists().where(
+            and_(
+                earlier.ordering_key == OutboxJob.ordering_key,
+                earlier.id < OutboxJob.id,
+                earlier.status.in_(ACTIVE),
+            )
+        )
+        ready = or_(
+            and_(OutboxJob.status == "pending", OutboxJob.next_attempt_at <= now),
+            and_(OutboxJob.status == "running", OutboxJob.locked_until < now),
+        )
+        candidates = (
+            select(OutboxJob.id)
+            .where(ready, ~blocked)
+            .order_by(OutboxJob.next_attempt_at, OutboxJob.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=OutboxJob)
+        )
+        stmt = (
+            update(OutboxJob)
+            .where(OutboxJob.id.in_(candidates.scalar_subquery()))
+            .values(
+                status="running",
+                locked_by=self.worker_id,
+                claim_token=token,
+                locked_until=now + self.lease,
+                attempts=OutboxJob.attempts + 1,
+                updated_at=now,
+            )
+            .returning(
+                OutboxJob.id,
+                OutboxJob.kind,
+                OutboxJob.target,
+                OutboxJob.payload,
+                OutboxJob.attempts,
+                OutboxJob.max_attempts,
+                OutboxJob.lead_id,
+                OutboxJob.business_id,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        with self.factory() as session, session.begin():
+            rows = session.execute(stmt).all()
+        jobs = [
+            Job(
+                r.id,
+                r.kind,
+                r.target,
+                dict(r.payload or {}),
+                r.attempts,
+                r.max_attempts,
+                token,
+                r.lead_id,
+                r.business_id,
+            )
+            for r in rows
+        ]
+        return sorted(jobs, key=lambda j: j.id)
+
+    def _guarded(self, job: Job) -> Any:
+        return and_(
+            OutboxJob.id == job.id, OutboxJob.claim_token == job.claim_token, OutboxJob.status == "running"
+        )
+
+    def complete(self, job: Job, result: dict[str, Any] | None = None, now: datetime | None = None) -> bool:
+        """Mark done. False means the lease was lost: another worker owns the job now."""
+        now = now or utcnow()
+        stmt = (
+            update(OutboxJob)
+            .where(self._guarded(job))
+            .values(status="done", result=result, finished_at=now, locked_until=None, updated_at=now)
+        )
+        with self.factory() as session, session.begin():
+            return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+
+    def defer(self, job: Job, until: datetime, reason: str) -> bool:
+        """Put the job back until ``until``; the attempt it just used is given back."""
+        stmt = (
+            update(OutboxJob)
+            .where(self._guarded(job))
+            .values(
+                status="pending",
+                next_attempt_at=until,
+                attempts=OutboxJob.attempts - 1,
+                locked_until=None,
+                last_error=reason,
+                updated_at=utcnow(),
+            )
+        )
+        with self.factory() as session, session.begin():
+            return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+
+    def backoff(self, attempt: int) -> float:
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = attempt
+        return float(self._wait(state))
+
+    def fail(self, job: Job, error: JobError, now: datetime | None = None) -> str:
+        """Record a failed attempt; returns the job's new status ('pending' or 'dead')."""
+        now = now or utcnow()
+        status = "dead"
+        next_at = now
+        if error.retryable and job.attempts < job.max_attempts:
+            status = "pending"
+            delay = self.backoff(job.attempts)
+            retry_after = getattr(error, "retry_after", None) if isinstance(error, TransientError) else None
+            if retry_after is not None:
+                delay = max(delay, float(retry_after))
+            next_at = now + timedelta(seconds=delay)
+        stmt = (
+            update(OutboxJob)
+            .where(self._guarded(job))
+            .values(
+                status=status,
+                next_attempt_at=next_at,
+                locked_until=None,
+                last_error=str(error)[:2000],
+                last_error_code=str(error.code) if error.code is not None else None,
+                finished_at=now if status == "dead" else None,
+                updated_at=now,
+            )
+        )
+        with self.factory() as session, session.begin():
+            session.execute(stmt)
+        return status
+
+
+# -- administration ----------------------------------------------------------------------------
+
+
+def list_jobs(session: Session, status: str | None = None, limit: int = 100) -> list[OutboxJob]:
+    query = select(OutboxJob).order_by(OutboxJob.id.desc()).limit(limit)
+    if status:
+        query = query.where(OutboxJob.status == status)
+    return list(session.scalars(query))
+
+
+def retry(session: Session, job_id: int | None = None, dead: bool = False) -> int:
+    """Make dead (or any not-running) jobs runnable now, with a fresh attempt budget."""
+    stmt = update(OutboxJob).values(
+        status="pending", attempts=0, next_attempt_at=utcnow(), finished_at=None, locked_until=None
+    )
+    if job_id is not None:
+        stmt = stmt.where(OutboxJob.id == job_id, OutboxJob.status != "running")
+    elif dead:
+        stmt = stmt.where(OutboxJob.status == "dead")
+    else:
+        return 0
+    return session.execute(stmt).rowcount  # type: ignore[attr-defined]
+
+
+def purge(session: Session, older_than: timedelta, include_dead: bool = False) -> dict[str, int]:
+    """Delete finished jobs older than ``older_than``. Dead jobs only when asked explicitly."""
+    cutoff = utcnow() - older_than
+    counts = {}
+    for status in ("done", "dead") if include_dead else ("done",):
+        stmt = delete(OutboxJob).where(OutboxJob.status == status, OutboxJob.updated_at < cutoff)
+        counts[status] = session.execute(stmt).rowcount  # type: ignore[attr-defined]
+    return counts
+
+
+def backlog(session: Session, now: datetime | None = None) -> dict[str, dict[str, Any]]:
+    """Pending and running jobs per target, with the age of the oldest in seconds."""
+    now = now or utcnow()
+    rows = session.execute(
+        select(OutboxJob.target, OutboxJob.status, func.count(), func.min(OutboxJob.created_at))
+        .where(OutboxJob.status.in_((*ACTIVE, "dead")))
+        .group_by(OutboxJob.target, OutboxJob.status)
+    ).all()
+    out: dict[str, dict[str, Any]] = {}
+    for target, status, count, oldest in rows:
+        entry = out.setdefault(target, {"pending": 0, "running": 0, "dead": 0, "oldest_age_seconds": 0.0})
+        entry[status] = int(count)
+        if status in ACTIVE and oldest is not None:
+            oldest_dt = oldest if oldest.tzinfo else oldest.replace(tzinfo=now.tzinfo)
+            entry["oldest_age_seconds"] = max(entry["oldest_age_seconds"], (now - oldest_dt).total_seconds())
+    return out

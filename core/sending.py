@@ -1,0 +1,206 @@
+"""The ``sms.send`` job: the rules around one outbound text, with the SMS vendor behind a port.
+
+Twilio has no idempotency key for sending, so a send whose outcome is unknown (a timeout after
+the request went out, a 5xx) is never repeated blindly: the next attempt first asks the gateway
+whether the message exists, and adopts it if it does.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from core import leads, texting
+from core.config import Config
+from core.db import transaction
+from core.errors import Rejected, TransientError
+from core.hours import next_send_time
+from core.models import Lead, LineType, Message, utcnow
+from core.outbox import Deferred, Job
+from core.phones import mask
+
+log = logging.getLogger("textback.sending")
+
+# How far back a retry looks for a message an earlier attempt may have created.
+LOOKBACK = timedelta(minutes=2)
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    sid: str
+    status: str
+
+
+class NotSent(TransientError):
+    """The vendor certainly did not take the message (429, connection refused): resend freely."""
+
+
+class AmbiguousSend(TransientError):
+    """The request may have been processed (timeout, 5xx): look before sending again."""
+
+
+class SmsGateway(Protocol):
+    def send(self, *, to: str, from_: str, body: str, status_callback: str | None) -> SentMessage: ...
+
+    def find_sent(self, *, to: str, from_: str, body: str, since: datetime) -> SentMessage | None: ...
+
+    def line_type(self, phone: str) -> str | None: ...
+
+
+class SmsJob:
+    """Handler for ``sms.send`` jobs, bound to a config, a session factory and a gateway."""
+
+    def __init__(self, config: Config, factory: sessionmaker[Session], gateway: SmsGateway) -> None:
+        self.config = config
+        self.factory = factory
+        self.gateway = gateway
+
+    def status_callback(self, message_id: str) -> str | None:
+        if not self.config.public_url:
+            return None
+        return f"{self.config.public_url}/twilio/message-status?m={message_id}"
+
+    def __call__(self, job: Job) -> dict[str, Any]:
+        now = utcnow()
+        message_id = job.payload["message_id"]
+        with transaction(self.factory) as session:
+            message = session.get(Message, message_id)
+            if message is None:
+                raise Rejected(f"message {message_id} does not exist")
+            if message.sid:
+                return {"sid": message.sid, "note": "already sent"}
+            if message.status == "canceled":
+                return {"canceled": True}
+            business = self.config.business(message.business_id)
+            if business is None:
+                raise Rejected(f"business {message.business_id!r} is no longer configured")
+            lead = session.get(Lead, message.lead_id)
+            assert lead is not None
+            blocked = self._blocked_reason(session, message)
+            if blocked:
+                self._cancel(session, message, lead, blocked)
+                return {"canceled": blocked}
+            if message.kind in texting.AUTOMATED_KINDS:
+                zones = texting.caller_zones(message.to_number, business)
+                opens = next_send_time(now, zones, business.policy.window)
+                if opens > now + timedelta(seconds=1):
+                    message.status = "scheduled"
+                    raise Deferred(opens, "outside the sending window")
+            needs_lookup = (
+                message.kind == "first_text"
+                and business.policy.lookup_line_type
+                and not self._cached_line_type(session, message.to_number)
+            )
+            started = message.attempt_started_at
+        if needs_lookup:
+            self._lookup(message.to_number)
+            with transaction(self.factory) as session:
+                message = session.get(Message, message_id)
+                lead = session.get(Lead, message.lead_id) if message else None
+                assert message is not None and lead is not None
+                if self._cached_line_type(session, message.to_number) == "landline":
+                    self._cancel(session, message, lead, "landline")
+                    return {"canceled": "landline"}
+        if started is not None:
+            found = self.gateway.find_sent(
+                to=message.to_number, from_=message.from_number, body=message.body, since=started - LOOKBACK
+            )
+            if found is not None:
+                self._store_sent(message_id, found, now)
+                return {"sid": found.sid, "note": "adopted after an ambiguous attempt"}
+        with transaction(self.factory) as session:
+            row = session.get(Message, message_id)
+            assert row is not None
+            row.attempt_started_at = now
+        try:
+            sent = self.gateway.send(
+                to=message.to_number,
+                from_=message.from_number,
+                body=message.body,
+                status_callback=self.status_callback(message_id),
+            )
+        except NotSent:
+            with transaction(self.factory) as session:
+                row = session.get(Message, message_id)
+                assert row is not None
+                row.attempt_started_at = None
+            raise
+        except Rejected as exc:
+            self._rejected(message_id, exc)
+            raise
+        self._store_sent(message_id, sent, now)
+        log.info(
+            "sms sent",
+            extra={"message_id": message_id, "lead_id": job.lead_id, "to": mask(message.to_number)},
+        )
+        return {"sid": sent.sid}
+
+    def _blocked_reason(self, session: Session, message: Message) -> str | None:
+        reasons = leads.suppressions(session, message.business_id, message.to_number)
+        if "undeliverable" in reasons:
+            return "undeliverable"
+        if "opted_out" in reasons and message.kind != "opt_out_confirm":
+            return "opted_out"
+        return None
+
+    def _cached_line_type(self, session: Session, phone: str) -> str | None:
+        row = session.get(LineType, phone)
+        if row is None:
+            return None
+        if utcnow() - row.checked_at > timedelta(days=self.config.twilio.lookup_cache_days):
+            return None
+        return row.line_type
+
+    def _lookup(self, phone: str) -> None:
+        line_type = self.gateway.line_type(phone) or "unknown"
+        with transaction(self.factory) as session:
+            row = session.get(LineType, phone)
+            if row is None:
+                session.add(LineType(phone=phone, line_type=line_type, checked_at=utcnow()))
+            else:
+                row.line_type, row.checked_at = line_type, utcnow()
+
+    def _cancel(self, session: Session, message: Message, lead: Lead, reason: str) -> None:
+        message.status = "canceled"
+        leads.add_entry(session, lead.id, "decision", outcome="skip", reason=reason, message_id=message.id)
+        if message.kind == "first_text" and lead.status in ("new", "scheduled"):
+            leads.set_status(lead, "closed")
+
+    def _store_sent(self, message_id: str, sent: SentMessage, now: datetime) -> None:
+        with transaction(self.factory) as session:
+            message = session.get(Message, message_id)
+            assert message is not None
+            message.sid = sent.sid
+            message.sent_at = now
+            texting.advance(message, sent.status or "queued")
+            known = texting.furthest_known_status(session, sent.sid)
+            if known:
+                texting.advance(message, known[0], known[1])
+            lead = session.get(Lead, message.lead_id)
+            if lead is not None and message.kind == "first_text":
+                texting.mark_lead_texted(lead)
+
+    def _rejected(self, message_id: str, exc: Rejected) -> None:
+        code = (
+            int(exc.code)
+            if isinstance(exc.code, int) or (isinstance(exc.code, str) and exc.code.isdigit())
+            else None
+        )
+        with transaction(self.factory) as session:
+            message = session.get(Message, message_id)
+            assert message is not None
+            message.status = "failed"
+            message.error_code = code
+            message.attempt_started_at = None
+            if code in texting.PERMANENT_CODES:
+                texting.suppress(
+                    session,
+                    message.business_id,
+                    message.to_number,
+                    texting.PERMANENT_CODES[code],
+                    f"twilio:{code}",
+                )

@@ -1,0 +1,197 @@
+"""Outbound texts: choosing and rendering the first text, queueing any text through the outbox,
+and applying Twilio's delivery-status callbacks."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from core import leads, outbox
+from core import templates as tpl
+from core.config import Business
+from core.hours import is_open, next_send_time
+from core.models import Lead, Message, MessageStatusEvent, Suppression, utcnow
+from core.phones import time_zones
+
+# Twilio error codes that end a send for good and mark the number.
+PERMANENT_CODES: dict[int, str] = {
+    21610: "opted_out",  # the recipient replied STOP
+    21211: "undeliverable",  # invalid 'To' number
+    21614: "undeliverable",  # not a mobile number
+    30006: "undeliverable",  # landline or unreachable carrier
+}
+
+STATUS_RANK = {
+    "accepted": 0,
+    "scheduled": 0,
+    "queued": 0,
+    "sending": 1,
+    "sent": 2,
+    "delivered": 3,
+    "undelivered": 3,
+    "failed": 3,
+    "read": 4,
+}
+TERMINAL = ("delivered", "undelivered", "failed", "read")
+
+# Kinds that wait for the sending window. Direct answers to a message the caller just sent don't.
+AUTOMATED_KINDS = ("first_text", "follow_up")
+
+
+def caller_zones(phone: str, business: Business) -> list[ZoneInfo]:
+    zones = time_zones(phone)
+    return [ZoneInfo(z) for z in zones] if zones else [business.tz]
+
+
+def first_text_body(business: Business, lead: Lead, now: datetime, existing_customer: bool = False) -> str:
+    if existing_customer:
+        name = "existing_customer"
+    elif is_open(now, business.tz, business.hours, business.holidays):
+        name = "business_hours"
+    else:
+        name = "after_hours"
+    first = (lead.name or "").split(" ")[0] or None
+    return tpl.render(
+        business.templates[name], business=business.name, first_name=first, booking_link=business.booking_link
+    )
+
+
+def queue_text(
+    session: Session,
+    business: Business,
+    lead: Lead,
+    *,
+    kind: str,
+    body: str,
+    dedupe_key: str,
+    now: datetime | None = None,
+    from_number: str | None = None,
+    delay_seconds: float = 0.0,
+) -> Message | None:
+    """Store an outbound text and its send job in the caller's transaction.
+
+    Automated kinds are held until the sending window opens in the caller's time zone(s).
+    Returns None when a text with this dedupe key was already queued.
+    """
+    now = now or utcnow()
+    send_at = now + timedelta(seconds=delay_seconds)
+    if kind in AUTOMATED_KINDS:
+        send_at = next_send_time(send_at, caller_zones(lead.phone, business), business.policy.window)
+    message = Message(
+        id=str(uuid.uuid4()),
+        lead_id=lead.id,
+        business_id=business.id,
+        direction="outbound",
+        kind=kind,
+        from_number=from_number or business.numbers[0],
+        to_number=lead.phone,
+        body=body,
+        status="scheduled" if send_at > now + timedelta(seconds=1) else "pending",
+        send_after=send_at,
+        created_at=now,
+        updated_at=now,
+    )
+    queued = outbox.enqueue(
+        session,
+        kind="sms.send",
+        target="twilio",
+        dedupe_key=dedupe_key,
+        ordering_key=f"sms:{business.id}:{lead.phone}",
+        business_id=business.id,
+        lead_id=lead.id,
+        payload={"message_id": message.id},
+        run_at=send_at,
+    )
+    if not queued:
+        return None
+    session.add(message)
+    return message
+
+
+def suppress(session: Session, business_id: str, phone: str, reason: str, source: str) -> None:
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = (
+        insert(Suppression)
+        .values(business_id=business_id, phone=phone, reason=reason, source=source, created_at=utcnow())
+        .on_conflict_do_nothing()
+    )
+    session.execute(stmt)
+
+
+def apply_status(
+    session: Session,
+    *,
+    message_id: str | None,
+    sid: str,
+    status: str,
+    error_code: int | None,
+) -> bool:
+    """Apply one status callback. Returns False for a duplicate (same sid and status)."""
+    status = status.lower()
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = (
+        insert(MessageStatusEvent)
+        .values(message_sid=sid, status=status, error_code=error_code, received_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["message_sid", "status"])
+    )
+    if not getattr(session.execute(stmt), "rowcount", 0):
+        return False
+    message = None
+    if message_id:
+        message = session.get(Message, message_id)
+    if message is None:
+        message = session.scalars(select(Message).where(Message.sid == sid)).first()
+    if message is None:
+        return True  # kept in message_status_events; applied when the worker stores the sid
+    if message.sid is None:
+        message.sid = sid
+    advance(message, status, error_code)
+    if error_code in PERMANENT_CODES:
+        suppress(
+            session,
+            message.business_id,
+            message.to_number,
+            PERMANENT_CODES[error_code],
+            f"twilio:{error_code}",
+        )
+    return True
+
+
+def advance(message: Message, status: str, error_code: int | None = None) -> None:
+    """Move the delivery state forward only: a late 'sent' never overwrites 'delivered'."""
+    current = message.status
+    if current in TERMINAL and status != "read":
+        return
+    if STATUS_RANK.get(status, -1) <= STATUS_RANK.get(current, -1) and current not in (
+        "pending",
+        "scheduled",
+    ):
+        return
+    message.status = status
+    if error_code is not None:
+        message.error_code = error_code
+    message.updated_at = utcnow()
+
+
+def furthest_known_status(session: Session, sid: str) -> tuple[str, int | None] | None:
+    """The furthest status callbacks already reported for ``sid`` (they can beat the worker)."""
+    events = session.execute(
+        select(MessageStatusEvent.status, MessageStatusEvent.error_code).where(
+            MessageStatusEvent.message_sid == sid
+        )
+    ).all()
+    if not events:
+        return None
+    best = max(events, key=lambda e: STATUS_RANK.get(e[0], -1))
+    return best[0], best[1]
+
+
+def mark_lead_texted(lead: Lead) -> None:
+    leads.set_status(lead, "texted", only_from=("new", "scheduled"))

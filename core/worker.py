@@ -1,0 +1,91 @@
+"""The outbox worker loop: claim, run the handler for the job's kind, record the outcome."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from core.errors import JobError, TransientError
+from core.outbox import Deferred, Job, Outbox
+
+log = logging.getLogger("textback.worker")
+
+Handler = Callable[[Job], "dict[str, Any] | None"]
+
+
+class Worker:
+    def __init__(
+        self,
+        outbox: Outbox,
+        handlers: Mapping[str, Handler],
+        poll_interval: float = 0.2,
+        batch_size: int = 10,
+    ) -> None:
+        self.outbox = outbox
+        self.handlers = dict(handlers)
+        self.poll_interval = poll_interval
+        self.batch_size = batch_size
+
+    def run_once(self) -> int:
+        jobs = self.outbox.claim(self.batch_size)
+        for job in jobs:
+            self.process(job)
+        return len(jobs)
+
+    def process(self, job: Job) -> str:
+        fields = {"job_id": job.id, "kind": job.kind, "lead_id": job.lead_id, "attempt": job.attempts}
+        if job.attempts > job.max_attempts:
+            # Only reachable when workers kept dying mid-job: the lease expired every time.
+            status = self.outbox.fail(job, JobError("gave up: the job's worker died on every attempt"))
+            log.error("job dead", extra={**fields, "reason": "lease expired too often"})
+            return status
+        handler = self.handlers.get(job.kind)
+        if handler is None:
+            status = self.outbox.fail(job, JobError(f"no handler for job kind {job.kind!r}"))
+            log.error("job dead", extra={**fields, "reason": "no handler"})
+            return status
+        try:
+            result = handler(job)
+        except Deferred as deferred:
+            self.outbox.defer(job, deferred.until, deferred.reason)
+            log.info(
+                "job deferred",
+                extra={**fields, "until": deferred.until.isoformat(), "reason": deferred.reason},
+            )
+            return "pending"
+        except JobError as exc:
+            status = self.outbox.fail(job, exc)
+            level = logging.WARNING if status == "pending" else logging.ERROR
+            log.log(
+                level,
+                "job failed",
+                extra={**fields, "error": type(exc).__name__, "code": exc.code, "status": status},
+            )
+            return status
+        except Exception as exc:
+            # A bug or an unmapped library error: retry with backoff, keep the type for the admin.
+            # Frames only: exception text from a driver can carry SQL parameters (phones, bodies).
+            frames = "".join(traceback.format_tb(exc.__traceback__, limit=6))
+            log.error("job crashed", extra={**fields, "error": type(exc).__name__, "trace": frames})
+            return self.outbox.fail(job, TransientError(f"unexpected {type(exc).__name__}"))
+        if not self.outbox.complete(job, result or None):
+            log.warning("job lease lost before completion", extra=fields)
+            return "lost"
+        log.info("job done", extra=fields)
+        return "done"
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("worker started", extra={"worker": self.outbox.worker_id})
+        while not stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception as exc:
+                # The database may be restarting; keep the loop alive and try again shortly.
+                log.error("claim failed", extra={"error": type(exc).__name__})
+                busy = 0
+            if not busy:
+                stop.wait(self.poll_interval)
+        log.info("worker stopped", extra={"worker": self.outbox.worker_id})

@@ -1,0 +1,156 @@
+"""A running textback stack for tests: Twilio emulator, bridge and worker on 127.0.0.1.
+
+The bridge and the emulator are real HTTP servers in threads; the worker is the real Worker,
+driven step by step (``drain``) so tests are deterministic, or in a thread (``start_worker``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+from sqlalchemy import func, select
+from twilio.request_validator import RequestValidator
+
+from bridge.app import create_app
+from bridge.runtime import build_worker
+from connectors.emulator import serve_in_thread
+from connectors.twilio.emulator import TwilioEmulator
+from core import config as config_mod
+from core import leads
+from core.db import make_engine, session_factory, upgrade
+from core.models import Base, OutboxJob
+from core.worker import Worker
+from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, config_dict, write_config
+
+
+class Stack:
+    def __init__(
+        self, tmp_path: Path, db_url: str, public_url: str | None = None, **config_overrides: Any
+    ) -> None:
+        self.tmp_path = tmp_path
+        self.emulator = TwilioEmulator(ACCOUNT_SID, AUTH_TOKEN, status_delay_ms=10)
+        self.twilio_server = serve_in_thread(self.emulator.app)
+        self.twilio_url = self.twilio_server.url
+        # The bridge's port must be known before its config (public_url) is written.
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.bridge_url = f"http://127.0.0.1:{port}"
+        self.public_url = public_url or self.bridge_url
+        data = config_dict(db_url, public_url=self.public_url, twilio_url=self.twilio_url)
+        for key, value in config_overrides.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key].update(value)
+            else:
+                data[key] = value
+        self.config_path = write_config(tmp_path / "textback.yaml", data)
+        self.config = config_mod.load(str(self.config_path))
+        self.engine = make_engine(self.config.database_url)
+        upgrade(self.engine)
+        self.factory = session_factory(self.engine)
+        self.app = create_app(self.config, engine=self.engine)
+        self.bridge_server = serve_in_thread(self.app, port=port)
+        requests.post(f"{self.twilio_url}/_emulator/config", json={"bridge_url": self.bridge_url}, timeout=5)
+        self.worker: Worker = build_worker(self.config, self.engine)
+        self._worker_thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- driving ---------------------------------------------------------------------------------
+    def call(
+        self, caller: str, outcome: str = "no-answer", to: str | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        body = {
+            "from": caller,
+            "to": to or self.config.businesses[0].numbers[0],
+            "outcome": outcome,
+            "ring_seconds": extra.pop("ring_seconds", 20),
+            **extra,
+        }
+        resp = requests.post(f"{self.twilio_url}/_emulator/calls", json=body, timeout=30)
+        assert resp.status_code == 200, resp.text
+        return dict(resp.json())
+
+    def inbound_sms(self, caller: str, body: str, **extra: Any) -> dict[str, Any]:
+        payload = {"from": caller, "to": self.config.businesses[0].numbers[0], "body": body, **extra}
+        resp = requests.post(f"{self.twilio_url}/_emulator/inbound-sms", json=payload, timeout=30)
+        assert resp.status_code == 200, resp.text
+        return dict(resp.json())
+
+    def fault(self, **spec: Any) -> None:
+        resp = requests.post(f"{self.twilio_url}/_emulator/faults", json=spec, timeout=5)
+        assert resp.status_code == 201, resp.text
+
+    def drain(self, timeout: float = 10.0, settle: float = 0.3) -> None:
+        """Run the worker until nothing is due, then let status callbacks land."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.worker.run_once():
+                if not self.due_jobs():
+                    break
+                time.sleep(0.05)
+        time.sleep(settle)
+
+    def due_jobs(self) -> int:
+        from core.models import utcnow
+
+        with self.factory() as s:
+            return int(
+                s.scalar(
+                    select(func.count())
+                    .select_from(OutboxJob)
+                    .where(
+                        OutboxJob.status.in_(("pending", "running")), OutboxJob.next_attempt_at <= utcnow()
+                    )
+                )
+                or 0
+            )
+
+    def start_worker(self) -> None:
+        self._worker_thread = threading.Thread(target=self.worker.run, args=(self._stop,), daemon=True)
+        self._worker_thread.start()
+
+    # -- observing -------------------------------------------------------------------------------
+    def sent(self, to: str | None = None) -> list[dict[str, Any]]:
+        state = requests.get(f"{self.twilio_url}/_emulator/state", timeout=5).json()
+        return [m for m in state["messages"] if to is None or m["to"] == to]
+
+    def lead(self, phone: str) -> dict[str, Any] | None:
+        with self.factory() as s:
+            row = leads.find(s, self.config.businesses[0].id, phone)
+            return leads.to_json(s, row) if row else None
+
+    def count(self, model: type[Base]) -> int:
+        with self.factory() as s:
+            return int(s.scalar(select(func.count()).select_from(model)) or 0)
+
+    def sign(self, url: str, params: dict[str, str], token: str = AUTH_TOKEN) -> str:
+        return str(RequestValidator(token).compute_signature(url, params))
+
+    def post_signed(
+        self,
+        path: str,
+        params: dict[str, str],
+        *,
+        sign_url: str | None = None,
+        token: str = AUTH_TOKEN,
+        headers: dict[str, str] | None = None,
+    ) -> requests.Response:
+        url = f"{self.bridge_url}{path}"
+        signature = self.sign(sign_url or f"{self.public_url}{path}", params, token)
+        return requests.post(
+            url, data=params, headers={"X-Twilio-Signature": signature, **(headers or {})}, timeout=10
+        )
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._worker_thread:
+            self._worker_thread.join(timeout=5)
+        self.bridge_server.stop()
+        self.twilio_server.stop()
+        self.engine.dispose()
