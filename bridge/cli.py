@@ -259,9 +259,11 @@ def parse_age(text: str) -> timedelta:
     return timedelta(**{units[text[-1]]: int(text[:-1])})
 
 
-from bridge.cli_leads import leads  # noqa: E402  (registers the `leads` group)
+from bridge.cli_connectors import connectors  # noqa: E402
+from bridge.cli_leads import leads  # noqa: E402
 
 main.add_command(leads)
+main.add_command(connectors)
 
 if __name__ == "__main__":
     main()

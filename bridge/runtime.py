@@ -1,20 +1,30 @@
-"""Wiring: builds the worker and its job handlers from a config (the only place that does)."""
+"""Wiring: the worker, its job handlers and the connector instances, built from a config."""
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
+from connectors import registry
+from connectors.base import Connector, ConnectorContext
 from connectors.twilio.client import make_client
 from connectors.twilio.sms import TwilioGateway
+from core import connector_state
 from core.config import Config
 from core.db import make_engine, require_migrated, session_factory
-from core.errors import ConfigError
+from core.errors import ConfigError, RateLimited
+from core.models import ConnectorInstall
 from core.outbox import Outbox
+from core.secrets import SecretBox
 from core.sending import SmsJob
-from core.worker import Worker
+from core.sync import SyncJob
+from core.worker import Handler, Worker
 
 
 def worker_id() -> str:
@@ -32,11 +42,82 @@ def twilio_gateway(config: Config) -> TwilioGateway:
     )
 
 
+@dataclass
+class _Cached:
+    stamp: Any
+    connector: Connector
+
+
+class Connectors:
+    """Instantiates installed connectors (lazily, one per business and id) for this process."""
+
+    def __init__(self, config: Config, factory: sessionmaker[Session]) -> None:
+        self.config = config
+        self.factory = factory
+        self._cache: dict[tuple[str, str], _Cached] = {}
+        self._lock = threading.Lock()
+        self._box: SecretBox | None = None
+
+    @property
+    def box(self) -> SecretBox:
+        if self._box is None:
+            self._box = SecretBox(self.config.secret_key_file)
+        return self._box
+
+    def build(
+        self, business_id: str, connector_id: str, install: ConnectorInstall | None = None
+    ) -> Connector:
+        if install is None:
+            with self.factory() as session:
+                install = session.get(ConnectorInstall, (business_id, connector_id))
+        if install is None:
+            raise ConfigError(f"connector {connector_id!r} is not installed for business {business_id!r}")
+        loaded = registry.load(connector_id)
+        config = {**install.config, **self.box.open(install.secrets)}
+        limits = [connector_state.Limit(r["requests"], r["per_seconds"]) for r in loaded.manifest.rate_limits]
+        factory = self.factory
+
+        def throttle(cost: int = 1) -> None:
+            for i, limit in enumerate(limits):
+                wait = connector_state.acquire(factory, f"{business_id}:{connector_id}:{i}", limit, cost)
+                if wait > 0:
+                    raise RateLimited(
+                        f"{connector_id}: local rate limit ({limit.requests}/{limit.per_seconds:g}s)",
+                        retry_after=wait,
+                    )
+
+        context = ConnectorContext(
+            business_id=business_id,
+            connector_id=connector_id,
+            tokens=connector_state.TokenStore(self.factory, self.box, business_id, connector_id),
+            throttle=throttle,
+        )
+        return loaded.cls(config, context)
+
+    def resolve(self, business_id: str, connector_id: str) -> Connector:
+        with self.factory() as session:
+            install = session.get(ConnectorInstall, (business_id, connector_id))
+        stamp = install.updated_at if install else None
+        key = (business_id, connector_id)
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached and cached.stamp == stamp:
+                return cached.connector
+        connector = self.build(business_id, connector_id, install)
+        with self._lock:
+            self._cache[key] = _Cached(stamp, connector)
+        return connector
+
+
 def build_worker(config: Config, engine: Engine | None = None) -> Worker:
     engine = engine or make_engine(config.database_url)
     require_migrated(engine, config.source)
     factory = session_factory(engine)
     w = config.worker
     outbox = Outbox(factory, worker_id(), w.lease_seconds, w.backoff_initial, w.backoff_max)
-    handlers = {"sms.send": SmsJob(config, factory, twilio_gateway(config))}
+    connectors = Connectors(config, factory)
+    handlers: dict[str, Handler] = {
+        "sms.send": SmsJob(config, factory, twilio_gateway(config)),
+        "crm.sync": SyncJob(config, factory, connectors.resolve),
+    }
     return Worker(outbox, handlers, poll_interval=w.poll_interval, batch_size=w.batch_size)

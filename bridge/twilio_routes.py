@@ -295,7 +295,10 @@ def call_status() -> Response:
                 "canceled",
             ):
                 # The caller hung up before <Dial> ended, so no dial result will come.
-                ring = ((at or utcnow()) - call.started_at).total_seconds()
+                # Twilio's Timestamp has whole-second resolution: compare it with the start time at
+                # the same resolution, or a ring of exactly the minimum measures as a bit shorter.
+                started = call.started_at.replace(microsecond=0) if at else call.started_at
+                ring = ((at or utcnow()) - started).total_seconds()
                 concluded = calls.conclude(
                     session,
                     business,

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from core import leads, texting
+from core import leads, sync, texting
 from core.config import Business
 from core.models import Call, LineType, WebhookEvent, utcnow
 from core.phones import to_e164
@@ -146,6 +146,15 @@ def conclude(
         )
         call.lead_id = lead.id
         session.execute(update(Call).where(Call.call_sid == call.call_sid).values(lead_id=lead.id))
+        if not answered:
+            sync.emit(
+                session,
+                business.id,
+                lead.id,
+                "missed_call",
+                call.call_sid,
+                {"call_sid": call.call_sid, "repeat": decision.reason == "cooldown"},
+            )
         if decision.texts:
             body = texting.first_text_body(business, lead, now)
             message = texting.queue_text(
@@ -182,6 +191,7 @@ def attach_voicemail(
         recording_url=recording_url,
         duration=duration,
     )
+    sync.emit(session, call.business_id, call.lead_id, "voicemail", recording_sid, {"call_sid": call_sid})
     return True
 
 
@@ -191,6 +201,14 @@ def attach_transcript(session: Session, call_sid: str, *, recording_sid: str | N
         return False
     leads.add_entry(
         session, call.lead_id, "transcript", call_sid=call_sid, recording_sid=recording_sid, text=text
+    )
+    sync.emit(
+        session,
+        call.business_id,
+        call.lead_id,
+        "voicemail",
+        f"{recording_sid}:transcript",
+        {"call_sid": call_sid},
     )
     return True
 

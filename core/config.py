@@ -103,6 +103,7 @@ class Config:
     worker: WorkerSettings
     log_level: str
     businesses: tuple[Business, ...]
+    secret_key_file: str | None
     raw: dict[str, Any]
     warnings: tuple[str, ...] = ()
 
@@ -243,6 +244,7 @@ def _build(data: dict[str, Any], source: str) -> Config:
         worker=worker,
         log_level=data.get("logging", {}).get("level", "INFO"),
         businesses=tuple(businesses),
+        secret_key_file=data.get("secret_key_file"),
         raw=data,
         warnings=tuple(warnings),
     )

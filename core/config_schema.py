@@ -73,6 +73,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
     "properties": {
         "database_url": {"type": "string", "minLength": 1},
         "public_url": {"type": "string", "pattern": r"^https?://[^/]+"},
+        "secret_key_file": {"type": "string"},
         "twilio": {
             "type": "object",
             "additionalProperties": False,

@@ -40,6 +40,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         parsed = make_url(url)
     except Exception:
         raise ConfigError(f"database_url is not a database URL: {url.split('://')[0]}://...") from None
+    # INSERT ... ON CONFLICT DO NOTHING reports "did it insert?" through rowcount (outbox dedupe,
+    # webhook dedupe). SQLAlchemy 2.1 leaves rowcount at -1 for an INSERT with implicit RETURNING
+    # (every autoincrement table on PostgreSQL) unless asked to keep it.
+    kwargs["execution_options"] = {"preserve_rowcount": True, **kwargs.get("execution_options", {})}
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs)
         _tune_sqlite(engine)

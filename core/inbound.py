@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from core import keywords, leads, texting
+from core import keywords, leads, sync, texting
 from core.config import Business
 from core.models import Message, Suppression, utcnow
 
@@ -38,9 +38,10 @@ def record(
 ) -> InboundResult:
     lead, _created = leads.get_or_create(session, business.id, caller, source="sms")
     now = utcnow()
+    inbound_id = str(uuid.uuid4())
     session.add(
         Message(
-            id=str(uuid.uuid4()),
+            id=inbound_id,
             lead_id=lead.id,
             business_id=business.id,
             direction="inbound",
@@ -68,6 +69,7 @@ def record(
         )
         leads.add_entry(session, lead.id, "opt_out", source="twilio" if opt_out_type else "keyword")
         leads.set_status(lead, "opted_out")
+        sync.emit(session, business.id, lead.id, "opted_out", message_sid)
         if confirm and not already:
             _reply(session, business, lead, OPT_OUT_CONFIRM, "opt_out_confirm", message_sid, to_number)
             replied = True
@@ -90,6 +92,7 @@ def record(
             replied = True
     else:
         leads.set_status(lead, "replied", only_from=("new", "scheduled", "texted"))
+    sync.emit(session, business.id, lead.id, "replied", message_sid, {"message_id": inbound_id})
     return InboundResult(lead.id, kind, replied)
 
 

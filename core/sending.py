@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import leads, texting
+from core import leads, sync, texting
 from core.config import Config
 from core.db import transaction
 from core.errors import Rejected, TransientError
@@ -72,6 +72,13 @@ class SmsJob:
             if message is None:
                 raise Rejected(f"message {message_id} does not exist")
             if message.sid:
+                # A status callback can record the sid before the worker does (after an ambiguous
+                # attempt, say): the text went out, so the send is finished all the same.
+                if message.sent_at is None:
+                    message.sent_at = now
+                sent_lead = session.get(Lead, message.lead_id)
+                if sent_lead is not None and message.kind == "first_text":
+                    texting.mark_lead_texted(sent_lead)
                 return {"sid": message.sid, "note": "already sent"}
             if message.status == "canceled":
                 return {"canceled": True}
@@ -183,6 +190,10 @@ class SmsJob:
             lead = session.get(Lead, message.lead_id)
             if lead is not None and message.kind == "first_text":
                 texting.mark_lead_texted(lead)
+            if lead is not None:
+                sync.emit(
+                    session, message.business_id, lead.id, "texted", message.id, {"message_id": message.id}
+                )
 
     def _rejected(self, message_id: str, exc: Rejected) -> None:
         code = (

@@ -154,3 +154,95 @@ class Stack:
         self.bridge_server.stop()
         self.twilio_server.stop()
         self.engine.dispose()
+
+
+# -- helpers for the call, security, dedupe and fuzz suites ----------------------------------------
+
+
+def business_with(policy: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+    """The default test business with some keys replaced and ``policy`` merged into its policy."""
+    from tests.conftest import business
+
+    data = business(**overrides)
+    if policy:
+        data["policy"] = {**data["policy"], **policy}
+    return data
+
+
+def table_counts(stack: Stack) -> dict[str, int]:
+    """Rows in every table the models declare, in one round trip."""
+    from sqlalchemy import literal, union_all
+
+    parts = [
+        select(literal(t.name).label("name"), select(func.count()).select_from(t).scalar_subquery())
+        for t in Base.metadata.sorted_tables
+    ]
+    with stack.engine.connect() as conn:
+        return {str(name): int(n) for name, n in conn.execute(union_all(*parts))}
+
+
+def call_row(stack: Stack, call_sid: str) -> Any:
+    from core.models import Call
+
+    with stack.factory() as s:
+        return s.get(Call, call_sid)
+
+
+def emulator_requests(stack: Stack, path_prefix: str = "/") -> list[dict[str, Any]]:
+    got = requests.get(f"{stack.twilio_url}/_emulator/requests", timeout=5).json()["requests"]
+    return [r for r in got if str(r["path"]).startswith(path_prefix)]
+
+
+def configure_emulator(stack: Stack, **spec: Any) -> dict[str, Any]:
+    resp = requests.post(f"{stack.twilio_url}/_emulator/config", json=spec, timeout=5)
+    assert resp.status_code == 200, resp.text
+    return dict(resp.json())
+
+
+def webhook_steps(report: dict[str, Any], route: str) -> list[dict[str, Any]]:
+    """The requests the emulator made to ``/twilio/<route>`` during a call, with what came back."""
+    return [s for s in report["steps"] if str(s.get("url", "")).endswith(f"/twilio/{route}")]
+
+
+def timeline(stack: Stack, phone: str, type_: str) -> list[dict[str, Any]]:
+    lead = stack.lead(phone)
+    return [e for e in (lead or {}).get("timeline", []) if e["type"] == type_]
+
+
+# -- helpers for the outbox, sending, worker-kill and quiet-hours suites ----------------------------
+
+
+def settle(stack: Stack, timeout: float = 20.0, horizon: float = 5.0, callbacks: float = 0.3) -> None:
+    """Run the worker until no job is pending or running with an attempt due within ``horizon`` s.
+
+    Unlike ``drain`` this waits out retry backoffs, so a job that failed once gets its retry.
+    Jobs scheduled further out (quiet hours) are left alone.
+    """
+    from datetime import timedelta
+
+    from core.models import utcnow
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if stack.worker.run_once():
+            continue
+        with stack.factory() as s:
+            waiting = s.scalar(
+                select(func.count())
+                .select_from(OutboxJob)
+                .where(
+                    OutboxJob.status.in_(("pending", "running")),
+                    OutboxJob.next_attempt_at <= utcnow() + timedelta(seconds=horizon),
+                )
+            )
+        if not waiting:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"the outbox did not settle within {timeout} s")
+    time.sleep(callbacks)
+
+
+def outbox_jobs(stack: Stack) -> list[OutboxJob]:
+    with stack.factory() as s:
+        return list(s.scalars(select(OutboxJob).order_by(OutboxJob.id)))

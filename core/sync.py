@@ -1,0 +1,419 @@
+"""The sync engine: lead events become outbox jobs, and each job pushes one event to one CRM.
+
+A lead event (missed call, texted, replied, qualified, booked, opted out, handed off, voicemail)
+becomes one ``crm.sync`` job per connector installed for the business, written in the same
+transaction as the event. The sync ledger maps the lead to each remote record, so every push is
+an upsert or an update. A create that may have happened (the worker died between the vendor's
+answer and our commit) is looked up by its key before it is tried again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from core import connector_state, outbox
+from core.config import Config
+from core.crm import ActivityData, Capability, ContactData, DealData, Remote, TaskData
+from core.db import transaction
+from core.errors import AuthError, RateLimited
+from core.leads import to_json
+from core.models import ConnectorInstall, Lead, SyncLedger, utcnow
+from core.outbox import Deferred, Job
+from core.phones import national
+
+log = logging.getLogger("textback.sync")
+
+EVENTS = ("missed_call", "texted", "replied", "qualified", "booked", "opted_out", "handed_off", "voicemail")
+
+SYNC_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "deal_on": {"enum": ["missed_call", "first_reply", "qualified", "never"]},
+        "pipeline": {"type": ["string", "null"]},
+        "stages": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {k: {"type": ["string", "null"]} for k in ("new", "qualified", "booked")},
+        },
+        "create_task": {"type": "boolean"},
+        "task_sla_minutes": {"type": "integer", "minimum": 1, "maximum": 10080},
+        "owner": {"type": ["string", "null"]},
+        "log_calls": {"type": "boolean"},
+        "log_messages": {"type": "boolean"},
+    },
+}
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    deal_on: str = "missed_call"
+    pipeline: str | None = None
+    stages: dict[str, str | None] = field(default_factory=dict)
+    create_task: bool = True
+    task_sla_minutes: int = 15
+    owner: str | None = None
+    log_calls: bool = True
+    log_messages: bool = True
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> SyncSettings:
+        return cls(**(data or {}))
+
+
+def emit(
+    session: Session, business_id: str, lead_id: str, event: str, ref: str, data: dict[str, Any] | None = None
+) -> int:
+    """Queue ``event`` for every enabled connector of the business. ``ref`` makes it idempotent."""
+    assert event in EVENTS, event
+    installs = session.scalars(
+        select(ConnectorInstall).where(
+            ConnectorInstall.business_id == business_id, ConnectorInstall.enabled.is_(True)
+        )
+    ).all()
+    queued = 0
+    for install in installs:
+        queued += outbox.enqueue(
+            session,
+            kind="crm.sync",
+            target=install.connector_id,
+            dedupe_key=f"crm:{install.connector_id}:{lead_id}:{event}:{ref}",
+            ordering_key=f"crm:{business_id}:{install.connector_id}:{lead_id}",
+            business_id=business_id,
+            lead_id=lead_id,
+            payload={"event": event, "ref": ref, "data": data or {}},
+        )
+    return queued
+
+
+Resolver = Callable[[str, str], Any]  # (business_id, connector_id) -> connector instance
+
+
+class SyncJob:
+    """Handler for ``crm.sync`` jobs."""
+
+    def __init__(self, config: Config, factory: sessionmaker[Session], resolve: Resolver) -> None:
+        self.config = config
+        self.factory = factory
+        self.resolve = resolve
+
+    def __call__(self, job: Job) -> dict[str, Any]:
+        business_id, connector_id = job.business_id or "", job.target
+        with transaction(self.factory) as session:
+            until = connector_state.paused_until(session, business_id, connector_id)
+            install = session.get(ConnectorInstall, (business_id, connector_id))
+            lead = session.get(Lead, job.lead_id) if job.lead_id else None
+            lead_json = to_json(session, lead) if lead else None
+        if install is None or not install.enabled:
+            return {"skipped": "connector not installed"}
+        if until is not None:
+            raise Deferred(until, f"{connector_id} is paused")
+        if lead_json is None:
+            return {"skipped": "lead no longer exists"}
+        connector = self.resolve(business_id, connector_id)
+        calls_before = getattr(connector, "api_calls", 0)
+        run = _Run(
+            self.factory, connector, connector_id, lead_json, SyncSettings.from_dict(install.sync), job
+        )
+        try:
+            result = run.apply(job.payload["event"], job.payload.get("data") or {})
+        except RateLimited as exc:
+            retry_after = max(float(exc.retry_after or 1.0), 0.5)
+            until = utcnow() + timedelta(seconds=retry_after)
+            with transaction(self.factory) as session:
+                connector_state.pause(session, business_id, connector_id, until, f"rate limited: {exc}")
+                connector_state.record_error(
+                    session,
+                    business_id,
+                    connector_id,
+                    str(exc),
+                    getattr(connector, "api_calls", 0) - calls_before,
+                    rate_limited=True,
+                )
+            raise Deferred(until, f"{connector_id} rate limited; paused for every worker") from None
+        except AuthError as exc:
+            # Credentials are an admin's job: pause the connector (no job is dropped) and say so.
+            until = utcnow() + timedelta(minutes=15)
+            with transaction(self.factory) as session:
+                connector_state.pause(session, business_id, connector_id, until, f"auth failed: {exc}")
+                connector_state.record_error(
+                    session,
+                    business_id,
+                    connector_id,
+                    str(exc),
+                    getattr(connector, "api_calls", 0) - calls_before,
+                )
+                connector_state.alert(
+                    session,
+                    business_id,
+                    connector_id,
+                    "auth_failed",
+                    f"{connector_id} rejected its credentials: {exc}. Fix them with "
+                    f"`textback connectors install` and the paused jobs resume.",
+                )
+            raise Deferred(until, f"{connector_id} auth failed; paused") from None
+        except Exception as exc:
+            with transaction(self.factory) as session:
+                connector_state.record_error(
+                    session,
+                    business_id,
+                    connector_id,
+                    str(exc),
+                    getattr(connector, "api_calls", 0) - calls_before,
+                )
+            raise
+        with transaction(self.factory) as session:
+            connector_state.record_success(
+                session, business_id, connector_id, getattr(connector, "api_calls", 0) - calls_before
+            )
+        return result
+
+
+class _Run:
+    """One event pushed to one connector."""
+
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        connector: Any,
+        connector_id: str,
+        lead: dict[str, Any],
+        settings: SyncSettings,
+        job: Job,
+    ) -> None:
+        self.factory = factory
+        self.c = connector
+        self.cid = connector_id
+        self.lead = lead
+        self.s = settings
+        self.job = job
+        self.caps: set[Capability] = set(getattr(connector, "capabilities", set()))
+
+    def has(self, cap: Capability) -> bool:
+        return cap in self.caps
+
+    # -- the ledger --------------------------------------------------------------------------
+    def _ledger(self, key: str) -> SyncLedger | None:
+        with self.factory() as session:
+            return session.get(SyncLedger, (self.lead["id"], self.cid, key))
+
+    def _save(self, key: str, remote: Remote | None, intent: bool = False) -> None:
+        with transaction(self.factory) as session:
+            row = session.get(SyncLedger, (self.lead["id"], self.cid, key))
+            if row is None:
+                row = SyncLedger(lead_id=self.lead["id"], connector_id=self.cid, key=key)
+                session.add(row)
+            if intent:
+                row.intent_at = utcnow()
+            if remote is not None:
+                row.remote_id, row.remote_url = remote.id, remote.url
+
+    def known(self, key: str) -> Remote | None:
+        row = self._ledger(key)
+        if row and row.remote_id:
+            return Remote(row.remote_id, row.remote_url, key)
+        return None
+
+    def ensure(self, key: str, kind: str, create: Callable[[], Remote]) -> Remote:
+        """The remote record for ``key``, created at most once."""
+        row = self._ledger(key)
+        if row and row.remote_id:
+            return Remote(row.remote_id, row.remote_url, kind)
+        if row and row.intent_at and hasattr(self.c, "find_record"):
+            found = self.c.find_record(kind, self.marker(key))
+            if found is not None:
+                self._save(key, found)
+                return found
+        self._save(key, None, intent=True)
+        remote = create()
+        self._save(key, remote)
+        return remote
+
+    def marker(self, key: str) -> str:
+        """A short, stable reference written into created records so a retry can find them."""
+        import hashlib
+
+        return "tb-" + hashlib.sha1(f"{self.lead['id']}:{key}".encode()).hexdigest()[:12]  # noqa: S324
+
+    # -- building blocks ---------------------------------------------------------------------
+    def contact(self) -> Remote | None:
+        if not self.has(Capability.UPSERT_CONTACT):
+            return None
+        name = (self.lead.get("name") or "").split(" ", 1)
+        data = ContactData(
+            phone=self.lead["phone"],
+            first_name=name[0] or None,
+            last_name=name[1] if len(name) > 1 else None,
+            email=self.lead.get("email"),
+            lead_source="Missed call" if self.lead.get("source") == "missed_call" else "Text message",
+            opted_out=bool(self.lead.get("opted_out")),
+        )
+        existing = self.known("contact")
+        remote: Remote = self.c.upsert_contact(data, existing)
+        if existing is None or existing.id != remote.id or existing.url != remote.url:
+            self._save("contact", remote)
+        return remote
+
+    def deal(self, contact: Remote | None, stage_key: str = "new") -> Remote | None:
+        if not self.has(Capability.UPSERT_DEAL) or contact is None:
+            return None
+        existing = self.known("deal")
+        stage = self.s.stages.get(stage_key)
+        data = DealData(
+            name=f"Missed call: {self.lead.get('name') or national(self.lead['phone'])}",
+            stage=stage or stage_key,
+            pipeline=self.s.pipeline,
+            owner=self.s.owner,
+        )
+        if existing is not None:
+            self.c.upsert_deal(self.marker("deal"), data, contact, existing)
+            return existing
+        return self.ensure(
+            "deal", "deal", lambda: self.c.upsert_deal(self.marker("deal"), data, contact, None)
+        )
+
+    def activity(self, key: str, data: ActivityData, contact: Remote | None) -> Remote | None:
+        if not self.has(Capability.LOG_ACTIVITY):
+            return None
+        deal = self.known("deal")
+        existing = self.known(key)
+        if existing is not None:
+            return self.c.log_activity(self.marker(key), data, contact, deal, existing)
+        return self.ensure(
+            key, data.kind, lambda: self.c.log_activity(self.marker(key), data, contact, deal, None)
+        )
+
+    # -- events --------------------------------------------------------------------------------
+    def apply(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
+        if self.has(Capability.EVENTS):
+            delivery = f"{self.job.payload.get('ref')}:{event}:{self.lead['id']}"
+            self.c.on_event(event, self.lead, delivery)
+        handler = getattr(self, f"on_{event}", None)
+        done: dict[str, Any] = {"event": event}
+        if handler is not None and (self.caps - {Capability.EVENTS}):
+            done.update(handler(data) or {})
+        return done
+
+    def on_missed_call(self, data: dict[str, Any]) -> dict[str, Any]:
+        had_contact = self.known("contact") is not None
+        contact = self.contact()
+        # A caller the CRM already knew is an existing customer: no new deal for them.
+        existing_customer = bool(contact is not None and not had_contact and contact.created is False)
+        if self.s.deal_on == "missed_call" and not existing_customer:
+            self.deal(contact)
+        call_sid = data.get("call_sid", "")
+        if self.s.log_calls:
+            self.activity(f"call:{call_sid}", self._call_activity(call_sid), contact)
+        if self.s.create_task and self.has(Capability.CREATE_TASK) and not data.get("repeat"):
+            task = TaskData(
+                subject=f"Call back {self.lead.get('name') or national(self.lead['phone'])}",
+                body=f"Missed call from {self.lead['phone']}. textback texted them; call back within "
+                f"{self.s.task_sla_minutes} minutes.",
+                due_at=utcnow() + timedelta(minutes=self.s.task_sla_minutes),
+                owner=self.s.owner,
+            )
+            deal = self.known("deal")
+            self.ensure(
+                f"task:{call_sid}",
+                "task",
+                lambda: self.c.create_task(self.marker(f"task:{call_sid}"), task, contact, deal),
+            )
+        return {"contact": contact.id if contact else None, "existing_customer": existing_customer}
+
+    def _call_activity(self, call_sid: str) -> ActivityData:
+        entries = [e for e in self.lead["timeline"] if e.get("call_sid") == call_sid]
+        empty: dict[str, Any] = {}
+        call = next((e for e in entries if e["type"] == "call"), empty)
+        voicemail = next((e for e in entries if e["type"] == "voicemail"), empty)
+        transcript = next((e for e in entries if e["type"] == "transcript"), empty)
+        at = _parse_at(call.get("at"))
+        lines = [f"Missed inbound call ({call.get('status') or 'no answer'})."]
+        if voicemail.get("recording_url"):
+            lines.append(f"Voicemail: {voicemail['recording_url']}")
+        if transcript.get("text"):
+            lines.append(f"Transcript: {transcript['text']}")
+        return ActivityData(
+            kind="call",
+            at=at,
+            body="\n".join(lines),
+            direction="inbound",
+            status="missed",
+            duration_seconds=int(voicemail.get("duration") or 0),
+            from_number=self.lead["phone"],
+            recording_url=voicemail.get("recording_url"),
+        )
+
+    def on_voicemail(self, data: dict[str, Any]) -> dict[str, Any]:
+        contact = self.contact()
+        if self.s.log_calls:
+            self.activity(
+                f"call:{data.get('call_sid', '')}", self._call_activity(data.get("call_sid", "")), contact
+            )
+        return {}
+
+    def _message(self, data: dict[str, Any], direction: str) -> dict[str, Any]:
+        contact = self.contact()
+        if self.s.log_messages:
+            msg = next(
+                (e for e in self.lead["timeline"] if e.get("message_id") == data.get("message_id")), None
+            )
+            if msg is not None:
+                self.activity(
+                    f"msg:{data['message_id']}",
+                    ActivityData(
+                        kind="sms",
+                        at=_parse_at(msg["at"]),
+                        body=msg["body"],
+                        direction=direction,
+                        from_number=msg["from"],
+                        to_number=msg["to"],
+                    ),
+                    contact,
+                )
+        return {"contact": contact.id if contact else None}
+
+    def on_texted(self, data: dict[str, Any]) -> dict[str, Any]:
+        return self._message(data, "outbound")
+
+    def on_replied(self, data: dict[str, Any]) -> dict[str, Any]:
+        result = self._message(data, "inbound")
+        if self.s.deal_on == "first_reply":
+            self.deal(self.contact())
+        return result
+
+    def on_qualified(self, data: dict[str, Any]) -> dict[str, Any]:
+        contact = self.contact()
+        deal = self.deal(contact, "qualified") if self.s.deal_on != "never" else None
+        return {"deal": deal.id if deal else None}
+
+    def on_booked(self, data: dict[str, Any]) -> dict[str, Any]:
+        contact = self.contact()
+        deal = self.deal(contact, "booked") if self.s.deal_on != "never" else None
+        return {"deal": deal.id if deal else None}
+
+    def on_opted_out(self, data: dict[str, Any]) -> dict[str, Any]:
+        contact = self.contact()
+        if contact is not None and self.has(Capability.MARK_OPTED_OUT):
+            self.c.mark_opted_out(contact)
+        return {"contact": contact.id if contact else None}
+
+    def on_handed_off(self, data: dict[str, Any]) -> dict[str, Any]:
+        contact = self.contact()
+        note = ActivityData(
+            kind="note", at=utcnow(), body=f"Handed off to a person: {data.get('reason', '')}".strip()
+        )
+        self.activity(f"handoff:{self.job.payload.get('ref')}", note, contact)
+        return {}
+
+
+def _parse_at(value: str | None) -> datetime:
+    if not value:
+        return utcnow()
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
