@@ -129,6 +129,23 @@ def emulator_twilio(host: str, port: int, account_sid: str, auth_token: str, bri
     run(host, port, account_sid, auth_token, bridge_url)
 
 
+def _generic_emulator(name: str) -> click.Command:
+    @click.command(name, help=f"Run the {name} emulator in the foreground.")
+    @click.option("--host", default="127.0.0.1", show_default=True)
+    @click.option("--port", required=True, type=int)
+    def command(host: str, port: int) -> None:
+        from connectors.emulators import runner
+
+        click.echo(f"{name} emulator on http://{host}:{port}")
+        runner(name)(host, port)
+
+    return command
+
+
+for _name in ("hubspot", "salesforce", "pipedrive", "google_calendar", "webhook"):
+    emulator.add_command(_generic_emulator(_name))
+
+
 @main.command()
 @click.option(
     "--dir", "directory", required=True, type=click.Path(file_okay=False), help="Working directory."

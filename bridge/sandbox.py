@@ -15,8 +15,10 @@ from typing import Any
 import requests
 import yaml
 
+from connectors import emulators, registry
 from core import config as config_mod
 from core.errors import ConfigError
+from core.secrets import generate_key
 
 ACCOUNT_SID = "AC" + "5a" * 16
 AUTH_TOKEN = "sandbox-auth-token-0123456789abcdef"  # noqa: S105 - the emulator's, public by design
@@ -64,6 +66,7 @@ def default_config(directory: Path) -> dict[str, Any]:
             "api_base_url": f"http://127.0.0.1:{twilio_port}",
             "timeout_seconds": 5,
         },
+        "secret_key_file": str((directory / "secret.key").resolve()),
         "worker": {"poll_interval": 0.05, "lease_seconds": 30},
         "logging": {"level": "INFO"},
         "businesses": [BUSINESS],
@@ -91,6 +94,10 @@ class Sandbox:
             self.config_path.write_text(
                 yaml.safe_dump(default_config(self.dir), sort_keys=False), encoding="utf-8"
             )
+        key_file = self.dir / "secret.key"
+        if not key_file.exists():
+            key_file.write_text(generate_key() + "\n", encoding="utf-8")
+            key_file.chmod(0o600)
         self.config = config_mod.load(str(self.config_path))
         self.quiet = quiet
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -98,6 +105,7 @@ class Sandbox:
         self.log_dir.mkdir(exist_ok=True)
         self.bridge_url = self.config.public_url or ""
         self.emulators = {"twilio": self.config.twilio.api_base_url or ""}
+        self.connectors: list[str] = []
 
     def _spawn(self, name: str, *args: str) -> None:
         log = open(self.log_dir / f"{name}.log", "ab")
@@ -136,6 +144,8 @@ class Sandbox:
             "--bridge-url",
             self.bridge_url,
         )
+        self._start_crm_emulators(timeout)
+        self._install_connectors(src)
         self._spawn(
             "bridge",
             "serve",
@@ -154,8 +164,52 @@ class Sandbox:
         self._wait_until_up(timeout)
         self.write_manifest()
 
+    def _start_crm_emulators(self, timeout: float) -> None:
+        for name in emulators.available():
+            if name == "twilio":
+                continue
+            port = free_port()
+            self._spawn(f"{name}-emulator", "emulator", name, "--port", str(port))
+            self.emulators[name] = f"http://127.0.0.1:{port}"
+        self._wait_for([f"{url}/_emulator/health" for name, url in self.emulators.items() if name != "twilio"],
+                       timeout)
+
+    def _install_connectors(self, config_src: str) -> None:
+        """Install every connector that has an emulator here, pointed at that emulator."""
+        for connector_id in registry.available():
+            url = self.emulators.get(connector_id)
+            settings = emulators.sandbox_settings(connector_id, url) if url else None
+            if settings is None:
+                continue
+            settings_file = self.dir / f"connector-{connector_id}.yaml"
+            settings_file.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
+            settings_file.chmod(0o600)
+            result = subprocess.run(
+                [sys.executable, "-m", "bridge.cli", "connectors", "install", connector_id, "--config", config_src,
+                 "--config-file", str(settings_file)],
+                capture_output=True, text=True, cwd=str(self.dir), check=False,
+            )
+            if result.returncode != 0:
+                raise RuntimeError(f"installing the {connector_id} connector failed: "
+                                   f"{(result.stderr or result.stdout).strip()}")
+            self.connectors.append(connector_id)
+
+    def _wait_for(self, urls: list[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(urls)
+        while pending and time.monotonic() < deadline:
+            try:
+                if requests.get(pending[0], timeout=1).status_code == 200:
+                    pending.pop(0)
+                    continue
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        if pending:
+            raise RuntimeError(f"{pending[0]} did not answer in {timeout:.0f}s; logs in {self.log_dir}")
+
     def _wait_until_up(self, timeout: float) -> None:
-        checks = [f"{self.bridge_url}/healthz", f"{self.emulators['twilio']}/_emulator/health"]
+        checks = [f"{self.bridge_url}/healthz", *(f"{u}/_emulator/health" for u in self.emulators.values())]
         deadline = time.monotonic() + timeout
         pending = list(checks)
         while pending and time.monotonic() < deadline:
@@ -179,6 +233,7 @@ class Sandbox:
         return {
             "bridge_url": self.bridge_url,
             "emulators": dict(self.emulators),
+            "connectors": list(self.connectors),
             "twilio": {
                 "account_sid": self.config.twilio.account_sid,
                 "auth_token": self.config.twilio.auth_token,

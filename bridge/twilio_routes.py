@@ -31,7 +31,12 @@ log = logging.getLogger("textback.bridge.twilio")
 blueprint = Blueprint("twilio", __name__, url_prefix="/twilio")
 
 F = TypeVar("F", bound=Callable[..., Any])
-_SID = re.compile(r"^[A-Z]{2}[0-9a-fA-F]{32}$")
+_SID = re.compile(r"[A-Z]{2}[0-9a-fA-F]{32}")
+_MESSAGE_ID = re.compile(r"[0-9a-fA-F-]{1,36}")
+CALL_STATUSES = frozenset(
+    {"queued", "initiated", "ringing", "in-progress", "completed", "busy", "no-answer", "failed", "canceled"}
+)
+DIAL_STATUSES = frozenset({"completed", "answered", "busy", "no-answer", "failed", "canceled"})
 
 
 class BadRequest(Exception):
@@ -80,12 +85,32 @@ def field(name: str, required: bool = True, max_len: int = 256) -> str:
         return ""
     if len(value) > max_len:
         raise BadRequest(f"form field {name} is too long")
+    if "\x00" in value:
+        # PostgreSQL cannot store NUL in text, and no Twilio field ever carries one.
+        raise BadRequest(f"form field {name} contains a NUL character")
+    return value
+
+
+def number_field(name: str, max_digits: int = 9) -> int | None:
+    """An optional non-negative integer field (ASCII digits only: int() rejects '²')."""
+    value = field(name, required=False, max_len=max_digits)
+    if not value:
+        return None
+    if not (value.isascii() and value.isdigit()):
+        raise BadRequest(f"form field {name} is not a number")
+    return int(value)
+
+
+def status_field(name: str, allowed: frozenset[str]) -> str:
+    value = field(name, max_len=20).lower()
+    if value not in allowed:
+        raise BadRequest(f"form field {name} is not a known Twilio status")
     return value
 
 
 def sid_field(name: str, required: bool = True) -> str:
     value = field(name, required, 64)
-    if value and not _SID.match(value):
+    if value and not _SID.fullmatch(value):
         raise BadRequest(f"form field {name} is not a Twilio SID")
     return value
 
@@ -224,7 +249,7 @@ def screen_accept() -> Response:
 @signed
 def dial_result() -> Response:
     call_sid = sid_field("CallSid")
-    dial_status = field("DialCallStatus", max_len=20).lower()
+    dial_status = status_field("DialCallStatus", DIAL_STATUSES)
     bridged_param = field("DialBridged", required=False, max_len=10).lower()
     st = state()
 
@@ -266,13 +291,11 @@ def _timestamp(value: str) -> datetime | None:
 @signed
 def call_status() -> Response:
     call_sid = sid_field("CallSid")
-    status = field("CallStatus", max_len=20).lower()
+    status = status_field("CallStatus", CALL_STATUSES)
     caller = field("From", required=False, max_len=64)
     called = field("To", required=False)
     direction = field("Direction", required=False, max_len=20) or "inbound"
-    duration_raw = field("CallDuration", required=False, max_len=10)
-    if duration_raw and not duration_raw.isdigit():
-        raise BadRequest("form field CallDuration is not a number")
+    number_field("CallDuration")
     at = _timestamp(field("Timestamp", required=False, max_len=64))
     st = state()
 
@@ -321,7 +344,7 @@ def recording() -> Response:
     call_sid = sid_field("CallSid")
     recording_sid = sid_field("RecordingSid")
     url = field("RecordingUrl", required=False, max_len=512)
-    duration = field("RecordingDuration", required=False, max_len=10)
+    duration = number_field("RecordingDuration")
     with transaction(state().factory) as session:
         if calls.first_delivery(session, "voice.recording", recording_sid):
             calls.attach_voicemail(
@@ -329,7 +352,7 @@ def recording() -> Response:
                 call_sid,
                 recording_sid=recording_sid,
                 recording_url=url or None,
-                duration=int(duration) if duration.isdigit() else None,
+                duration=duration,
             )
     vr = VoiceResponse()
     vr.say("Thanks, we got your message. Goodbye.")
@@ -406,10 +429,10 @@ def message_status() -> Response:
     status = field("MessageStatus", max_len=20).lower()
     if status not in texting.STATUS_RANK:
         raise BadRequest(f"unknown MessageStatus {status!r}")
-    code_raw = field("ErrorCode", required=False, max_len=10)
-    if code_raw and not code_raw.isdigit():
-        raise BadRequest("form field ErrorCode is not a number")
+    error_code = number_field("ErrorCode")
     message_id = request.args.get("m") or None
+    if message_id and not _MESSAGE_ID.fullmatch(message_id):
+        raise BadRequest("query parameter m is not a message id")
 
     def run() -> Response:
         with transaction(state().factory) as session:
@@ -418,7 +441,7 @@ def message_status() -> Response:
                 message_id=message_id,
                 sid=sid,
                 status=status,
-                error_code=int(code_raw) if code_raw else None,
+                error_code=error_code,
             )
         return Response(status=204)
 

@@ -6,6 +6,7 @@ driven step by step (``drain``) so tests are deterministic, or in a thread (``st
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -74,6 +75,7 @@ class Stack:
         }
         resp = requests.post(f"{self.twilio_url}/_emulator/calls", json=body, timeout=30)
         assert resp.status_code == 200, resp.text
+        self.last_call_sid = resp.json().get("call_sid")
         return dict(resp.json())
 
     def inbound_sms(self, caller: str, body: str, **extra: Any) -> dict[str, Any]:
@@ -151,8 +153,7 @@ class Stack:
         self._stop.set()
         if self._worker_thread:
             self._worker_thread.join(timeout=5)
-        self.bridge_server.stop()
-        self.twilio_server.stop()
+        stop_servers(self.bridge_server, self.twilio_server)
         self.engine.dispose()
 
 
@@ -246,3 +247,21 @@ def settle(stack: Stack, timeout: float = 20.0, horizon: float = 5.0, callbacks:
 def outbox_jobs(stack: Stack) -> list[OutboxJob]:
     with stack.factory() as s:
         return list(s.scalars(select(OutboxJob).order_by(OutboxJob.id)))
+
+
+def stop_servers(*servers: Any) -> None:
+    """Stop werkzeug servers together, without waiting out serve_forever's 0.5 s poll each."""
+    import socket
+
+    stoppers = [threading.Thread(target=srv.stop) for srv in servers]
+    for t in stoppers:
+        t.start()
+    time.sleep(0.01)
+    for srv in servers:
+        # A connection wakes the server's select() so it sees the shutdown request at once.
+        with contextlib.suppress(OSError), socket.create_connection(
+            ("127.0.0.1", srv.server.server_port), timeout=0.2
+        ):
+            pass
+    for t in stoppers:
+        t.join(timeout=5)

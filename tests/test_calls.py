@@ -77,7 +77,7 @@ def assert_no_error(report: dict[str, Any]) -> None:
 def test_missed_outcome_texts_once(stack: Stack, outcome: str, reason: str) -> None:
     report = stack.call(CALLER, outcome)
     assert_no_error(report)
-    stack.drain()
+    stack.drain(settle=0.1)
     assert decisions(stack, CALLER) == [("text", reason)]
     sent = stack.sent(CALLER)
     assert len(sent) == 1
@@ -104,7 +104,7 @@ def test_staff_voicemail_is_never_taken_for_an_answer(stack: Stack) -> None:
 def test_answered_call_is_skipped_without_a_lead(stack: Stack) -> None:
     report = stack.call(CALLER, "completed")
     assert_no_error(report)
-    stack.drain()
+    stack.drain(settle=0.1)
     assert webhook_steps(report, "screen-accept"), "the staff member pressed 1"
     call = call_row(stack, report["call_sid"])
     assert (call.decision_outcome, call.decision_reason) == ("skip", "answered")
@@ -119,7 +119,7 @@ def test_caller_hanging_up_after_min_ring_is_texted(stack: Stack) -> None:
     report = stack.call(CALLER, "canceled", ring_seconds=7)
     assert_no_error(report)
     assert webhook_steps(report, "dial-result") == []  # the caller left before <Dial> ended
-    stack.drain()
+    stack.drain(settle=0.1)
     assert decisions(stack, CALLER) == [("text", "missed_hangup")]
     assert len(stack.sent(CALLER)) == 1
     call = call_row(stack, report["call_sid"])
@@ -132,7 +132,7 @@ def test_caller_hanging_up_at_exactly_min_ring_is_texted(stack: Stack) -> None:
     with time_machine.travel(datetime(2026, 11, 25, 16, 0, 0, tzinfo=CHICAGO), tick=True):
         report = stack.call(CALLER, "canceled", ring_seconds=4)
         assert_no_error(report)
-        stack.drain()
+        stack.drain(settle=0.1)
     assert decisions(stack, CALLER) == [("text", "missed_hangup")]
     assert len(stack.sent(CALLER)) == 1
 
@@ -140,7 +140,7 @@ def test_caller_hanging_up_at_exactly_min_ring_is_texted(stack: Stack) -> None:
 def test_short_ring_hang_up_is_skipped(stack: Stack) -> None:
     report = stack.call(CALLER, "canceled", ring_seconds=2)
     assert_no_error(report)
-    stack.drain()
+    stack.drain(settle=0.1)
     call = call_row(stack, report["call_sid"])
     assert (call.decision_outcome, call.decision_reason) == ("skip", "short_ring")
     assert call.lead_id is None and stack.lead(CALLER) is None
@@ -156,7 +156,7 @@ def test_forward_mode_every_call_is_a_miss(make_stack: Any) -> None:
     assert root.find("Dial") is None, "forwarded calls already rang the business"
     assert root.find("Say") is not None and root.find("Record") is not None
     assert webhook_steps(report, "dial-result") == []
-    stack.drain()
+    stack.drain(settle=0.1)
     assert decisions(stack, CALLER) == [("text", "missed_forwarded")]
     assert len(stack.sent(CALLER)) == 1
     assert [e["text"] for e in timeline(stack, CALLER, "transcript")] == ["Hi, my breaker keeps tripping"]
@@ -179,7 +179,7 @@ def test_forward_mode_every_call_is_a_miss(make_stack: Any) -> None:
 def test_callers_never_texted(stack: Stack, caller: str, reason: str) -> None:
     report = stack.call(caller, "no-answer")
     assert_no_error(report)
-    stack.drain()
+    stack.drain(settle=0.1)
     call = call_row(stack, report["call_sid"])
     assert (call.decision_outcome, call.decision_reason) == ("skip", reason)
     assert stack.count(Lead) == 0 and stack.count(OutboxJob) == 0
@@ -189,22 +189,22 @@ def test_callers_never_texted(stack: Stack, caller: str, reason: str) -> None:
 def test_blocklisted_number_is_skipped(make_stack: Any) -> None:
     stack = make_stack(businesses=[business_with(policy={"blocklist": ["(312) 555-0142"]})])
     report = stack.call(CALLER, "no-answer")
-    stack.drain()
+    stack.drain(settle=0.1)
     call = call_row(stack, report["call_sid"])
     assert (call.decision_outcome, call.decision_reason) == ("skip", "blocklisted")
     assert stack.count(Lead) == 0
     assert stack.sent() == []
     # Somebody else still gets their text: the blocklist is not a blanket skip.
     stack.call("+13125550143", "no-answer")
-    stack.drain()
+    stack.drain(settle=0.1)
     assert len(stack.sent()) == 1 and stack.sent()[0]["to"] == "+13125550143"
 
 
 def test_repeat_call_within_cooldown_is_recorded_but_not_texted(stack: Stack) -> None:
     first = stack.call(CALLER, "no-answer")
-    stack.drain()
+    stack.drain(settle=0.1)
     second = stack.call(CALLER, "busy")
-    stack.drain()
+    stack.drain(settle=0.1)
     assert len(stack.sent(CALLER)) == 1
     assert stack.count(Lead) == 1 and stack.count(OutboxJob) == 1
     assert decisions(stack, CALLER) == [("text", "missed_no_answer"), ("skip", "cooldown")]
@@ -220,25 +220,25 @@ def test_cooldown_ends_after_twelve_hours(stack: Stack) -> None:
     start = datetime(2026, 11, 24, 9, 0, tzinfo=CHICAGO)  # a Tuesday
     with time_machine.travel(start, tick=True):
         stack.call(CALLER, "no-answer")
-        stack.drain()
+        stack.drain(settle=0.1)
     with time_machine.travel(start + timedelta(hours=11, minutes=50), tick=True):
         stack.call(CALLER, "no-answer")
-        stack.drain()
+        stack.drain(settle=0.1)
     assert len(stack.sent(CALLER)) == 1
     with time_machine.travel(start + timedelta(hours=12, minutes=10), tick=True):
         stack.call(CALLER, "no-answer")
-        stack.drain()
+        stack.drain(settle=0.1)
     assert len(stack.sent(CALLER)) == 2
     assert [r for _o, r in decisions(stack, CALLER)] == ["missed_no_answer", "cooldown", "missed_no_answer"]
 
 
 def test_opted_out_caller_is_not_texted(stack: Stack) -> None:
     stack.inbound_sms(CALLER, "STOP")
-    stack.drain()
+    stack.drain(settle=0.1)
     confirmations = stack.sent(CALLER)
     assert len(confirmations) == 1 and "unsubscribed" in confirmations[0]["body"]
     report = stack.call(CALLER, "no-answer")
-    stack.drain()
+    stack.drain(settle=0.1)
     assert stack.sent(CALLER) == confirmations
     assert decisions(stack, CALLER) == [("skip", "opted_out")]
     assert first_texts(stack, CALLER) == []
@@ -251,7 +251,7 @@ def test_landline_is_looked_up_once_and_never_texted(make_stack: Any) -> None:
     stack = make_stack(businesses=[business_with(policy={"lookup_line_type": True})])
     configure_emulator(stack, numbers={CALLER: {"line_type": "landline"}})
     stack.call(CALLER, "no-answer")
-    stack.drain()
+    stack.drain(settle=0.1)
     lookups = emulator_requests(stack, "/v2/PhoneNumbers/")
     assert len(lookups) == 1
     assert stack.sent() == []
@@ -259,7 +259,7 @@ def test_landline_is_looked_up_once_and_never_texted(make_stack: Any) -> None:
     assert stack.lead(CALLER)["status"] == "closed"  # type: ignore[index]
 
     second = stack.call(CALLER, "no-answer")
-    stack.drain()
+    stack.drain(settle=0.1)
     assert len(emulator_requests(stack, "/v2/PhoneNumbers/")) == 1, "the line type is cached"
     assert stack.sent() == []
     assert call_row(stack, second["call_sid"]).decision_reason == "landline"
@@ -269,7 +269,7 @@ def test_landline_is_looked_up_once_and_never_texted(make_stack: Any) -> None:
 def test_mobile_caller_passes_the_line_type_check(make_stack: Any) -> None:
     stack = make_stack(businesses=[business_with(policy={"lookup_line_type": True})])
     stack.call(CALLER, "no-answer")
-    stack.drain()
+    stack.drain(settle=0.1)
     assert len(emulator_requests(stack, "/v2/PhoneNumbers/")) == 1
     assert len(stack.sent(CALLER)) == 1
 
@@ -283,7 +283,7 @@ def test_voicemail_and_transcript_are_attached_to_the_lead(stack: Stack) -> None
     assert_no_error(report)
     recording = webhook_steps(report, "recording")
     assert len(recording) == 1
-    stack.drain()
+    stack.drain(settle=0.1)
     [voicemail] = timeline(stack, CALLER, "voicemail")
     assert voicemail["call_sid"] == report["call_sid"]
     assert voicemail["recording_sid"] == recording[0]["params"]["RecordingSid"]
@@ -329,7 +329,7 @@ def test_ring_timeout_is_configurable(make_stack: Any) -> None:
 def _first_text_at(stack: Stack, moment: datetime) -> tuple[dict[str, Any], Any]:
     with time_machine.travel(moment, tick=True):
         report = stack.call(CALLER, "no-answer")
-        stack.drain()
+        stack.drain(settle=0.1)
     [sent] = stack.sent(CALLER)
     return sent, call_row(stack, report["call_sid"])
 
@@ -369,7 +369,7 @@ def test_every_outcome_in_one_stack_gives_one_text_per_missed_caller(stack: Stac
     }
     for caller, (outcome, _n) in outcomes.items():
         assert_no_error(stack.call(caller, outcome))
-    stack.drain()
+    stack.drain(settle=0.1)
     for caller, (outcome, expected) in outcomes.items():
         assert len(stack.sent(caller)) == expected, outcome
     assert stack.count(Call) == len(outcomes)

@@ -15,7 +15,7 @@ from typing import Any
 from connectors.hubspot.emulator_common import PORTAL_ID, ApiError
 from connectors.hubspot.emulator_schema import ALL_SCOPES, OWNERS
 
-SANDBOX_TOKEN = "pat-sandbox-0d1c8e52-4b7a-4f7e-9a1e-7d0c6a2f5b13"
+SANDBOX_TOKEN = "pat-sandbox-0d1c8e52-4b7a-4f7e-9a1e-7d0c6a2f5b13"  # noqa: S105 - a fake, by design
 SANDBOX_OAUTH: dict[str, str] = {
     "client_id": "sandbox-client-5f3c2a10-7e4d-4b8a-9c61-2d0e8f7a1b3c",
     "client_secret": "sandbox-secret-8b1e6d4f-0a2c-4e9b-b7d3-5c6f1a8e2d90",
@@ -24,10 +24,10 @@ SANDBOX_OAUTH: dict[str, str] = {
     "code": "sandbox-auth-code-2c9d-4f1e-a7b3",  # single use; /_emulator/reset makes it usable again
 }
 APP_ID = 5550001
-_AUTH_MESSAGE = ("Authentication credentials not found. This API supports OAuth 2.0 authentication and you can "
-                 "find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview")
-_SCOPES_MESSAGE = ("This app hasn't been granted all required scopes to make this call. Read more about required "
-                   "scopes here: https://developers.hubspot.com/scopes.")
+_AUTH_MESSAGE = ("Authentication credentials not found. This API supports OAuth 2.0 authentication and you "
+                 "can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview")
+_SCOPES_MESSAGE = ("This app hasn't been granted all required scopes to make this call. Read more about "
+                   "required scopes here: https://developers.hubspot.com/scopes.")
 
 
 @dataclass
@@ -109,8 +109,8 @@ class Auth:
         moment = time.time()
         expired = token.expired_at(moment)
         if expired is not None:
-            raise ApiError(401, f"The OAuth token used to make this call expired {_ago(moment - expired)} ago.",
-                           "EXPIRED_AUTHENTICATION")
+            message = f"The OAuth token used to make this call expired {_ago(moment - expired)} ago."
+            raise ApiError(401, message, "EXPIRED_AUTHENTICATION")
         return token
 
     @staticmethod
@@ -140,7 +140,7 @@ class Auth:
             if code not in self.codes:
                 raise OAuthError("BAD_AUTH_CODE", "missing or unknown auth code")
             if form.get("redirect_uri") != SANDBOX_OAUTH["redirect_uri"]:
-                raise OAuthError("BAD_REDIRECT_URI", "redirect_uri does not match the one used to get the code")
+                raise OAuthError("BAD_REDIRECT_URI", "redirect_uri does not match the one the code was for")
             self.codes.discard(code)
             refresh = f"na1-{secrets.token_hex(2)}-{secrets.token_hex(2)}-{secrets.token_hex(8)}"
             self.refresh_tokens[refresh] = False
@@ -178,6 +178,12 @@ class RateLimiter:
 
     def count_daily(self, token: str) -> None:
         self.daily[token] = (_today(), self.daily_used(token) + 1)
+
+    def remaining(self, kind: str, token: str, limit: tuple[int, float] | None) -> int:
+        if limit is None:
+            return 0
+        cutoff = time.monotonic() - limit[1]
+        return max(0, limit[0] - sum(1 for hit in self.windows.get((kind, token), ()) if hit > cutoff))
 
     def admit(self, kind: str, token: str, limit: tuple[int, float] | None) -> tuple[bool, int, int]:
         """(admitted, remaining after this call, whole seconds until a slot frees when refused)."""

@@ -60,7 +60,7 @@ def validation(message: str, **kwargs: Any) -> ApiError:
 
 
 def property_errors(problems: list[tuple[str, Any, str, str]]) -> ApiError:
-    """400 for bad property values; ``problems`` are (name, value, message, code) like HubSpot reports them."""
+    """400 for bad property values; ``problems`` are (name, value, message, code) as HubSpot reports them."""
     embedded = [{"isValid": False, "message": msg, "error": code, "name": name, "localizedErrorMessage": msg,
                  "propertyValue": value, "portalId": PORTAL_ID} for name, value, msg, code in problems]
     errors = [{"message": msg, "code": code, "context": {"propertyName": [name]}}

@@ -101,7 +101,8 @@ _SPECS: dict[str, tuple[tuple[str, str, str, tuple[str, ...]], ...]] = {
     "contacts": (
         ("email", _S, "text", ()), ("firstname", _S, "text", ()), ("lastname", _S, "text", ()),
         ("phone", _S, "phonenumber", ()), ("mobilephone", _S, "phonenumber", ()), ("company", _S, "text", ()),
-        ("website", _S, "text", ()), ("city", _S, "text", ()), ("state", _S, "text", ()), ("zip", _S, "text", ()),
+        ("website", _S, "text", ()), ("city", _S, "text", ()), ("state", _S, "text", ()),
+        ("zip", _S, "text", ()),
         ("address", _S, "text", ()), ("jobtitle", _S, "text", ()), ("message", _S, "textarea", ()),
         ("hs_lead_status", _E, "radio", LEAD_STATUS), ("lifecyclestage", _E, "radio", LIFECYCLE),
         ("hubspot_owner_id", _E, "select", ()), ("leadsource", _S, "text", ()),
@@ -128,7 +129,8 @@ _SPECS: dict[str, tuple[tuple[str, str, str, tuple[str, ...]], ...]] = {
         ("hubspot_owner_id", _E, "select", ()),
     ),
     "calls": (
-        ("hs_timestamp", _DT, "date", ()), ("hs_call_title", _S, "text", ()), ("hs_call_body", _S, "html", ()),
+        ("hs_timestamp", _DT, "date", ()), ("hs_call_title", _S, "text", ()),
+        ("hs_call_body", _S, "html", ()),
         ("hs_call_direction", _E, "select", CALL_DIRECTION), ("hs_call_status", _E, "select", CALL_STATUS),
         ("hs_call_duration", _N, "number", ()), ("hs_call_from_number", _S, "text", ()),
         ("hs_call_to_number", _S, "text", ()), ("hs_call_recording_url", _S, "text", ()),

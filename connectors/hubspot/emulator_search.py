@@ -61,8 +61,8 @@ def parse_search(body: dict[str, Any], defs: dict[str, PropertyDef]) -> SearchSp
         if not isinstance(raw_filters, list):
             raise validation("Invalid input JSON: each filterGroup needs a list of filters")
         if len(raw_filters) > MAX_PER_GROUP:
-            raise validation(f"Invalid input JSON: too many filters per filterGroup (count: {len(raw_filters)}, "
-                             f"max allowed: {MAX_PER_GROUP})")
+            raise validation("Invalid input JSON: too many filters per filterGroup "
+                             f"(count: {len(raw_filters)}, max allowed: {MAX_PER_GROUP})")
         groups.append(tuple(_parse_filter(f, defs) for f in raw_filters))
     total = sum(len(g) for g in groups)
     if total > MAX_FILTERS:

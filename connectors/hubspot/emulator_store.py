@@ -136,8 +136,7 @@ class Store:
     def get(self, otype: ObjectType, key: str, id_property: str | None = None) -> CrmObject:
         if id_property and id_property != "hs_object_id":
             if not self.is_unique(otype, id_property):
-                raise validation(f"Property \"{id_property}\" is not a unique identifier; idProperty must name "
-                                 "a property with hasUniqueValue=true")
+                raise _not_unique(id_property)
             found = self.find_by(otype, id_property, key)
             if found is None:
                 raise not_found()
@@ -285,7 +284,8 @@ class Store:
             raise validation("Invalid input JSON: some of required attributes are not set [inputs]")
         if len(inputs) > 100:
             raise validation(f"Batch size of {len(inputs)} exceeds the limit of 100")
-        keys = [(str(i.get("idProperty") or ""), str(i.get("id") or "")) for i in inputs if isinstance(i, dict)]
+        keys = [(str(i.get("idProperty") or ""), str(i.get("id") or ""))
+                for i in inputs if isinstance(i, dict)]
         if len(keys) != len(inputs) or any(not p or not v for p, v in keys):
             raise validation("Invalid input JSON: each input needs idProperty, id and properties")
         seen = [v.lower() if p == "email" else v for p, v in keys]
@@ -295,8 +295,7 @@ class Store:
         plan: list[tuple[CrmObject | None, dict[str, str | None]]] = []
         for item, (prop, value) in zip(inputs, keys, strict=True):
             if not self.is_unique(otype, prop):
-                raise validation(f"Property \"{prop}\" is not a unique identifier; idProperty must name a "
-                                 "property with hasUniqueValue=true")
+                raise _not_unique(prop)
             existing = self.find_by(otype, prop, value)
             values = self.clean(otype, {**(item.get("properties") or {}), prop: value}, existing)
             self.check_unique(otype, values, existing.id if existing else None)
@@ -305,21 +304,17 @@ class Store:
                 for existing, values in plan]
 
     # -- associations -------------------------------------------------------------------------------
-    def check_links(self, from_type: ObjectType, to_type: ObjectType, to_ids: list[str],
-                    specs: Any) -> list[tuple[str, int]]:
-        """Validated (category, type id) pairs for links from ``from_type`` to existing ``to_ids``."""
-        missing = [i for i in to_ids if self._missing(to_type, i)]
-        if missing:
-            raise validation("One or more associations are invalid", context={
-                "INVALID_OBJECT_IDS": [f"{to_type.label}={i} is not valid" for i in missing],
-                "objectId": missing, "objectType": [to_type.label]})
+    def check_links(self, from_type: ObjectType, to_type: ObjectType | None, to_id: str,
+                    specs: Any) -> tuple[ObjectType, list[tuple[str, int]]]:
+        """Validate link specs from ``from_type`` to object ``to_id``; ``to_type`` None infers it from the
+        first HUBSPOT_DEFINED type id (as inline ``associations`` on create require)."""
         if not isinstance(specs, list) or not specs:
             raise validation("Invalid input JSON: each association needs at least one type")
         out: list[tuple[str, int]] = []
         for spec in specs:
             category = str(spec.get("associationCategory", "")) if isinstance(spec, dict) else ""
             try:
-                type_id = int(spec.get("associationTypeId"))  # type: ignore[union-attr]
+                type_id = int(spec.get("associationTypeId") if isinstance(spec, dict) else None)  # type: ignore[arg-type]
             except (TypeError, ValueError) as exc:
                 raise validation("Invalid input JSON. Some required fields were not set: "
                                  "[associationCategory, associationTypeId]") from exc
@@ -337,11 +332,21 @@ class Store:
             if pair[0] != from_type.name:
                 raise validation(f"invalid from object type {from_type.type_id} for associations to be "
                                  f"created. expected: {OBJECT_TYPES[pair[0]].type_id}")
+            to_type = to_type or OBJECT_TYPES[pair[1]]
             if pair[1] != to_type.name:
                 raise validation(f"invalid to object type {to_type.type_id} for associations to be created. "
                                  f"expected: {OBJECT_TYPES[pair[1]].type_id}")
             out.append((category, type_id))
-        return out
+        assert to_type is not None
+        self.check_exists(to_type, to_id)
+        return to_type, out
+
+    def check_exists(self, otype: ObjectType, oid: str) -> None:
+        """Association endpoints report a missing object as an invalid association (400), not a 404."""
+        if self._missing(otype, oid):
+            raise validation("One or more associations are invalid", context={
+                "INVALID_OBJECT_IDS": [f"{otype.label}={oid} is not valid"], "objectId": [oid],
+                "objectType": [otype.label]})
 
     def _missing(self, otype: ObjectType, oid: str) -> bool:
         obj = self.objects[otype.name].get(oid)
@@ -363,7 +368,8 @@ class Store:
         self.links.pop((from_type.name, from_id, to_type.name, to_id), None)
         self.links.pop((to_type.name, to_id, from_type.name, from_id), None)
 
-    def linked(self, from_type: ObjectType, from_id: str, to_type: ObjectType) -> list[tuple[str, list[tuple[str, int]]]]:
+    def linked(self, from_type: ObjectType, from_id: str,
+               to_type: ObjectType) -> list[tuple[str, list[tuple[str, int]]]]:
         rows = [(k[3], specs) for k, specs in self.links.items()
                 if k[0] == from_type.name and k[1] == from_id and k[2] == to_type.name and specs
                 and not self._missing(to_type, k[3])]
@@ -389,6 +395,12 @@ class Store:
         if next_after is not None:
             answer["paging"] = {"next": {"after": str(next_after)}}
         return answer
+
+
+def _not_unique(prop: str) -> ApiError:
+    # The wording is ours; HubSpot's exact text for a non-unique idProperty is not documented.
+    return validation(f'Property "{prop}" is not a unique identifier; idProperty must name a property with '
+                      "hasUniqueValue=true")
 
 
 def _derive_contact(props: dict[str, str]) -> None:

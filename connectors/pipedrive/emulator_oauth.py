@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from flask import Flask, Response, jsonify, redirect, request
+from werkzeug.wrappers import Response as BaseResponse
 
 ACCESS_TOKEN_TTL = 3599
 CODE_TTL = 300  # Pipedrive: an authorization code is valid for 5 minutes
@@ -65,7 +66,7 @@ class OAuthServer:
         app.add_url_rule("/oauth/authorize", endpoint="pd_oauth_authorize", view_func=self._authorize,
                          methods=["GET"])
 
-    def _authorize(self) -> Response | tuple[Response, int]:
+    def _authorize(self) -> BaseResponse | tuple[Response, int]:
         """Auto-approve the consent screen: redirect straight back with a fresh code."""
         if request.args.get("client_id") != self.client_id:
             return _oauth_error(400, "invalid_client", "Invalid client: client is invalid")

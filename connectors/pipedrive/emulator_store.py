@@ -25,7 +25,7 @@ USERS: dict[int, dict[str, Any]] = {
     2: {"id": 2, "name": "Second User", "email": "second@pipedrive-emulator.test"},
 }
 COMPANY = {"id": 7001, "name": "Textback Emulator Co", "domain": "textback-emulator"}
-SEED_PIPELINE = {"id": 1, "name": "Sales"}
+SEED_PIPELINE: dict[str, Any] = {"id": 1, "name": "Sales"}
 SEED_STAGES = [(1, "Lead In", 10), (2, "Contact Made", 20), (3, "Qualified", 40), (4, "Booked", 80),
                (5, "Won", 100)]
 ACTIVITY_TYPES = ("call", "meeting", "task", "deadline", "email", "lunch")
@@ -73,6 +73,7 @@ def iso_ms(dt: datetime) -> str:
 
 
 # -- field checks: each returns a problem ("must be an integer") or None --------------------------
+# Upper-case names so the field tables read like schemas.
 Check = Callable[[Any], "str | None"]
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -86,23 +87,23 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def INT(value: Any) -> str | None:  # noqa: N802 - reads like a type in the field tables
+def INT(value: Any) -> str | None:
     return None if is_int(value) else "must be an integer"
 
 
-def STR(value: Any) -> str | None:  # noqa: N802
+def STR(value: Any) -> str | None:
     return None if isinstance(value, str) else "must be a string"
 
 
-def BOOL(value: Any) -> str | None:  # noqa: N802
+def BOOL(value: Any) -> str | None:
     return None if isinstance(value, bool) else "must be a boolean"
 
 
-def NUMBER(value: Any) -> str | None:  # noqa: N802
+def NUMBER(value: Any) -> str | None:
     return None if is_int(value) or isinstance(value, float) else "must be a number"
 
 
-def DICT(value: Any) -> str | None:  # noqa: N802
+def DICT(value: Any) -> str | None:
     return None if isinstance(value, dict) else "must be an object"
 
 
@@ -114,17 +115,17 @@ def _valid_date(value: str) -> bool:
     return True
 
 
-def DATE(value: Any) -> str | None:  # noqa: N802
+def DATE(value: Any) -> str | None:
     if isinstance(value, str) and _DATE.match(value) and _valid_date(value):
         return None
     return "must be a date in the format YYYY-MM-DD"
 
 
-def HHMM(value: Any) -> str | None:  # noqa: N802
+def HHMM(value: Any) -> str | None:
     return None if isinstance(value, str) and _HHMM.match(value) else "must be a time in the format HH:MM"
 
 
-def RFC3339(value: Any) -> str | None:  # noqa: N802
+def RFC3339(value: Any) -> str | None:
     if isinstance(value, str) and _RFC3339.match(value):
         try:
             datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -134,7 +135,7 @@ def RFC3339(value: Any) -> str | None:  # noqa: N802
     return "must be an RFC 3339 date-time (e.g. 2025-01-31T12:00:00Z)"
 
 
-def V1_DATETIME(value: Any) -> str | None:  # noqa: N802
+def V1_DATETIME(value: Any) -> str | None:
     if isinstance(value, str) and _V1_DATETIME.match(value):
         try:
             datetime.strptime(value, "%Y-%m-%d %H:%M:%S")
@@ -144,7 +145,7 @@ def V1_DATETIME(value: Any) -> str | None:  # noqa: N802
     return "must be a date-time in the format YYYY-MM-DD HH:MM:SS"
 
 
-def UUID(value: Any) -> str | None:  # noqa: N802
+def UUID(value: Any) -> str | None:
     return None if isinstance(value, str) and _UUID.match(value) else "must be a UUID"
 
 
@@ -255,7 +256,8 @@ class Store:
         # Pipedrive's search index lags writes; a person is findable by search only after this.
         self.searchable_at: dict[int, float] = {}
         self.search_lag = 0.0
-        self._ids: dict[str, Iterator[int]] = {kind: itertools.count(start) for kind, start in ID_START.items()}
+        self._ids: dict[str, Iterator[int]] = {kind: itertools.count(start)
+                                               for kind, start in ID_START.items()}
         seeded = rfc3339(datetime(2024, 1, 1, tzinfo=UTC))
         self.pipelines: dict[int, dict[str, Any]] = {SEED_PIPELINE["id"]: {
             "id": SEED_PIPELINE["id"], "name": SEED_PIPELINE["name"], "order_nr": 1, "is_deleted": False,
@@ -306,8 +308,9 @@ class Store:
         """A reference inside a request body: a missing target is a 400, not a 404."""
         if ref is None:
             return
-        table: Mapping[Any, dict[str, Any]] = {"person": self.persons, "deal": self.deals,
-                                               "lead": self.leads, "activity": self.activities}[kind]
+        tables: dict[str, Mapping[Any, dict[str, Any]]] = {
+            "person": self.persons, "deal": self.deals, "lead": self.leads, "activity": self.activities}
+        table = tables[kind]
         record = table.get(ref)
         if record is None or record.get("is_deleted"):
             raise bad_request(f"Validation failed: {kind} with id {ref} does not exist")

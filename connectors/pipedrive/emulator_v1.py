@@ -224,11 +224,11 @@ class V1Api:
             now = iso_ms(now_utc())
             lead_id = str(uuid.uuid4())
             lead: dict[str, Any] = {
-                "id": lead_id, "title": "", "owner_id": 1, "creator_id": 1, "label_ids": [], "person_id": None,
-                "organization_id": None, "source_name": "API", "origin": "API", "origin_id": None,
-                "channel": None, "channel_id": None, "source_deal_id": None, "is_archived": False,
-                "was_seen": False, "value": None, "expected_close_date": None, "next_activity_id": None,
-                "add_time": now, "update_time": now, "visible_to": "3",
+                "id": lead_id, "title": "", "owner_id": 1, "creator_id": 1, "label_ids": [],
+                "person_id": None, "organization_id": None, "source_name": "API", "origin": "API",
+                "origin_id": None, "channel": None, "channel_id": None, "source_deal_id": None,
+                "is_archived": False, "was_seen": False, "value": None, "expected_close_date": None,
+                "next_activity_id": None, "add_time": now, "update_time": now, "visible_to": "3",
                 "cc_email": f"{COMPANY['domain']}+lead{lead_id[:8]}@pipedrivemail.com",
             }
             lead.update({k: v for k, v in body.items() if k in LEAD_FIELDS})
@@ -277,7 +277,7 @@ class V1Api:
             raise bad_request(f"Parameter 'outcome' must be one of {', '.join(OUTCOMES)}")
         for key in ("start_time", "end_time"):
             if V1_DATETIME(body[key]):
-                raise bad_request(f"Parameter '{key}' must be a UTC date-time in the format YYYY-MM-DD HH:MM:SS")
+                raise bad_request(f"Parameter '{key}' must be a UTC date-time (YYYY-MM-DD HH:MM:SS)")
         if body["end_time"] < body["start_time"]:
             raise bad_request("Parameter 'end_time' must not be before 'start_time'")
         for key in ("to_phone_number", "from_phone_number", "subject", "note"):
@@ -289,7 +289,8 @@ class V1Api:
         ids = {key: v1_int(body, key) for key in ("person_id", "org_id", "deal_id", "user_id", "activity_id")}
         lead_id = body.get("lead_id") or None
         if ids["deal_id"] is not None and lead_id is not None:
-            raise bad_request("A call log can be associated with either a deal or a lead, but not both at once")
+            raise bad_request("A call log can be associated with either a deal or a lead, but not both at "
+                              "once")
         with self.lock:
             self.store.require("person", ids["person_id"])
             self.store.require("deal", ids["deal_id"])
@@ -300,7 +301,8 @@ class V1Api:
                 "org_id": ids["org_id"], "deal_id": ids["deal_id"], "lead_id": lead_id,
                 "user_id": ids["user_id"] or 1, "subject": body.get("subject"),
                 "duration": None if duration is None else str(duration), "outcome": body["outcome"],
-                "from_phone_number": body.get("from_phone_number"), "to_phone_number": body["to_phone_number"],
+                "from_phone_number": body.get("from_phone_number"),
+                "to_phone_number": body["to_phone_number"],
                 "start_time": body["start_time"], "end_time": body["end_time"], "note": body.get("note"),
                 "has_recording": False, "company_id": COMPANY["id"],
             }

@@ -175,7 +175,8 @@ class V2Api:
             person: dict[str, Any] = {
                 "id": pid, "name": "", "first_name": None, "last_name": None, "owner_id": 1, "org_id": None,
                 "add_time": body.get("add_time", now), "update_time": now, "emails": [], "phones": [],
-                "is_deleted": False, "visible_to": 3, "label_ids": [], "picture_id": None, "custom_fields": {},
+                "is_deleted": False, "visible_to": 3, "label_ids": [], "picture_id": None,
+                "custom_fields": {},
             }
             self._apply_person(person, body)
             self.store.persons[pid] = person
@@ -261,7 +262,8 @@ class V2Api:
     def person_item(person: dict[str, Any]) -> dict[str, Any]:
         return {
             "id": person["id"], "type": "person", "name": person["name"],
-            "phones": [p["value"] for p in person["phones"]], "emails": [e["value"] for e in person["emails"]],
+            "phones": [p["value"] for p in person["phones"]],
+            "emails": [e["value"] for e in person["emails"]],
             "visible_to": person["visible_to"], "owner": {"id": person["owner_id"]},
             "organization": None if person["org_id"] is None else {"id": person["org_id"], "name": None,
                                                                    "address": None},

@@ -45,7 +45,8 @@ DEAL_FIELDS = {
 PARTICIPANT = obj({"person_id": INT, "primary": BOOL}, required=("person_id",))
 ACTIVITY_FIELDS = {
     "subject": STR, "type": STR, "owner_id": INT, "deal_id": nullable(INT), "lead_id": nullable(UUID),
-    "org_id": nullable(INT), "project_id": nullable(INT), "due_date": nullable(DATE), "due_time": nullable(HHMM),
+    "org_id": nullable(INT), "project_id": nullable(INT), "due_date": nullable(DATE),
+    "due_time": nullable(HHMM),
     "duration": nullable(HHMM), "busy": BOOL, "done": BOOL, "location": nullable(DICT),
     "participants": list_of(PARTICIPANT), "attendees": list_of(DICT), "public_description": nullable(STR),
     "priority": nullable(INT), "note": nullable(STR),

@@ -12,7 +12,7 @@ from typing import Any
 
 # Developer Edition's daily allocation, the default for the emulated org.
 DEFAULT_DAILY_LIMIT = 15000
-LATEST_VERSION = "62.0"
+LATEST_VERSION = "66.0"
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _SUFFIX = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 _ID_RE = re.compile(r"^[a-zA-Z0-9]{15}(?:[a-zA-Z0-9]{3})?$")
