@@ -58,6 +58,10 @@ def create_app(config: Config, insecure_dev: bool = False, engine: Engine | None
 
     app.register_blueprint(twilio_blueprint)
 
+    from bridge.console import register as register_console
+
+    register_console(app, config)
+
     @app.before_request
     def _start() -> None:
         g.request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
@@ -77,6 +81,10 @@ def create_app(config: Config, insecure_dev: bool = False, engine: Engine | None
         )
         response.headers["X-Request-Id"] = g.get("request_id", "")
         return response
+
+    from bridge import metrics
+
+    metrics.init_app(app)
 
     @app.errorhandler(413)
     def _too_large(_exc: Exception) -> tuple[Response, int]:

@@ -11,14 +11,19 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from bridge import metrics
 from connectors import registry
 from connectors.base import Connector, ConnectorContext
+from connectors.notify.chat import ChatWebhookJob
+from connectors.notify.email import EmailJob
 from connectors.twilio.client import make_client
 from connectors.twilio.sms import TwilioGateway
 from core import connector_state
 from core.config import Config
+from core.conversation import ConversationJob
 from core.db import make_engine, require_migrated, session_factory
 from core.errors import ConfigError, RateLimited
+from core.escalation import SlaJob
 from core.models import ConnectorInstall
 from core.outbox import Outbox
 from core.secrets import SecretBox
@@ -38,7 +43,8 @@ def twilio_gateway(config: Config) -> TwilioGateway:
             "twilio.account_sid and twilio.auth_token are needed to send texts", source=config.source
         )
     return TwilioGateway(
-        make_client(t.account_sid, t.auth_token, base_url=t.api_base_url, timeout=t.timeout_seconds)
+        make_client(t.account_sid, t.auth_token, base_url=t.api_base_url, timeout=t.timeout_seconds),
+        observe=metrics.sms_result,
     )
 
 
@@ -74,11 +80,17 @@ class Connectors:
             raise ConfigError(f"connector {connector_id!r} is not installed for business {business_id!r}")
         loaded = registry.load(connector_id)
         config = {**install.config, **self.box.open(install.secrets)}
-        limits = [connector_state.Limit(r["requests"], r["per_seconds"]) for r in loaded.manifest.rate_limits]
+        limits = [
+            (r["name"], connector_state.Limit(r["requests"], r["per_seconds"]))
+            for r in loaded.manifest.rate_limits
+        ]
+        scoped = set(getattr(loaded.cls, "scoped_limits", ()))
         factory = self.factory
 
-        def throttle(cost: int = 1) -> None:
-            for i, limit in enumerate(limits):
+        def throttle(cost: int = 1, *scopes: str) -> None:
+            for i, (name, limit) in enumerate(limits):
+                if name in scoped and name not in scopes:
+                    continue  # an endpoint's own budget (HubSpot search): only the calls that name it
                 wait = connector_state.acquire(factory, f"{business_id}:{connector_id}:{i}", limit, cost)
                 if wait > 0:
                     raise RateLimited(
@@ -118,6 +130,16 @@ def build_worker(config: Config, engine: Engine | None = None) -> Worker:
     connectors = Connectors(config, factory)
     handlers: dict[str, Handler] = {
         "sms.send": SmsJob(config, factory, twilio_gateway(config)),
-        "crm.sync": SyncJob(config, factory, connectors.resolve),
+        "crm.sync": SyncJob(config, factory, connectors.resolve, on_api=metrics.crm_push),
+        "convo.reply": ConversationJob(config, factory, connectors.resolve),
+        "escalation.sla": SlaJob(config, factory),
+        "notify.email": EmailJob(config.smtp),
+        "notify.webhook": ChatWebhookJob(),
     }
-    return Worker(outbox, handlers, poll_interval=w.poll_interval, batch_size=w.batch_size)
+    return Worker(
+        outbox,
+        handlers,
+        poll_interval=w.poll_interval,
+        batch_size=w.batch_size,
+        on_outcome=metrics.job_outcome,
+    )

@@ -46,6 +46,11 @@ BUSINESS = {
         "cooldown_hours": 12,
         "sending_window": {"start": "08:00", "end": "21:00"},
     },
+    "booking": {"calendar": "google_calendar"},
+    "conversation": {
+        "pricing_link": "https://brightspark.example.com/pricing",
+        "info": {"hours": "Mon-Fri 8am-5pm, Sat 9am-1pm", "service_area": "Chicago and the near suburbs"},
+    },
 }
 
 

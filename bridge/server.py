@@ -41,4 +41,7 @@ def run_gunicorn(
         "accesslog": None,
         "loglevel": "warning",
     }
+    from bridge.metrics_multiproc import gunicorn_options
+
+    options.update(gunicorn_options())  # metrics from every worker: set up before the fork
     _Gunicorn(config, options, insecure_dev).run()

@@ -29,8 +29,8 @@ def is_valid(request: Request, tokens: list[str], public_url: str | None) -> boo
     signature = request.headers.get("X-Twilio-Signature", "")
     if not signature or not tokens:
         return False
-    url = signed_url(request, public_url)
     try:
+        url = signed_url(request, public_url)
         if request.mimetype == "application/json":
             # Twilio signs a JSON body through a bodySHA256 query parameter; without one the body
             # would be covered by nothing (and RequestValidator cannot take it as parameters).

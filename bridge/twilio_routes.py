@@ -127,6 +127,7 @@ def with_retry(fn: Callable[[], Response]) -> Response:
     try:
         return fn()
     except IntegrityError:
+        g.pop("decision", None), g.pop("sms_status", None)  # rolled back: not to be counted
         return fn()
 
 
@@ -154,6 +155,7 @@ def voicemail_twiml(business: Business) -> VoiceResponse:
 
 def _log_decision(business: Business, call_sid: str, concluded: calls.Concluded) -> None:
     if concluded.new:
+        g.decision = concluded.decision  # counted by bridge.metrics once the response is sent
         log.info(
             "call decided",
             extra={
@@ -305,7 +307,8 @@ def call_status() -> Response:
                 return Response(status=204)
             call = calls.find_call(session, call_sid)
             if call is None:
-                call = calls.record_incoming(session, business_for(called), call_sid, caller, called, direction)
+                owner = business_for(called)
+                call = calls.record_incoming(session, owner, call_sid, caller, called, direction)
             business = st.config.business(call.business_id)
             if business is None:
                 raise BadRequest("the call's business is no longer configured", 404)
@@ -436,13 +439,14 @@ def message_status() -> Response:
 
     def run() -> Response:
         with transaction(state().factory) as session:
-            texting.apply_status(
+            if texting.apply_status(
                 session,
                 message_id=message_id,
                 sid=sid,
                 status=status,
                 error_code=error_code,
-            )
+            ):
+                g.sms_status = (status, error_code)  # counted by bridge.metrics
         return Response(status=204)
 
     return with_retry(run)

@@ -43,7 +43,9 @@ class ConnectorContext:
     business_id: str
     connector_id: str
     tokens: TokenStore | None = None
-    throttle: Callable[[int], None] = field(default=lambda cost: None)
+    # throttle(cost, *scopes): take ``cost`` from the manifest's rate limits before a request. A limit
+    # the connector lists in ``scoped_limits`` binds only the calls that name it (see Connector).
+    throttle: Callable[..., None] = field(default=lambda cost, *scopes: None)
     timeout: float = 10.0
 
 
@@ -51,6 +53,9 @@ class Connector:
     """Base class. Subclasses set ``id`` (equal to the manifest id) and implement capabilities."""
 
     id: ClassVar[str] = ""
+    #: Manifest rate limits (by name) that bind only calls naming them, e.g. HubSpot's search budget:
+    #: ``self.context.throttle(1, "search")``. Every other manifest limit binds every call.
+    scoped_limits: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: Mapping[str, Any], context: ConnectorContext) -> None:
         self.config = dict(config)

@@ -31,7 +31,7 @@ def available() -> list[str]:
 
 
 def runner(name: str) -> Callable[..., None]:
-    return importlib.import_module(EMULATORS[name]).run  # type: ignore[no-any-return]
+    return importlib.import_module(EMULATORS[name]).run
 
 
 def sandbox_settings(connector_id: str, emulator_url: str) -> dict[str, Any] | None:
@@ -40,4 +40,4 @@ def sandbox_settings(connector_id: str, emulator_url: str) -> dict[str, Any] | N
         mod = importlib.import_module(f"connectors.{connector_id}.sandbox")
     except ImportError:
         return None
-    return mod.settings(emulator_url)  # type: ignore[no-any-return]
+    return mod.settings(emulator_url)

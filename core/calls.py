@@ -14,9 +14,9 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from core import leads, sync, texting
+from core import escalation, leads, sync, texting
 from core.config import Business
-from core.models import Call, LineType, WebhookEvent, utcnow
+from core.models import Call, Lead, LineType, WebhookEvent, utcnow
 from core.phones import to_e164
 from core.policy import CallFacts, Decision, decide
 
@@ -147,6 +147,7 @@ def conclude(
         call.lead_id = lead.id
         session.execute(update(Call).where(Call.call_sid == call.call_sid).values(lead_id=lead.id))
         if not answered:
+            _escalate_repeat_caller(session, business, lead, call, now)
             sync.emit(
                 session,
                 business.id,
@@ -215,3 +216,40 @@ def attach_transcript(session: Session, call_sid: str, *, recording_sid: str | N
 
 def find_call(session: Session, call_sid: str) -> Call | None:
     return session.scalars(select(Call).where(Call.call_sid == call_sid)).first()
+
+
+def _escalate_repeat_caller(
+    session: Session, business: Business, lead: Lead, call: Call, now: datetime
+) -> None:
+    """Two or more missed calls within the window: a person should call back, now."""
+    from datetime import timedelta
+
+    from sqlalchemy import func
+
+    esc = business.escalation
+    since = now - timedelta(hours=esc.repeat_window_hours)
+    missed = (
+        session.scalar(
+            select(func.count())
+            .select_from(Call)
+            .where(
+                Call.business_id == business.id,
+                Call.from_number == call.from_number,
+                Call.started_at >= since,
+                Call.decision_reason.is_not(None),
+                Call.decision_reason != "answered",
+            )
+        )
+        or 0
+    )
+    if missed >= esc.repeat_calls:
+        escalation.escalate(
+            session,
+            business,
+            lead,
+            "repeat_caller",
+            ref=f"repeat:{call.call_sid}",
+            said=None,
+            intent=lead.intent,
+            now=now,
+        )

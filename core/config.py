@@ -18,7 +18,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import jsonschema
 import yaml
 
+from core import business_settings as bs
 from core import templates as tpl
+from core.business_settings import BookingSettings, ConversationSettings, EscalationSettings, SmtpSettings
 from core.config_schema import CONFIG_SCHEMA
 from core.errors import ConfigError
 from core.hours import DAYS, Window, parse_range
@@ -30,6 +32,8 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "TEXTBACK_TWILIO_ACCOUNT_SID": ("twilio", "account_sid"),
     "TEXTBACK_TWILIO_AUTH_TOKEN": ("twilio", "auth_token"),
     "TEXTBACK_TWILIO_SECONDARY_AUTH_TOKEN": ("twilio", "secondary_auth_token"),
+    "TEXTBACK_CONSOLE_PASSWORD_HASH": ("console", "password_hash"),
+    "TEXTBACK_CONSOLE_SECRET_KEY": ("console", "secret_key"),
 }
 
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
@@ -62,6 +66,9 @@ class Business:
     booking_link: str | None
     templates: dict[str, str]
     policy: Policy
+    conversation: ConversationSettings = field(default_factory=ConversationSettings)
+    booking: BookingSettings = field(default_factory=BookingSettings)
+    escalation: EscalationSettings = field(default_factory=EscalationSettings)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -95,6 +102,23 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    """The admin console (bridge/console): disabled unless a password hash is configured."""
+
+    password_hash: str | None = None
+    secret_key: str | None = None
+    allow_remote: bool = False
+    session_minutes: int = 60
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.password_hash)
+
+    def __repr__(self) -> str:  # the hash and the session key never reach a log line
+        return f"ConsoleSettings(enabled={self.enabled}, allow_remote={self.allow_remote})"
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     database_url: str
@@ -104,8 +128,10 @@ class Config:
     log_level: str
     businesses: tuple[Business, ...]
     secret_key_file: str | None
-    raw: dict[str, Any]
+    smtp: SmtpSettings | None
+    raw: dict[str, Any] = field(repr=False)  # holds the secrets as written: never in a repr
     warnings: tuple[str, ...] = ()
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
     def business(self, business_id: str) -> Business | None:
         return next((b for b in self.businesses if b.id == business_id), None)
@@ -188,12 +214,22 @@ def _validate_schema(data: dict[str, Any], source: str) -> None:
     key_path = ".".join(str(p) for p in err.absolute_path) or "(top level)"
     message = err.message
     if err.validator == "additionalProperties":
-        message = f"unknown key: {message}"
+        known = set(err.schema.get("properties", {})) if isinstance(err.schema, dict) else set()
+        unknown = sorted(str(k) for k in err.instance if k not in known)
+        if unknown:
+            # Name the offending key itself in the path: businesses.0.colour, not businesses.0.
+            key_path = unknown[0] if key_path == "(top level)" else f"{key_path}.{unknown[0]}"
+            message = f"unknown key {unknown[0]!r}; known keys here: {', '.join(sorted(known))}"
+        else:
+            message = f"unknown key: {message}"
     elif err.validator == "pattern" and "E164" not in message:
         if "numbers" in key_path or "phones" in key_path:
             message = f"{err.instance!r} is not an E.164 phone number like +15550100001"
     # Never echo a secret back in an error.
-    if any(str(p) in ("auth_token", "secondary_auth_token") for p in err.absolute_path):
+    if any(
+        str(p) in ("auth_token", "secondary_auth_token", "password_hash", "secret_key")
+        for p in err.absolute_path
+    ):
         message = "invalid value (not shown: it is a secret)"
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     raise ConfigError(message + more, source=source, path=key_path)
@@ -245,8 +281,26 @@ def _build(data: dict[str, Any], source: str) -> Config:
         log_level=data.get("logging", {}).get("level", "INFO"),
         businesses=tuple(businesses),
         secret_key_file=data.get("secret_key_file"),
+        smtp=bs.build_smtp(data.get("smtp")),
         raw=data,
         warnings=tuple(warnings),
+        console=_build_console(data.get("console") or {}, source),
+    )
+
+
+def _build_console(raw: dict[str, Any], source: str) -> ConsoleSettings:
+    password_hash = raw.get("password_hash") or None
+    if password_hash and not str(password_hash).startswith(("scrypt:", "pbkdf2:")):
+        raise ConfigError(
+            "not a password hash (make one with `textback console hash-password`)",
+            source=source,
+            path="console.password_hash",
+        )
+    return ConsoleSettings(
+        password_hash=password_hash,
+        secret_key=raw.get("secret_key") or None,
+        allow_remote=bool(raw.get("allow_remote", False)),
+        session_minutes=int(raw.get("session_minutes", 60)),
     )
 
 
@@ -321,6 +375,16 @@ def _build_business(raw: dict[str, Any], source: str, at: str, warnings: list[st
         lookup_line_type=bool(policy_raw.get("lookup_line_type", False)),
         voicemail=bool(policy_raw.get("voicemail", True)),
     )
+    for key in ("numbers", "staff_phones"):
+        for i, number in enumerate(raw.get(key, [])):
+            # The schema checks the shape; a number of the wrong length for its country would
+            # never match a call, so it is refused here.
+            if to_e164(number) != number:
+                raise ConfigError(
+                    f"{number!r} is not a possible phone number (wrong length for its country code)",
+                    source=source,
+                    path=f"{at}.{key}.{i}",
+                )
     mode = raw.get("mode", "ring_through")
     staff = tuple(raw.get("staff_phones", []))
     if mode == "ring_through" and not staff:
@@ -342,6 +406,9 @@ def _build_business(raw: dict[str, Any], source: str, at: str, warnings: list[st
         booking_link=booking_link,
         templates=templates,
         policy=policy,
+        conversation=bs.build_conversation(raw.get("conversation", {})),
+        booking=bs.build_booking(raw.get("booking", {})),
+        escalation=bs.build_escalation(raw.get("escalation", {}), staff, source, f"{at}.escalation"),
     )
 
 
@@ -353,6 +420,11 @@ def masked(config: Config) -> dict[str, Any]:
     for key in ("auth_token", "secondary_auth_token"):
         if data.get("twilio", {}).get(key):
             data["twilio"][key] = "***"
+    if data.get("smtp", {}).get("password"):
+        data["smtp"]["password"] = "***"
+    for key in ("password_hash", "secret_key"):
+        if (data.get("console") or {}).get(key):
+            data["console"][key] = "***"
     if "database_url" in data:
         data["database_url"] = re.sub(r"://([^:/@]+):[^@]+@", r"://\1:***@", data["database_url"])
     return data

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.business_settings import BOOKING_SCHEMA, CONVERSATION_SCHEMA, ESCALATION_SCHEMA, SMTP_SCHEMA
+
 _E164 = {"type": "string", "pattern": r"^\+[1-9][0-9]{6,14}$"}
 _HHMM = {"type": "string", "pattern": r"^([01][0-9]|2[0-3]):[0-5][0-9]$"}
 _RANGE = {"type": "string", "pattern": r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-4]):[0-5][0-9]$"}
@@ -61,6 +63,9 @@ BUSINESS: dict[str, Any] = {
         "booking_link": {"type": "string"},
         "templates": TEMPLATES,
         "policy": POLICY,
+        "conversation": CONVERSATION_SCHEMA,
+        "booking": BOOKING_SCHEMA,
+        "escalation": ESCALATION_SCHEMA,
     },
 }
 
@@ -74,6 +79,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "database_url": {"type": "string", "minLength": 1},
         "public_url": {"type": "string", "pattern": r"^https?://[^/]+"},
         "secret_key_file": {"type": "string"},
+        "smtp": SMTP_SCHEMA,
         "twilio": {
             "type": "object",
             "additionalProperties": False,
@@ -104,5 +110,15 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "properties": {"level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"]}},
         },
         "businesses": {"type": "array", "items": BUSINESS, "minItems": 1},
+        "console": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "password_hash": {"type": "string", "writeOnly": True},
+                "secret_key": {"type": "string", "minLength": 16, "writeOnly": True},
+                "allow_remote": {"type": "boolean"},
+                "session_minutes": {"type": "integer", "minimum": 1, "maximum": 10080},
+            },
+        },
     },
 }

@@ -1,4 +1,9 @@
-"""Inbound texts: threaded onto the caller's lead, with carrier keywords honoured."""
+"""Inbound texts: threaded onto the caller's lead, with opt-out, opt-in and help honoured at once.
+
+Carrier keywords and plain-language revocations are handled here, in the webhook's transaction,
+because they must take effect before anything else can be sent. A staff member's text is relayed
+to a caller (core.relay). Everything else becomes a ``convo.reply`` job for core.conversation.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,9 @@ from dataclasses import dataclass
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from core import keywords, leads, sync, texting
+from core import keywords, leads, outbox, relay, sync, texting
 from core.config import Business
-from core.models import Message, Suppression, utcnow
+from core.models import Lead, Message, Suppression, utcnow
 
 OPT_OUT_CONFIRM = (
     "{business}: you're unsubscribed and won't get more texts from us. Reply START to resubscribe."
@@ -21,9 +26,22 @@ HELP_REPLY = "{business}: reply to this number to reach us, or call {number}. Re
 
 @dataclass(frozen=True)
 class InboundResult:
-    lead_id: str
+    lead_id: str | None
     keyword: str | None
     replied: bool
+
+
+def _classify(body: str, opt_out_type: str | None, opted_out: bool) -> str | None:
+    if opt_out_type:
+        return {"STOP": "opt_out", "START": "opt_in", "HELP": "help"}.get(opt_out_type.upper())
+    if keywords.is_opt_out(body):
+        return "opt_out"
+    # "Yes" is an opt-in keyword only for someone who opted out; otherwise it is an answer.
+    if opted_out and keywords.is_opt_in(body):
+        return "opt_in"
+    if keywords.keyword(body) == "help":
+        return "help"
+    return None
 
 
 def record(
@@ -36,6 +54,9 @@ def record(
     body: str,
     opt_out_type: str | None,
 ) -> InboundResult:
+    if caller in relay.staff_numbers(business) and not opt_out_type:
+        result = relay.from_staff(session, business, caller, body, message_sid)
+        return InboundResult(result.lead_id, "staff_relay", result.sent)
     lead, _created = leads.get_or_create(session, business.id, caller, source="sms")
     now = utcnow()
     inbound_id = str(uuid.uuid4())
@@ -56,21 +77,24 @@ def record(
             sent_at=now,
         )
     )
-    kind = keywords.keyword(body)
-    if opt_out_type:
-        kind = {"STOP": "opt_out", "START": "opt_in", "HELP": "help"}.get(opt_out_type.upper(), kind)
+    opted_out = "opted_out" in leads.suppressions(session, business.id, caller)
+    kind = _classify(body, opt_out_type, opted_out)
     # With Twilio Advanced Opt-Out on, Twilio already answered the keyword: record, never confirm twice.
     confirm = not opt_out_type
     replied = False
     if kind == "opt_out":
-        already = "opted_out" in leads.suppressions(session, business.id, caller)
+        # Suppressed for the business, so no number of the business texts them again.
         texting.suppress(
-            session, business.id, caller, "opted_out", "sms:keyword" if confirm else "twilio:advanced-opt-out"
+            session,
+            business.id,
+            caller,
+            "opted_out",
+            "twilio:advanced-opt-out" if opt_out_type else f"sms:{keywords.opt_out_match(body) or 'keyword'}",
         )
         leads.add_entry(session, lead.id, "opt_out", source="twilio" if opt_out_type else "keyword")
         leads.set_status(lead, "opted_out")
         sync.emit(session, business.id, lead.id, "opted_out", message_sid)
-        if confirm and not already:
+        if confirm and not opted_out:
             _reply(session, business, lead, OPT_OUT_CONFIRM, "opt_out_confirm", message_sid, to_number)
             replied = True
     elif kind == "opt_in":
@@ -90,16 +114,25 @@ def record(
         if confirm:
             _reply(session, business, lead, HELP_REPLY, "help", message_sid, to_number)
             replied = True
-    else:
+    elif not opted_out:
         leads.set_status(lead, "replied", only_from=("new", "scheduled", "texted"))
-    sync.emit(session, business.id, lead.id, "replied", message_sid, {"message_id": inbound_id})
+        outbox.enqueue(
+            session,
+            kind="convo.reply",
+            target="conversation",
+            dedupe_key=f"convo:{message_sid}",
+            ordering_key=f"convo:{business.id}:{caller}",
+            business_id=business.id,
+            lead_id=lead.id,
+            payload={"message_id": inbound_id},
+        )
     return InboundResult(lead.id, kind, replied)
 
 
 def _reply(
     session: Session,
     business: Business,
-    lead: object,
+    lead: Lead,
     template: str,
     kind: str,
     message_sid: str,
@@ -109,7 +142,7 @@ def _reply(
     texting.queue_text(
         session,
         business,
-        lead,  # type: ignore[arg-type]
+        lead,
         kind=kind,
         body=body,
         dedupe_key=f"sms:{kind}:{message_sid}",

@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +34,37 @@ def _clean(key: str, value: Any) -> Any:
     return _mask_text(str(value))
 
 
+# Facts every line logged in this context carries (request_id in a webhook, job_id and lead_id in
+# a job), added by ContextFilter unless the log call passes them itself.
+_context: ContextVar[dict[str, Any]] = ContextVar("textback_log_context", default={})  # noqa: B039
+
+
+def bind(**fields: Any) -> Token[dict[str, Any]]:
+    """Add ``fields`` to every line logged in this context until :func:`unbind`."""
+    return _context.set({**_context.get(), **fields})
+
+
+def unbind(token: Token[dict[str, Any]]) -> None:
+    _context.reset(token)
+
+
+@contextmanager
+def context(**fields: Any) -> Iterator[None]:
+    token = bind(**fields)
+    try:
+        yield
+    finally:
+        unbind(token)
+
+
+class ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _context.get().items():
+            if key not in record.__dict__:
+                setattr(record, key, value)
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
@@ -50,6 +84,7 @@ class JsonFormatter(logging.Formatter):
 def setup(level: str = "INFO", stream: Any = None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

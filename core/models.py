@@ -63,6 +63,13 @@ class Lead(Base):
     status: Mapped[str] = mapped_column(String(20))
     source: Mapped[str] = mapped_column(String(20))
     last_text_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The reply conversation (core.conversation): where it stands and what it offered.
+    convo_state: Mapped[str | None] = mapped_column(String(20))
+    convo_data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    intent: Mapped[str | None] = mapped_column(String(24))
+    human_takeover: Mapped[bool] = mapped_column(Boolean, default=False)
+    short_code: Mapped[str | None] = mapped_column(String(8))
+    first_human_response_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -276,3 +283,19 @@ class Alert(Base):
     kind: Mapped[str] = mapped_column(String(40))
     message: Mapped[str] = mapped_column(Text)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Notification(Base):
+    """A staff notification sent about a lead: for the SLA re-notify and for relaying replies."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_target", "business_id", "target", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    business_id: Mapped[str] = mapped_column(String(64))
+    lead_id: Mapped[str] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(10))  # sms, email, webhook
+    target: Mapped[str] = mapped_column(String(254))
+    reason: Mapped[str] = mapped_column(String(40))
+    backup: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -150,8 +150,18 @@ class SmsJob:
         reasons = leads.suppressions(session, message.business_id, message.to_number)
         if "undeliverable" in reasons:
             return "undeliverable"
+        if message.kind in texting.STAFF_KINDS:
+            return None  # an alert to staff; the caller's opt-out is about texts to the caller
         if "opted_out" in reasons and message.kind != "opt_out_confirm":
             return "opted_out"
+        lead = session.get(Lead, message.lead_id)
+        if lead is not None and message.kind in texting.CAPPED_KINDS:
+            if lead.human_takeover or (lead.convo_state == "closed" and message.kind != "closing"):
+                return "human_takeover" if lead.human_takeover else "conversation_closed"
+            business = self.config.business(message.business_id)
+            cap = business.conversation.max_automated_per_day if business else 3
+            if texting.automated_sent_since(session, message, utcnow() - timedelta(hours=24)) >= cap:
+                return "frequency_cap"
         return None
 
     def _cached_line_type(self, session: Session, phone: str) -> str | None:
@@ -176,6 +186,7 @@ class SmsJob:
         leads.add_entry(session, lead.id, "decision", outcome="skip", reason=reason, message_id=message.id)
         if message.kind == "first_text" and lead.status in ("new", "scheduled"):
             leads.set_status(lead, "closed")
+        message.updated_at = utcnow()
 
     def _store_sent(self, message_id: str, sent: SentMessage, now: datetime) -> None:
         with transaction(self.factory) as session:
@@ -190,7 +201,7 @@ class SmsJob:
             lead = session.get(Lead, message.lead_id)
             if lead is not None and message.kind == "first_text":
                 texting.mark_lead_texted(lead)
-            if lead is not None:
+            if lead is not None and message.kind not in texting.STAFF_KINDS:
                 sync.emit(
                     session, message.business_id, lead.id, "texted", message.id, {"message_id": message.id}
                 )

@@ -41,6 +41,10 @@ TERMINAL = ("delivered", "undelivered", "failed", "read")
 
 # Kinds that wait for the sending window. Direct answers to a message the caller just sent don't.
 AUTOMATED_KINDS = ("first_text", "follow_up")
+# Kinds that count toward the per-number daily cap on automated messages.
+CAPPED_KINDS = ("first_text", "follow_up", "reply", "closing")
+# Kinds sent to staff, not to the caller: the caller's opt-out and caps do not apply to them.
+STAFF_KINDS = ("staff_alert",)
 
 
 def caller_zones(phone: str, business: Business) -> list[ZoneInfo]:
@@ -72,6 +76,7 @@ def queue_text(
     now: datetime | None = None,
     from_number: str | None = None,
     delay_seconds: float = 0.0,
+    to_number: str | None = None,
 ) -> Message | None:
     """Store an outbound text and its send job in the caller's transaction.
 
@@ -89,7 +94,7 @@ def queue_text(
         direction="outbound",
         kind=kind,
         from_number=from_number or business.numbers[0],
-        to_number=lead.phone,
+        to_number=to_number or lead.phone,
         body=body,
         status="scheduled" if send_at > now + timedelta(seconds=1) else "pending",
         send_after=send_at,
@@ -101,7 +106,7 @@ def queue_text(
         kind="sms.send",
         target="twilio",
         dedupe_key=dedupe_key,
-        ordering_key=f"sms:{business.id}:{lead.phone}",
+        ordering_key=f"sms:{business.id}:{to_number or lead.phone}",
         business_id=business.id,
         lead_id=lead.id,
         payload={"message_id": message.id},
@@ -195,3 +200,25 @@ def furthest_known_status(session: Session, sid: str) -> tuple[str, int | None] 
 
 def mark_lead_texted(lead: Lead) -> None:
     leads.set_status(lead, "texted", only_from=("new", "scheduled"))
+
+
+def automated_sent_since(session: Session, message: Message, since: datetime) -> int:
+    """Automated texts already sent (or being sent) to this number by this business since ``since``."""
+    from sqlalchemy import func
+
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Message)
+            .where(
+                Message.business_id == message.business_id,
+                Message.to_number == message.to_number,
+                Message.direction == "outbound",
+                Message.kind.in_(CAPPED_KINDS),
+                Message.id != message.id,
+                Message.status.not_in(("canceled", "failed", "pending", "scheduled")),
+                Message.created_at >= since,
+            )
+        )
+        or 0
+    )

@@ -8,12 +8,15 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from core import logs
 from core.errors import JobError, TransientError
 from core.outbox import Deferred, Job, Outbox
 
 log = logging.getLogger("textback.worker")
 
 Handler = Callable[[Job], "dict[str, Any] | None"]
+# Told every job's outcome: done, retry, deferred, dead or lost (the bridge counts them in metrics).
+OutcomeHook = Callable[[Job, str], None]
 
 
 class Worker:
@@ -23,11 +26,13 @@ class Worker:
         handlers: Mapping[str, Handler],
         poll_interval: float = 0.2,
         batch_size: int = 10,
+        on_outcome: OutcomeHook | None = None,
     ) -> None:
         self.outbox = outbox
         self.handlers = dict(handlers)
         self.poll_interval = poll_interval
         self.batch_size = batch_size
+        self.on_outcome = on_outcome
 
     def run_once(self) -> int:
         jobs = self.outbox.claim(self.batch_size)
@@ -36,6 +41,16 @@ class Worker:
         return len(jobs)
 
     def process(self, job: Job) -> str:
+        with logs.context(job_id=job.id, lead_id=job.lead_id, kind=job.kind):
+            status = self._process(job)
+            if self.on_outcome is not None:
+                try:
+                    self.on_outcome(job, {"pending": "retry"}.get(status, status))
+                except Exception as exc:
+                    log.warning("outcome hook failed", extra={"error": type(exc).__name__})
+        return "pending" if status == "deferred" else status
+
+    def _process(self, job: Job) -> str:
         fields = {"job_id": job.id, "kind": job.kind, "lead_id": job.lead_id, "attempt": job.attempts}
         if job.attempts > job.max_attempts:
             # Only reachable when workers kept dying mid-job: the lease expired every time.
@@ -55,7 +70,7 @@ class Worker:
                 "job deferred",
                 extra={**fields, "until": deferred.until.isoformat(), "reason": deferred.reason},
             )
-            return "pending"
+            return "deferred"
         except JobError as exc:
             status = self.outbox.fail(job, exc)
             level = logging.WARNING if status == "pending" else logging.ERROR

@@ -244,9 +244,12 @@ def settle(stack: Stack, timeout: float = 20.0, horizon: float = 5.0, callbacks:
     time.sleep(callbacks)
 
 
-def outbox_jobs(stack: Stack) -> list[OutboxJob]:
+def outbox_jobs(stack: Stack, kind: str | None = None) -> list[OutboxJob]:
+    query = select(OutboxJob).order_by(OutboxJob.id)
+    if kind:
+        query = query.where(OutboxJob.kind == kind)
     with stack.factory() as s:
-        return list(s.scalars(select(OutboxJob).order_by(OutboxJob.id)))
+        return list(s.scalars(query))
 
 
 def stop_servers(*servers: Any) -> None:
@@ -265,3 +268,16 @@ def stop_servers(*servers: Any) -> None:
             pass
     for t in stoppers:
         t.join(timeout=5)
+
+
+def all_day_business(**overrides: Any) -> dict[str, Any]:
+    """The test business allowed to text at any minute of the day (00:00-00:00 is the whole day).
+
+    conftest's window ends at 23:59, so a test run in the last minute of a Chicago day would
+    see its text scheduled instead of sent.
+    """
+    from tests.conftest import business
+
+    data = business(**overrides)
+    data["policy"] = {**data["policy"], "sending_window": {"start": "00:00", "end": "00:00"}}
+    return data

@@ -44,8 +44,11 @@ def _broken(**changes: Any) -> dict[str, Any]:
         ({"colour": "red"}, "(top level)", "Additional properties"),
         ({"manifest_version": 2}, "manifest_version", "reads manifest_version 1"),
         ({"capabilities": ["teleport"]}, "capabilities.0", "is not one of"),
-        ({"config_schema": {"type": "object", "properties": {"signing_secret": {"type": "string"}}}},
-         "config_schema.properties.signing_secret", "writeOnly"),
+        (
+            {"config_schema": {"type": "object", "properties": {"signing_secret": {"type": "string"}}}},
+            "config_schema.properties.signing_secret",
+            "writeOnly",
+        ),
         ({"config_schema": {"type": 12}}, "config_schema", "not a valid JSON Schema"),
     ],
 )
@@ -71,13 +74,18 @@ def test_every_builtin_manifest_matches_its_class() -> None:
         assert set(loaded.manifest.capabilities) == loaded.cls.implemented()
 
 
-def test_declared_capabilities_must_equal_implemented(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_declared_capabilities_must_equal_implemented(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pkg = tmp_path / "capmismatch"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    manifest = _broken(id="capmismatch", entry_point="capmismatch:Liar", capabilities=["events", "upsert_contact"])
+    manifest = _broken(
+        id="capmismatch", entry_point="capmismatch:Liar", capabilities=["events", "upsert_contact"]
+    )
     (pkg / "manifest.yaml").write_text(yaml.safe_dump(manifest))
-    (pkg / "__init__.py").write_text(textwrap.dedent("""
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent("""
         from pathlib import Path
         from connectors.base import Connector
         class Liar(Connector):
@@ -85,7 +93,8 @@ def test_declared_capabilities_must_equal_implemented(tmp_path: Path, monkeypatc
             MANIFEST = Path(__file__).with_name("manifest.yaml")
             def on_event(self, event, lead, delivery_id): pass
             def mark_opted_out(self, contact): pass
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     import capmismatch  # type: ignore[import-not-found]
 
@@ -138,7 +147,16 @@ def _install(stack: Stack, receiver: str, **extra: Any) -> Any:
     settings = stack.tmp_path / "webhook.yaml"
     settings.write_text(yaml.safe_dump({"url": receiver + PATH, "signing_secret": SANDBOX_SECRET, **extra}))
     return CliRunner().invoke(
-        main, ["connectors", "install", "webhook", "--config", str(stack.config_path), "--config-file", str(settings)]
+        main,
+        [
+            "connectors",
+            "install",
+            "webhook",
+            "--config",
+            str(stack.config_path),
+            "--config-file",
+            str(settings),
+        ],
     )
 
 
@@ -154,7 +172,9 @@ def test_install_check_list_remove(stack: Stack, receiver: str, secret_key: str)
     assert any(i["connector"] == "webhook" for i in yaml.safe_load(listed.output)["installed"])
     check = CliRunner().invoke(main, ["connectors", "check", "webhook", "--config", str(stack.config_path)])
     assert check.exit_code == 0 and "accepted a signed ping" in check.output
-    removed = CliRunner().invoke(main, ["connectors", "remove", "webhook", "--config", str(stack.config_path)])
+    removed = CliRunner().invoke(
+        main, ["connectors", "remove", "webhook", "--config", str(stack.config_path)]
+    )
     assert removed.exit_code == 0
     again = CliRunner().invoke(main, ["connectors", "remove", "webhook", "--config", str(stack.config_path)])
     assert again.exit_code == 1 and "not installed" in again.output
@@ -166,8 +186,10 @@ def test_install_rejects_bad_settings_with_the_key_path(stack: Stack, receiver: 
     assert "timeout_seconds" in result.output and "is not of type 'number'" in result.output
     short = stack.tmp_path / "short.yaml"
     short.write_text(yaml.safe_dump({"url": receiver + PATH, "signing_secret": "tiny"}))
-    result = CliRunner().invoke(main, ["connectors", "install", "webhook", "--config", str(stack.config_path),
-                                       "--config-file", str(short)])
+    result = CliRunner().invoke(
+        main,
+        ["connectors", "install", "webhook", "--config", str(stack.config_path), "--config-file", str(short)],
+    )
     assert result.exit_code == 2 and "signing_secret" in result.output and "tiny" not in result.output
 
 
@@ -221,7 +243,12 @@ def test_scaffolded_connector_passes_the_kit(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     root = tmp_path / "textback-acme_crm"
     assert (root / "textback_acme_crm" / "manifest.yaml").is_file()
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=root,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "12 passed" in run.stdout

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -33,11 +35,9 @@ def factory(engine: Engine) -> sessionmaker[Session]:
     return session_factory(engine)
 
 
-def add(factory: sessionmaker[Session], key: str, ordering_key: str | None = None, **kw: object) -> bool:
+def add(factory: sessionmaker[Session], key: str, ordering_key: str | None = None, **kw: Any) -> bool:
     with transaction(factory) as s:
-        return outbox.enqueue(
-            s, kind="test.job", target="t", dedupe_key=key, ordering_key=ordering_key, **kw  # type: ignore[arg-type]
-        )
+        return outbox.enqueue(s, kind="test.job", target="t", dedupe_key=key, ordering_key=ordering_key, **kw)
 
 
 def row(factory: sessionmaker[Session], job_id: int) -> OutboxJob:
@@ -117,7 +117,9 @@ def test_concurrent_claims_give_each_job_to_exactly_one_worker(factory: sessionm
         assert (r.locked_by, r.claim_token) == owners[r.id]
 
 
-def test_expired_lease_is_reclaimed_and_the_stale_worker_cannot_finish(factory: sessionmaker[Session]) -> None:
+def test_expired_lease_is_reclaimed_and_the_stale_worker_cannot_finish(
+    factory: sessionmaker[Session],
+) -> None:
     add(factory, "lease")
     old = Outbox(factory, "old", lease_seconds=30)
     new = Outbox(factory, "new", lease_seconds=30)
@@ -145,8 +147,6 @@ def test_short_real_lease_expires(factory: sessionmaker[Session]) -> None:
     b = Outbox(factory, "b", lease_seconds=0.3)
     [job] = a.claim()
     assert b.claim() == []
-    import time
-
     time.sleep(0.45)
     [again] = b.claim()
     assert again.id == job.id

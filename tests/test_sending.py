@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 import requests
 
 from bridge.runtime import build_worker
 from tests.conftest import ACCOUNT_SID
-from tests.stack import Stack, outbox_jobs, settle
+from tests.stack import Stack, all_day_business, outbox_jobs, settle
 
 CALLER = "+13125550142"
 MESSAGES = f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
+
+
+@pytest.fixture
+def stack(tmp_path: Path, db_url: str) -> Iterator[Stack]:
+    """The shared test stack, with texting allowed at any minute of the day."""
+    s = Stack(tmp_path, db_url, businesses=[all_day_business()])
+    try:
+        yield s
+    finally:
+        s.close()
 
 
 def twilio_error(code: int, status: int, message: str) -> dict[str, Any]:
@@ -25,15 +38,21 @@ def twilio_error(code: int, status: int, message: str) -> dict[str, Any]:
     }
 
 
-def api_requests(stack: Stack) -> list[tuple[str, str]]:
+def api_requests(stack: Stack, to: str = CALLER) -> list[tuple[str, str]]:
+    """Twilio REST requests about texts to ``to``: creates (form To) and lookups (query To)."""
     got = requests.get(f"{stack.twilio_url}/_emulator/requests", timeout=5).json()["requests"]
-    return [(r["method"], r["path"]) for r in got if r["path"].startswith("/2010-04-01/")]
+    return [
+        (r["method"], r["path"])
+        for r in got
+        if r["path"].startswith("/2010-04-01/")
+        and ((r["form"] or {}).get("To") == [to] or parse_qs(r["query"]).get("To") == [to])
+    ]
 
 
 def first_text(stack: Stack, phone: str = CALLER) -> dict[str, Any]:
     lead = stack.lead(phone)
     assert lead is not None
-    [message] = [e for e in lead["timeline"] if e["type"] == "message" and e["direction"] == "outbound"]
+    [message] = [e for e in lead["timeline"] if e["type"] == "message" and e["to"] == phone]
     return message
 
 
@@ -62,7 +81,7 @@ def test_rate_limited_send_is_retried_and_sends_once(stack: Stack) -> None:
     settle(stack)
     sent = stack.sent(CALLER)
     assert len(sent) == 1
-    [job] = outbox_jobs(stack)
+    [job] = outbox_jobs(stack, "sms.send")
     assert (job.status, job.attempts) == ("done", 2)
     assert api_requests(stack).count(("POST", MESSAGES)) == 2
     message = first_text(stack)
@@ -83,7 +102,7 @@ def test_server_error_is_retried_after_a_lookup(stack: Stack) -> None:
     assert len(stack.sent(CALLER)) == 1
     # A 5xx may have been processed: the retry looks for the message before sending again.
     assert api_requests(stack) == [("POST", MESSAGES), ("GET", MESSAGES), ("POST", MESSAGES)]
-    [job] = outbox_jobs(stack)
+    [job] = outbox_jobs(stack, "sms.send")
     assert (job.status, job.attempts) == ("done", 2)
     assert first_text(stack)["sid"] == stack.sent(CALLER)[0]["sid"]
 
@@ -94,10 +113,10 @@ def test_ambiguous_timeout_sends_no_duplicate(stack: Stack) -> None:
     stack.fault(method="POST", path=MESSAGES, delay_ms=2500, count=1)
     stack.call(CALLER)
     settle(stack, timeout=30)
-    sent = stack.sent()
+    sent = stack.sent(CALLER)
     assert len(sent) == 1, sent
     assert api_requests(stack).count(("POST", MESSAGES)) == 1
-    [job] = outbox_jobs(stack)
+    [job] = outbox_jobs(stack, "sms.send")
     assert job.status == "done" and job.attempts == 2
     message = first_text(stack)
     assert message["sid"] == sent[0]["sid"]
@@ -113,7 +132,7 @@ def test_permanent_codes_end_the_job_and_mark_the_number(stack: Stack, code: int
     configure_number(stack, CALLER, reject_code=code)
     stack.call(CALLER)
     settle(stack)
-    [job] = outbox_jobs(stack)
+    [job] = outbox_jobs(stack, "sms.send")
     assert (job.status, job.attempts, job.last_error_code) == ("dead", 1, str(code))
     assert api_requests(stack).count(("POST", MESSAGES)) == 1
     assert stack.sent(CALLER) == []
@@ -125,8 +144,9 @@ def test_permanent_codes_end_the_job_and_mark_the_number(stack: Stack, code: int
     stack.call(CALLER)
     settle(stack)
     assert decisions(stack) == [("text", "missed_no_answer"), ("skip", reason)]
-    assert len(outbox_jobs(stack)) == 1
     assert stack.sent(CALLER) == []
+    assert api_requests(stack).count(("POST", MESSAGES)) == 1
+    first_text(stack)  # still the only text to the caller
 
 
 def test_undelivered_30006_marks_the_number_undeliverable(stack: Stack) -> None:
@@ -141,6 +161,7 @@ def test_undelivered_30006_marks_the_number_undeliverable(stack: Stack) -> None:
     settle(stack)
     assert decisions(stack) == [("text", "missed_no_answer"), ("skip", "undeliverable")]
     assert len(stack.sent(CALLER)) == 1
+    first_text(stack)  # still the only text to the caller
 
 
 def test_status_callbacks_move_the_message_forward_only(stack: Stack) -> None:
@@ -172,12 +193,12 @@ def test_bad_credentials_are_retried_not_dead(stack: Stack) -> None:
     )
     bad_worker = build_worker(wrong, stack.engine)
     assert bad_worker.run_once() == 1
-    [job] = outbox_jobs(stack)
+    [job] = outbox_jobs(stack, "sms.send")
     assert (job.status, job.attempts, job.last_error_code) == ("pending", 1, "20003")
     assert "not-the-auth-token" not in (job.last_error or "")
-    assert stack.sent() == []
+    assert stack.sent(CALLER) == []
     # Once the credentials are right again, the same job sends the text exactly once.
     settle(stack)
     assert len(stack.sent(CALLER)) == 1
-    [job] = outbox_jobs(stack)
+    [job] = outbox_jobs(stack, "sms.send")
     assert (job.status, job.attempts) == ("done", 2)

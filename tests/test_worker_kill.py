@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 import requests
@@ -28,6 +29,7 @@ from core.db import make_engine, session_factory
 from core.models import OutboxJob
 from core.outbox import Outbox
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, config_dict, write_config
+from tests.stack import all_day_business
 
 pytestmark = pytest.mark.slow
 
@@ -56,14 +58,18 @@ class World:
         )
 
     def worker(self, name: str) -> subprocess.Popen[bytes]:
-        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        return subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "worker", "--config", str(self.config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.tmp,
-            env=_env(),
-        )
+        with open(self.tmp / f"{name}.log", "wb") as log:  # the child keeps its own copy
+            return subprocess.Popen(
+                [sys.executable, "-m", "bridge.cli", "worker", "--config", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.tmp,
+                env=_env(),
+            )
+
+    def log(self, name: str) -> str:
+        path = self.tmp / f"{name}.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
 
     def call(self, caller: str = CALLER) -> None:
         body = {"from": caller, "to": self.config.businesses[0].numbers[0], "outcome": "no-answer"}
@@ -71,15 +77,22 @@ class World:
         assert resp.status_code == 200, resp.text
 
     def requests(self) -> list[tuple[str, str]]:
+        """Twilio REST requests about texts to the caller: creates (form To) and lookups (query To)."""
         got = requests.get(f"{self.twilio_url}/_emulator/requests", timeout=5).json()["requests"]
-        return [(r["method"], r["path"]) for r in got if r["path"].startswith("/2010-04-01/")]
+        return [
+            (r["method"], r["path"])
+            for r in got
+            if r["path"].startswith("/2010-04-01/")
+            and ((r["form"] or {}).get("To") == [CALLER] or parse_qs(r["query"]).get("To") == [CALLER])
+        ]
 
     def sent(self) -> list[dict[str, Any]]:
-        return list(requests.get(f"{self.twilio_url}/_emulator/state", timeout=5).json()["messages"])
+        state = requests.get(f"{self.twilio_url}/_emulator/state", timeout=5).json()
+        return [m for m in state["messages"] if m["to"] == CALLER]
 
     def job(self) -> OutboxJob:
         with session_factory(self.engine)() as s:
-            [job] = s.scalars(select(OutboxJob))
+            [job] = s.scalars(select(OutboxJob).where(OutboxJob.kind == "sms.send"))
             return job
 
     def lead(self) -> dict[str, Any]:
@@ -101,14 +114,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
+def wait_for(
+    what: str, check: Callable[[], Any], timeout: float = 20.0, diagnose: Callable[[], str] | None = None
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    detail = f"\n{diagnose()}" if diagnose else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{detail}")
 
 
 def worker_id(proc: subprocess.Popen[bytes]) -> str:
@@ -123,14 +139,13 @@ def world(tmp_path: Path, db_url: str) -> Iterator[World]:
     twilio_url = servers[0].url
     port = _free_port()
     bridge_url = f"http://127.0.0.1:{port}"
-    data = config_dict(db_url, public_url=bridge_url, twilio_url=twilio_url)
+    data = config_dict(db_url, public_url=bridge_url, twilio_url=twilio_url, businesses=[all_day_business()])
     data["worker"]["lease_seconds"] = LEASE
     data["twilio"]["timeout_seconds"] = 2
     config_path = write_config(tmp_path / "textback.yaml", data)
     config = config_mod.load(str(config_path))
     engine = make_engine(config.database_url)
     w = World(tmp_path, config_path, config, engine, twilio_url, bridge_url)
-    procs: list[subprocess.Popen[bytes]] = []
     try:
         upgraded = w.cli("db", "upgrade")
         assert upgraded.returncode == 0, upgraded.stderr
@@ -139,9 +154,6 @@ def world(tmp_path: Path, db_url: str) -> Iterator[World]:
         assert resp.status_code == 200
         yield w
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
         for server in servers:
             server.stop()
         engine.dispose()
@@ -169,7 +181,11 @@ def test_worker_killed_mid_send_loses_nothing_and_sends_once(world: World) -> No
     assert resp.status_code == 201
     first = world.worker("worker-1")
     try:
-        wait_for("the first worker's send", lambda: ("POST", MESSAGES) in world.requests())
+        wait_for(
+            "the first worker's send",
+            lambda: ("POST", MESSAGES) in world.requests(),
+            diagnose=lambda: world.log("worker-1"),
+        )
         first.send_signal(signal.SIGKILL)
         assert first.wait(timeout=10) == -signal.SIGKILL
     finally:
@@ -191,7 +207,7 @@ def test_worker_killed_mid_send_loses_nothing_and_sends_once(world: World) -> No
 
     listed = world.cli("jobs", "list", "--json")
     assert listed.returncode == 0, listed.stderr
-    [entry] = json.loads(listed.stdout)
+    [entry] = [j for j in json.loads(listed.stdout) if j["kind"] == "sms.send"]
     assert (entry["status"], entry["attempts"]) == ("done", 2)
     sent = world.sent()
     assert len(sent) == 1 and sent[0]["to"] == CALLER
@@ -199,7 +215,7 @@ def test_worker_killed_mid_send_loses_nothing_and_sends_once(world: World) -> No
     assert reqs.count(("POST", MESSAGES)) == 1
     assert ("GET", MESSAGES) in reqs  # the second worker looked before it would have sent
     lead = world.lead()
-    [message] = [e for e in lead["timeline"] if e["type"] == "message"]
+    [message] = [e for e in lead["timeline"] if e["type"] == "message" and e["to"] == CALLER]
     assert message["sid"] == sent[0]["sid"]
     assert lead["status"] == "texted"
 
@@ -229,5 +245,5 @@ def test_worker_dead_after_claim_is_taken_over_after_the_lease(world: World) -> 
     sent = world.sent()
     assert len(sent) == 1 and sent[0]["to"] == CALLER
     assert world.requests().count(("POST", MESSAGES)) == 1
-    [message] = [e for e in world.lead()["timeline"] if e["type"] == "message"]
+    [message] = [e for e in world.lead()["timeline"] if e["type"] == "message" and e["to"] == CALLER]
     assert message["sid"] == sent[0]["sid"]

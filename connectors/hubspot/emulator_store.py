@@ -62,17 +62,19 @@ class CrmObject:
     archived_at: datetime | None = None
     versions: list[Version] = field(default_factory=list)
 
-    def to_json(self, wanted: Iterable[str] | None = None, properties: dict[str, str] | None = None,
-                updated: datetime | None = None) -> dict[str, Any]:
-        props = self.properties if properties is None else properties
+    def to_json(self, wanted: Iterable[str] | None = None, version: Version | None = None) -> dict[str, Any]:
+        """The API shape; ``version`` renders what the (lagging) search index holds instead of the latest."""
+        props = self.properties if version is None else version.properties
         if wanted is None:
             shown: dict[str, str | None] = dict(sorted(props.items()))
         else:
             keys = set(wanted) | {"hs_object_id", self.type.created_prop, self.type.modified_prop}
             shown = {k: props.get(k) for k in sorted(keys)}
+        updated = self.updated if version is None else version.updated
+        archived = self.archived if version is None else version.archived
         body: dict[str, Any] = {"id": self.id, "properties": shown, "createdAt": iso(self.created),
-                                "updatedAt": iso(updated or self.updated), "archived": self.archived}
-        if self.archived_at is not None:
+                                "updatedAt": iso(updated), "archived": archived}
+        if archived and self.archived_at is not None:
             body["archivedAt"] = iso(self.archived_at)
         return body
 
@@ -389,8 +391,7 @@ class Store:
         rows = [(oid, version.properties) for oid, (_obj, version) in indexed.items()]
         ids, total, next_after = run_search(spec, rows, otype, defs)
         wanted = self.wanted(otype, spec.properties)
-        results = [indexed[oid][0].to_json(wanted, indexed[oid][1].properties, indexed[oid][1].updated)
-                   for oid in ids]
+        results = [indexed[oid][0].to_json(wanted, indexed[oid][1]) for oid in ids]
         answer: dict[str, Any] = {"total": total, "results": results}
         if next_after is not None:
             answer["paging"] = {"next": {"after": str(next_after)}}

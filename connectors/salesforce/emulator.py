@@ -118,6 +118,9 @@ class SalesforceEmulator:
         self.store = Store(self._initial_external_ids)
         self.oauth.reset()
         self.oauth.public_key = None
+        self.oauth.client_id = self.sandbox["client_id"]
+        self.oauth.client_secret = self.sandbox["client_secret"]
+        self.oauth.username = self.sandbox["username"]
         self.api_usage = 0
         self.daily_limit = self._initial_daily_limit
         self.search_index_delay = 0.0

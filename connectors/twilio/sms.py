@@ -5,13 +5,14 @@ Twilio's errors are mapped onto textback's taxonomy (core.errors) here and nowhe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.rest import Client
 
-from core.errors import AuthError, Rejected
+from core.errors import AuthError, JobError, Rejected
 from core.phones import redact_numbers
 from core.sending import AmbiguousSend, NotSent, SentMessage
 from core.texting import PERMANENT_CODES
@@ -20,11 +21,29 @@ from core.texting import PERMANENT_CODES
 _REJECT_CODES = {21408, 21606, 21612, 21617, 21602, 21603, 21604, 21619, 30034}
 
 
+# Told every send's result: ("sent", ""), ("failed", code) or ("unknown", code) when it may exist.
+SendObserver = Callable[[str, str], None]
+
+
 class TwilioGateway:
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, observe: SendObserver | None = None) -> None:
         self.client = client
+        self.observe = observe
 
     def send(self, *, to: str, from_: str, body: str, status_callback: str | None) -> SentMessage:
+        try:
+            sent = self._send(to=to, from_=from_, body=body, status_callback=status_callback)
+        except JobError as exc:
+            if self.observe is not None:
+                ambiguous = isinstance(exc, AmbiguousSend)
+                code = str(exc.code) if exc.code is not None else ("no_response" if ambiguous else "network")
+                self.observe("unknown" if ambiguous else "failed", code)
+            raise
+        if self.observe is not None:
+            self.observe("sent", "")
+        return sent
+
+    def _send(self, *, to: str, from_: str, body: str, status_callback: str | None) -> SentMessage:
         kwargs = {"to": to, "from_": from_, "body": body}
         if status_callback:
             kwargs["status_callback"] = status_callback

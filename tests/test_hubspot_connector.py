@@ -1,0 +1,537 @@
+"""The HubSpot connector: the conformance kit, its HubSpot-specific behaviour against the emulator, and
+the whole stack (bridge, worker, outbox, sync engine) syncing missed calls into the emulator."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import requests
+import yaml
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from bridge.cli import main
+from bridge.runtime import Connectors, build_worker
+from connectors.base import ConnectorContext
+from connectors.emulator import serve_in_thread
+from connectors.hubspot import mappers, paths, sandbox
+from connectors.hubspot.connector import HubSpotConnector
+from connectors.hubspot.emulator import SANDBOX_OAUTH, SANDBOX_TOKEN, HubSpotEmulator
+from connectors.hubspot.kit import HubSpotKit
+from connectors.testing import conformance_suite
+from core.connector_state import TokenStore
+from core.crm import ActivityData, ContactData, DealData, TaskData
+from core.errors import AuthError, ConnectorConfigError, RateLimited, Rejected
+from core.models import Alert, ConnectorState, OutboxJob, utcnow
+from core.secrets import generate_key
+from tests.stack import Stack, stop_servers
+
+TestHubSpotConformance = conformance_suite(HubSpotKit())
+
+PHONE_PROP = mappers.PHONE_PROPERTY
+BUSINESS = "bright-spark"
+OAUTH_KEYS = ("client_id", "client_secret", "refresh_token")
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+class Hub:
+    def __init__(self, url: str, emulator: HubSpotEmulator) -> None:
+        self.url = url
+        self.emulator = emulator
+
+    def state(self) -> dict[str, Any]:
+        return dict(requests.get(f"{self.url}/_emulator/state", timeout=5).json())
+
+    def requests(self, prefix: str = "/crm") -> list[dict[str, Any]]:
+        got = requests.get(f"{self.url}/_emulator/requests", timeout=5).json()["requests"]
+        return [r for r in got if str(r["path"]).startswith(prefix)]
+
+    def config(self, **spec: Any) -> None:
+        resp = requests.post(f"{self.url}/_emulator/config", json=spec, timeout=5)
+        assert resp.status_code == 200, resp.text
+
+    def fault(self, **spec: Any) -> None:
+        resp = requests.post(f"{self.url}/_emulator/faults", json=spec, timeout=5)
+        assert resp.status_code == 201, resp.text
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        resp = requests.request(
+            method,
+            f"{self.url}{path}",
+            json=body,
+            timeout=5,
+            headers={"Authorization": f"Bearer {SANDBOX_TOKEN}"},
+        )
+        assert resp.status_code < 300, resp.text
+        return resp.json() if resp.content else None
+
+    def contacts(self, phone: str) -> list[dict[str, Any]]:
+        return [c for c in self.state()["contacts"] if c["properties"].get(PHONE_PROP) == phone]
+
+    def linked(self, state: dict[str, Any], from_type: str, from_id: str, to_type: str) -> dict[str, int]:
+        """to id -> association type id, from the emulator's association table."""
+        return {
+            a["to_id"]: a["type_id"]
+            for a in state["associations"]
+            if a["from_type"] == from_type and a["from_id"] == from_id and a["to_type"] == to_type
+        }
+
+
+@pytest.fixture
+def hub() -> Iterator[Hub]:
+    emulator = HubSpotEmulator()  # HubSpot's real Professional limits: 190 per 10 s, search 5 per s
+    server = serve_in_thread(emulator.app)
+    try:
+        yield Hub(server.url, emulator)
+    finally:
+        stop_servers(server)
+
+
+@pytest.fixture
+def secret_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    key = generate_key()
+    monkeypatch.setenv("TEXTBACK_SECRET_KEY", key)
+    return key
+
+
+def connector(
+    url: str, tokens: TokenStore | None = None, timeout: float = 3.0, **config: Any
+) -> HubSpotConnector:
+    cfg: dict[str, Any] = {"access_token": SANDBOX_TOKEN, "api_base_url": url, **config}
+    cfg = {k: v for k, v in cfg.items() if v is not None}
+    return HubSpotConnector(cfg, ConnectorContext(BUSINESS, "hubspot", tokens=tokens, timeout=timeout))
+
+
+def oauth_settings(url: str) -> dict[str, Any]:
+    return {"api_base_url": url, **{k: SANDBOX_OAUTH[k] for k in OAUTH_KEYS}}
+
+
+def install(stack: Stack, settings: dict[str, Any]) -> Any:
+    path = stack.tmp_path / "hubspot.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    result = CliRunner().invoke(
+        main,
+        ["connectors", "install", "hubspot", "--config", str(stack.config_path), "--config-file", str(path)],
+    )
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def jobs(stack: Stack, kind: str = "crm.sync") -> list[OutboxJob]:
+    with stack.factory() as s:
+        return list(s.scalars(select(OutboxJob).where(OutboxJob.kind == kind).order_by(OutboxJob.id)))
+
+
+def connector_state(stack: Stack) -> ConnectorState | None:
+    with stack.factory() as s:
+        return s.get(ConnectorState, (BUSINESS, "hubspot"))
+
+
+def settle_all(stack: Stack, done: Any, timeout: float = 20.0) -> None:
+    """Drive the worker (waiting out backoffs and pauses) until ``done()``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stack.drain(timeout=2, settle=0.05)
+        if done():
+            stack.drain(timeout=2, settle=0.1)
+            return
+        time.sleep(0.1)
+    raise AssertionError("the stack did not sync in time")
+
+
+def by_type(state: dict[str, Any]) -> dict[str, int]:
+    return {t: len(state[t]) for t in ("contacts", "deals", "calls", "tasks", "notes")}
+
+
+# -- HubSpot specifics, against the emulator (no database) -------------------------------------------
+def test_check_creates_the_properties_and_explains_failures(hub: Hub) -> None:
+    result = connector(hub.url).check()
+    assert result.ok, result
+    props = hub.state()["properties"]
+    assert {PHONE_PROP, mappers.OPTED_OUT_PROPERTY} <= set(props["contacts"])
+    assert mappers.DEAL_KEY_PROPERTY in props["deals"]
+    phone_def = hub.api("GET", f"/crm/v3/properties/contacts/{PHONE_PROP}")
+    assert phone_def["hasUniqueValue"] is True and phone_def["type"] == "string"
+    assert connector(hub.url).check().ok  # the second check finds them (409s are fine too)
+
+    bad = connector(hub.url, access_token="pat-na1-not-a-real-token").check()
+    assert not bad.ok and "rejected the credentials" in bad.summary
+    assert "pat-na1-not-a-real-token" not in bad.summary + "".join(bad.details)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    down = connector(closed).check()
+    assert not down.ok and "could not be reached" in down.summary
+
+
+def test_missing_schema_scope_is_named(hub: Hub) -> None:
+    limited = "pat-limited-scopes-0001"
+    hub.config(
+        tokens={
+            limited: {
+                "scopes": [
+                    "crm.objects.contacts.read",
+                    "crm.objects.contacts.write",
+                    "crm.schemas.contacts.read",
+                ]
+            }
+        }
+    )
+    result = connector(hub.url, access_token=limited).check()
+    assert not result.ok
+    assert "crm.schemas.contacts.write" in result.summary
+    with pytest.raises(ConnectorConfigError) as info:
+        connector(hub.url, access_token=limited).upsert_contact(ContactData("+13125550170"), None)
+    assert "crm.schemas.contacts.write" in str(info.value)
+
+
+def test_rate_limits_daily_and_rolling(hub: Hub) -> None:
+    # TEN_SECONDLY_ROLLING without Retry-After: wait out the window HubSpot names in its headers.
+    body = {
+        "status": "error",
+        "message": "You have reached your ten_secondly_rolling limit.",
+        "errorType": "RATE_LIMIT",
+        "policyName": "TEN_SECONDLY_ROLLING",
+    }
+    hub.fault(
+        path=paths.contacts_batch_upsert(),
+        status=429,
+        body=body,
+        count=1,
+        headers={"X-HubSpot-RateLimit-Interval-Milliseconds": "10000"},
+    )
+    with pytest.raises(RateLimited) as info:
+        connector(hub.url).upsert_contact(ContactData("+13125550171"), None)
+    assert info.value.retry_after == pytest.approx(10)
+    # The emulator's real limiter: a 429 with HubSpot's Retry-After.
+    hub.config(rate_limit=[1, 10])
+    with pytest.raises(RateLimited) as info:
+        connector(hub.url).upsert_contact(ContactData("+13125550171"), None)
+    assert 1 <= info.value.retry_after <= 10
+    # DAILY: not worth retrying until the day rolls over.
+    hub.config(rate_limit=None, daily_limit=0)
+    with pytest.raises(RateLimited) as info:
+        connector(hub.url).upsert_contact(ContactData("+13125550171"), None)
+    assert info.value.code == "DAILY"
+    assert 15 * 60 <= info.value.retry_after <= 12 * 3600
+
+
+def test_validation_errors_are_rejected_with_hubspots_message(hub: Hub) -> None:
+    c = connector(hub.url)
+    with pytest.raises(Rejected) as info:
+        c.upsert_contact(ContactData("+13125550172", email="not-an-email"), None)
+    assert "VALIDATION_ERROR" in str(info.value) and "is invalid" in str(info.value)
+    task = TaskData("Call back", "Missed call", utcnow(), owner="999")
+    with pytest.raises(Rejected) as info:
+        c.create_task("tb-000000000001", task, None, None)
+    assert "not a valid owner id" in str(info.value)
+
+
+def test_email_conflict_adopts_the_contact_hubspot_knows(hub: Hub) -> None:
+    c = connector(hub.url)
+    c.check()
+    known = hub.api(
+        "POST",
+        "/crm/v3/objects/contacts",
+        {"properties": {"email": "pat@example.com", "firstname": "Pat", "hs_lead_status": "CONNECTED"}},
+    )
+    remote = c.upsert_contact(ContactData("+13125550173", first_name="Pat", email="pat@example.com"), None)
+    assert remote.id == known["id"] and remote.created is False  # an existing customer, not a new lead
+    [contact] = hub.contacts("+13125550173")
+    assert contact["properties"]["hs_lead_status"] == "CONNECTED"  # what the team set is kept
+    assert len(hub.state()["contacts"]) == 1
+    # The email belongs to another contact while this phone has its own: keep both, move nothing.
+    mine = c.upsert_contact(ContactData("+13125550174"), None)
+    again = c.upsert_contact(ContactData("+13125550174", email="pat@example.com"), mine)
+    assert again.id == mine.id and len(hub.state()["contacts"]) == 2
+
+
+def test_wrong_stage_lists_the_valid_ones(hub: Hub) -> None:
+    c = connector(hub.url)
+    contact = c.upsert_contact(ContactData("+13125550175"), None)
+    with pytest.raises(ConnectorConfigError) as info:
+        c.upsert_deal("tb-00000000000a", DealData("Missed call", "new"), contact, None)
+    assert "appointmentscheduled" in str(info.value) and "closedwon" in str(info.value)
+    with pytest.raises(ConnectorConfigError) as info:
+        c.upsert_deal("tb-00000000000a", DealData("Missed call", "new", pipeline="nope"), contact, None)
+    assert "no deal pipeline 'nope'" in str(info.value)
+    assert hub.state()["deals"] == []
+
+
+def test_creates_are_found_by_marker_and_never_repeated(hub: Hub) -> None:
+    c = connector(hub.url, portal_id="24681357")
+    contact = c.upsert_contact(ContactData("+13125550176", first_name="Ann"), None)
+    assert contact.url == f"https://app.hubspot.com/contacts/24681357/record/0-1/{contact.id}"
+    deal = c.upsert_deal(
+        "tb-0000000000d1", DealData("Missed call: Ann", "appointmentscheduled"), contact, None
+    )
+    # The same create again (the worker died before saving the answer): the same deal, still linked.
+    assert (
+        c.upsert_deal(
+            "tb-0000000000d1", DealData("Missed call: Ann", "appointmentscheduled"), contact, None
+        ).id
+        == deal.id
+    )
+    call = c.log_activity(
+        "tb-0000000000c1",
+        ActivityData("call", utcnow(), "Missed inbound call.", from_number="+13125550176"),
+        contact,
+        deal,
+        None,
+    )
+    note = c.log_activity(
+        "tb-0000000000e1",
+        ActivityData("sms", utcnow(), "Sorry we missed you", direction="outbound", to_number="+13125550176"),
+        contact,
+        deal,
+        None,
+    )
+    task = c.create_task("tb-0000000000f1", TaskData("Call back Ann", "Missed call", utcnow()), contact, deal)
+    assert c.find_record("deal", "tb-0000000000d1").id == deal.id  # type: ignore[union-attr]
+    assert c.find_record("call", "tb-0000000000c1").id == call.id  # type: ignore[union-attr]
+    assert c.find_record("sms", "tb-0000000000e1").id == note.id  # type: ignore[union-attr]
+    assert c.find_record("task", "tb-0000000000f1").id == task.id  # type: ignore[union-attr]
+    assert c.find_record("task", "tb-00000000dead") is None
+    assert c.find_record("deal", "tb-00000000dead") is None
+    state = hub.state()
+    assert by_type(state) == {"contacts": 1, "deals": 1, "calls": 1, "tasks": 1, "notes": 1}
+    assert hub.linked(state, "deals", deal.id, "contacts") == {contact.id: 3}
+    assert hub.linked(state, "notes", note.id, "deals") == {deal.id: 214}
+    [row] = state["notes"]
+    assert "Text sent to" in row["properties"]["hs_note_body"]
+    # An update moves the stage; a later call of the same kind updates the same activity.
+    c.upsert_deal("tb-0000000000d1", DealData("Missed call: Ann", "qualifiedtobuy"), contact, deal)
+    c.log_activity(
+        "tb-0000000000c1",
+        ActivityData(
+            "call", utcnow(), "Voicemail: https://x.test/r.mp3", recording_url="https://x.test/r.mp3"
+        ),
+        contact,
+        deal,
+        call,
+    )
+    state = hub.state()
+    assert state["deals"][0]["properties"]["dealstage"] == "qualifiedtobuy"
+    assert state["calls"][0]["properties"]["hs_call_recording_url"] == "https://x.test/r.mp3"
+    assert by_type(state)["calls"] == 1
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ConnectorConfigError) as info:
+        connector("https://evil.example.com")
+    assert "not allowed" in str(info.value)
+    with pytest.raises(ConnectorConfigError):
+        connector("http://api.hubapi.com")  # the real API only over https
+    assert connector("https://api.hubapi.com").base_url == "https://api.hubapi.com"
+    with pytest.raises(ConnectorConfigError) as info:
+        connector("http://127.0.0.1:9", access_token=None, client_id="x", client_secret="shh-secret")
+    assert "refresh_token" in str(info.value) and "shh-secret" not in str(info.value)
+    with pytest.raises(ConnectorConfigError) as info:
+        connector("http://127.0.0.1:9", client_id="x", client_secret="y", refresh_token="z")
+    assert "not both" in str(info.value)
+    assert SANDBOX_TOKEN not in repr(connector("http://127.0.0.1:9"))
+
+
+def test_oauth_without_a_token_store_refreshes_in_process(hub: Hub, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    c = connector(hub.url, access_token=None, **{k: SANDBOX_OAUTH[k] for k in OAUTH_KEYS})
+    assert c.check().ok
+    assert hub.state()["oauth"]["refreshes"] == 1
+    hub.config(expire_tokens=True)
+    assert c.find_contact("+13125550177") is None  # 401 EXPIRED_AUTHENTICATION -> refresh -> retry
+    assert hub.state()["oauth"]["refreshes"] == 2
+    hub.config(expire_tokens=True, revoke_refresh_tokens=True)
+    with pytest.raises(AuthError) as info:
+        c.find_contact("+13125550177")
+    assert "reconnect HubSpot" in str(info.value)
+    for secret in (SANDBOX_OAUTH["refresh_token"], SANDBOX_OAUTH["client_secret"]):
+        assert secret not in str(info.value) + repr(c) + caplog.text
+
+
+# -- the whole stack ----------------------------------------------------------------------------------
+def test_missed_calls_land_once_linked_and_replays_change_nothing(
+    stack: Stack, hub: Hub, secret_key: str
+) -> None:
+    result = install(stack, sandbox.settings(hub.url))
+    assert "ok: connected to HubSpot" in result.output
+    caller = "+13125550142"
+    stack.call(caller, "no-answer", voicemail_text="please call me back about the panel")
+    stack.drain()
+    state = hub.state()
+    [contact] = hub.contacts(caller)
+    assert contact["properties"]["phone"] == caller and contact["properties"]["hs_lead_status"] == "NEW"
+    assert contact["properties"]["leadsource"] == "Missed call"
+    assert by_type(state) == {"contacts": 1, "deals": 1, "calls": 1, "tasks": 1, "notes": 1}
+    deal, call, task, note = state["deals"][0], state["calls"][0], state["tasks"][0], state["notes"][0]
+    assert deal["properties"]["dealstage"] == "appointmentscheduled"
+    assert deal["properties"]["pipeline"] == "default"
+    assert call["properties"]["hs_call_status"] == "NO_ANSWER"
+    assert call["properties"]["hs_call_direction"] == "INBOUND"
+    assert "please call me back" in call["properties"]["hs_call_body"]  # the transcript
+    assert call["properties"].get("hs_call_recording_url")  # the voicemail link
+    assert (
+        task["properties"]["hs_task_status"] == "NOT_STARTED" and task["properties"]["hs_task_type"] == "CALL"
+    )
+    assert "Ref: tb-" in task["properties"]["hs_task_body"]
+    assert "Text sent to" in note["properties"]["hs_note_body"]  # the "texted" event
+    cid = contact["id"]
+    assert hub.linked(state, "deals", deal["id"], "contacts") == {cid: 3}
+    assert hub.linked(state, "calls", call["id"], "contacts") == {cid: 194}
+    assert hub.linked(state, "calls", call["id"], "deals") == {deal["id"]: 206}
+    assert hub.linked(state, "tasks", task["id"], "contacts") == {cid: 204}
+    assert hub.linked(state, "tasks", task["id"], "deals") == {deal["id"]: 216}
+    assert hub.linked(state, "notes", note["id"], "contacts") == {cid: 202}
+
+    # Replaying the call's webhooks ten times changes nothing in HubSpot.
+    before = hub.state()
+    for _ in range(10):
+        stack.call(caller, "no-answer", call_sid=stack.last_call_sid)
+    stack.drain()
+    after = hub.state()
+    assert by_type(after) == by_type(before)
+    assert after["associations"] == before["associations"]
+
+    # A new lead, now that the properties exist: contact + call + task are 3 calls (+1 for the deal),
+    # and the "texted" event adds the contact upsert and the note.
+    seen = len(hub.requests())
+    stack.call("+13125550143", "no-answer")
+    stack.drain()
+    made = [f"{r['method']} {r['path']}" for r in hub.requests()[seen:]]
+    upsert = f"POST {paths.contacts_batch_upsert()}"
+    objects = "POST /crm/v3/objects/"
+    # The missed-call job (the lead's jobs run in order): contact + deal + call + task. Its contact,
+    # call and task take 3 calls; nothing checks the properties again.
+    assert made[:4] == [upsert, objects + "deals", objects + "calls", objects + "tasks"]
+    assert len([m for m in made[:4] if not m.endswith("/deals")]) <= 3
+    assert made[4:] == [upsert, objects + "notes"]  # the "texted" event: the outgoing text as a note
+
+    # A caller HubSpot already knows (by textback's phone property) is a customer: no new deal.
+    known = "+13125550144"
+    existing = hub.api(
+        "POST",
+        "/crm/v3/objects/contacts",
+        {"properties": {PHONE_PROP: known, "phone": known, "firstname": "Kim"}},
+    )
+    deals_before = len(hub.state()["deals"])
+    stack.call(known, "no-answer")
+    stack.drain()
+    state = hub.state()
+    assert len(state["deals"]) == deals_before
+    assert hub.contacts(known)[0]["id"] == existing["id"] and len(hub.contacts(known)) == 1
+    assert existing["id"] in {a["to_id"] for a in state["associations"] if a["from_type"] == "tasks"}
+
+    # STOP marks the contact opted out.
+    stack.inbound_sms(caller, "STOP")
+    stack.drain()
+    [contact] = hub.contacts(caller)
+    assert contact["properties"][mappers.OPTED_OUT_PROPERTY] == "true"
+    assert contact["properties"]["hs_lead_status"] == mappers.LEAD_STATUS_OPTED_OUT
+    assert all(j.status == "done" for j in jobs(stack))
+
+
+def test_a_hubspot_outage_loses_nothing(stack: Stack, hub: Hub, secret_key: str) -> None:
+    install(stack, sandbox.settings(hub.url))
+    hub.fault(path="/crm", status=503, body={"status": "error", "message": "unavailable"}, count=3)
+    caller = "+13125550145"
+    stack.call(caller, "busy")
+    stack.drain(timeout=1)
+    assert hub.contacts(caller) == []  # HubSpot is down: nothing landed, nothing was dropped
+    assert any(j.attempts for j in jobs(stack)) and not any(j.status == "dead" for j in jobs(stack))
+    assert len(stack.sent(caller)) == 1  # texts are unaffected by the CRM outage
+    settle_all(stack, lambda: len(hub.state()["notes"]) == 1)
+    state = hub.state()
+    assert by_type(state) == {"contacts": 1, "deals": 1, "calls": 1, "tasks": 1, "notes": 1}
+    assert all(j.status == "done" for j in jobs(stack))
+
+
+def test_a_429_pauses_the_connector_for_every_worker(stack: Stack, hub: Hub, secret_key: str) -> None:
+    install(stack, sandbox.settings(hub.url))
+    hub.fault(
+        path=paths.contacts_batch_upsert(),
+        status=429,
+        headers={"Retry-After": "2"},
+        count=1,
+        body={
+            "status": "error",
+            "message": "You have reached your ten_secondly_rolling limit.",
+            "errorType": "RATE_LIMIT",
+            "policyName": "TEN_SECONDLY_ROLLING",
+        },
+    )
+    caller = "+13125550146"
+    seen = len(hub.requests())
+    stack.call(caller, "no-answer")
+    stack.drain(timeout=1, settle=0)
+    row = connector_state(stack)
+    assert row is not None and row.paused_until is not None and row.rate_limited == 1
+    paused_until = row.paused_until.replace(tzinfo=row.paused_until.tzinfo or UTC)
+    [limited] = hub.requests()[seen:]
+    assert 1.9 <= paused_until.timestamp() - limited["at"] <= 3  # Retry-After: 2, for the connector
+    # A second worker (another process, as far as the outbox knows) respects the same pause.
+    other = build_worker(stack.config, stack.engine)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and len(hub.state()["notes"]) < 1:
+        other.run_once()
+        stack.worker.run_once()
+        time.sleep(0.05)
+    stack.drain()
+    later = hub.requests()[seen + 1 :]
+    assert later, "nothing synced after the pause"
+    first = min(r["at"] for r in later)
+    assert first >= paused_until.timestamp() - 0.05
+    assert first - limited["at"] >= 1.9
+    assert by_type(hub.state()) == {"contacts": 1, "deals": 1, "calls": 1, "tasks": 1, "notes": 1}
+
+
+def test_oauth_refreshes_once_across_workers_and_a_revoked_token_pauses(
+    stack: Stack, hub: Hub, secret_key: str
+) -> None:
+    install(stack, {**oauth_settings(hub.url), "sync": sandbox.settings(hub.url)["sync"]})
+    assert hub.state()["oauth"]["refreshes"] == 1  # the install's check
+    runtime = Connectors(stack.config, stack.factory)
+    store = TokenStore(stack.factory, runtime.box, BUSINESS, "hubspot")
+    hub.config(expire_tokens=True)
+    barrier = threading.Barrier(10)
+
+    def one(_: int) -> Any:
+        c = connector(hub.url, tokens=store, access_token=None, **{k: SANDBOX_OAUTH[k] for k in OAUTH_KEYS})
+        barrier.wait(timeout=10)
+        return c.find_contact("+13125550147")
+
+    with ThreadPoolExecutor(10) as pool:
+        assert list(pool.map(one, range(10))) == [None] * 10
+    assert hub.state()["oauth"]["refreshes"] == 2  # ten workers saw the token expire: one refresh
+
+    # The refresh token is revoked (the app was uninstalled): the job waits, the admin is told.
+    hub.config(expire_tokens=True, revoke_refresh_tokens=True)
+    stack.call("+13125550148", "no-answer")
+    stack.drain(timeout=2)
+    sync_jobs = jobs(stack)
+    assert sync_jobs and all(j.status == "pending" for j in sync_jobs)  # deferred, not dead
+    row = connector_state(stack)
+    assert row is not None and row.paused_until is not None
+    assert row.paused_until.replace(tzinfo=UTC) > datetime.now(UTC) + timedelta(minutes=10)
+    with stack.factory() as s:
+        alerts = list(s.scalars(select(Alert).where(Alert.connector_id == "hubspot")))
+    assert [a.kind for a in alerts] == ["auth_failed"] and "reconnect HubSpot" in alerts[0].message
+    assert SANDBOX_OAUTH["refresh_token"] not in alerts[0].message + (row.last_error or "")
+
+
+def test_the_search_limit_binds_only_search_calls(stack: Stack, hub: Hub, secret_key: str) -> None:
+    install(stack, sandbox.settings(hub.url))
+    c = Connectors(stack.config, stack.factory).build(BUSINESS, "hubspot")
+    for _ in range(12):
+        c.context.throttle(1)  # burst: 100 per 10 s; the 4-per-second search budget is not touched
+    with pytest.raises(RateLimited) as info:
+        for _ in range(10):
+            c.context.throttle(1, "search")
+    assert "4/1s" in str(info.value)
