@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import jsonschema
 import yaml
 from sqlalchemy import select
 
@@ -151,42 +150,19 @@ def install_cmd(
     no_check: bool,
 ) -> None:
     """Validate a connector's manifest and settings, store them (secrets encrypted), then check it."""
+    from bridge.installer import install
     from bridge.runtime import Connectors
-    from connectors import manifest as manifest_mod
-    from connectors import registry
-    from core.db import transaction
-    from core.models import ConnectorInstall
-    from core.sync import SYNC_SCHEMA
 
     cfg, factory = _context(config_path)
     business_id = _business(cfg, business)
-    loaded = registry.load_manifest_or_id(path_or_id)
-    man = loaded.manifest
     settings = _read_settings(settings_file, sets)
-    sync = settings.pop("sync", {}) or {}
-    source = settings_file or "--set"
-    manifest_mod.validate_config(man, settings, source=source)
-    errors = list(jsonschema.Draft202012Validator(SYNC_SCHEMA).iter_errors(sync))
-    if errors:
-        where = ".".join(map(str, errors[0].absolute_path)) or "(top level)"
-        raise ConfigError(errors[0].message, source=source, path=f"sync.{where}")
-    secrets = {k: v for k, v in settings.items() if k in man.secret_keys}
-    plain = {k: v for k, v in settings.items() if k not in man.secret_keys}
-    runtime = Connectors(cfg, factory)
-    sealed = runtime.box.seal(secrets) if secrets else None
-    with transaction(factory) as session:
-        row = session.get(ConnectorInstall, (business_id, man.id))
-        if row is None:
-            row = ConnectorInstall(business_id=business_id, connector_id=man.id)
-            session.add(row)
-        row.version, row.config, row.secrets, row.sync, row.enabled = man.version, plain, sealed, sync, True
+    man, secrets = install(cfg, factory, path_or_id, business_id, settings, settings_file or "--set")
     click.echo(
-        f"installed {man.name} {man.version} for {business_id} (secrets encrypted: "
-        f"{', '.join(sorted(secrets)) or 'none'})"
+        f"installed {man.name} {man.version} for {business_id} (secrets encrypted: {', '.join(secrets) or 'none'})"
     )
     if no_check:
         return
-    _run_check(runtime, business_id, man.id)
+    _run_check(Connectors(cfg, factory), business_id, man.id)
 
 
 def _run_check(runtime: Any, business_id: str, connector_id: str) -> None:

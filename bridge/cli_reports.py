@@ -110,6 +110,15 @@ def _seconds(value: float | None) -> str:
     return f"{value / 3600:.1f} h"
 
 
+def _funnel_table(first: str, title: str | None = None) -> Any:
+    from rich.table import Table
+
+    table = Table(first, title=title)
+    for name in ("missed", "texted", "replied", "qualified", "booked", "recovered", "to text", "to a person"):
+        table.add_column(name, justify="right")
+    return table
+
+
 def _report_table(result: Any) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -122,7 +131,7 @@ def _report_table(result: Any) -> None:
     )
 
     def add(table: Table, label: str, f: Funnel, style: str | None = None) -> None:
-        pct = "-" if f.recovered_pct is None else f"{f.recovered_pct:.1f}%"
+        pct = "-" if f.recovered_pct is None else f"{f.recovered} ({f.recovered_pct:.1f}%)"
         data = f.to_json()
         table.add_row(
             label,
@@ -138,18 +147,7 @@ def _report_table(result: Any) -> None:
         )
 
     for b in result.businesses:
-        table = Table(
-            "day",
-            "missed",
-            "texted",
-            "replied",
-            "qualified",
-            "booked",
-            "recovered",
-            "to text",
-            "to a person",
-            title=f"{b.business} ({b.timezone})",
-        )
+        table = _funnel_table("day", title=f"{b.business} ({b.timezone})")
         for day, funnel in sorted(b.days.items()):
             add(table, day.isoformat(), funnel)
         add(table, "total", b.total, style="bold")
@@ -158,9 +156,7 @@ def _report_table(result: Any) -> None:
             skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(b.total.skipped.items()))
             console.print(f"  missed calls not texted: {skipped}")
     if len(result.businesses) > 1:
-        total = Table(
-            "", "missed", "texted", "replied", "qualified", "booked", "recovered", "to text", "to a person"
-        )
+        total = _funnel_table("")
         add(total, "all businesses", result.total, style="bold")
         console.print(total)
     console.print(
@@ -340,6 +336,9 @@ def with_metrics_port(command: click.Command) -> click.Command:
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         if metrics_port is not None:
             from bridge.metrics import serve_worker_metrics
+            from core import logs
+
+            logs.setup()  # JSON from the first line; the worker sets its configured level next
 
             try:
                 serve_worker_metrics(metrics_host, metrics_port)

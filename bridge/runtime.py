@@ -20,7 +20,7 @@ from connectors.twilio.client import make_client
 from connectors.twilio.sms import TwilioGateway
 from core import connector_state
 from core.config import Config
-from core.conversation import ConversationJob
+from core.conversation import ConversationJob, FollowUpJob
 from core.db import make_engine, require_migrated, session_factory
 from core.errors import ConfigError, RateLimited
 from core.escalation import SlaJob
@@ -132,6 +132,7 @@ def build_worker(config: Config, engine: Engine | None = None) -> Worker:
         "sms.send": SmsJob(config, factory, twilio_gateway(config)),
         "crm.sync": SyncJob(config, factory, connectors.resolve, on_api=metrics.crm_push),
         "convo.reply": ConversationJob(config, factory, connectors.resolve),
+        "convo.follow_up": FollowUpJob(config, factory),
         "escalation.sla": SlaJob(config, factory),
         "notify.email": EmailJob(config.smtp),
         "notify.webhook": ChatWebhookJob(),

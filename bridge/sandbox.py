@@ -16,6 +16,8 @@ import requests
 import yaml
 
 from connectors import emulators, registry
+from connectors.emulator.base import ServerThread, serve_in_thread
+from connectors.twilio.emulator import TwilioEmulator
 from core import config as config_mod
 from core.errors import ConfigError
 from core.secrets import generate_key
@@ -45,6 +47,7 @@ BUSINESS = {
         "min_ring_seconds": 4,
         "cooldown_hours": 12,
         "sending_window": {"start": "08:00", "end": "21:00"},
+        "follow_up_after_hours": 4,
     },
     "booking": {"calendar": "google_calendar"},
     "conversation": {
@@ -72,7 +75,7 @@ def default_config(directory: Path) -> dict[str, Any]:
             "timeout_seconds": 5,
         },
         "secret_key_file": str((directory / "secret.key").resolve()),
-        "worker": {"poll_interval": 0.05, "lease_seconds": 30},
+        "worker": {"poll_interval": 0.05, "lease_seconds": 30, "threads": 4},
         "logging": {"level": "INFO"},
         "businesses": [BUSINESS],
     }
@@ -111,6 +114,7 @@ class Sandbox:
         self.bridge_url = self.config.public_url or ""
         self.emulators = {"twilio": self.config.twilio.api_base_url or ""}
         self.connectors: list[str] = []
+        self.servers: list[ServerThread] = []
 
     def _spawn(self, name: str, *args: str) -> None:
         log = open(self.log_dir / f"{name}.log", "ab")
@@ -136,21 +140,8 @@ class Sandbox:
             capture_output=True,
             cwd=str(self.dir),
         )
-        self._spawn(
-            "twilio-emulator",
-            "emulator",
-            "twilio",
-            "--port",
-            str(twilio_port),
-            "--account-sid",
-            cfg.twilio.account_sid or ACCOUNT_SID,
-            "--auth-token",
-            cfg.twilio.auth_token or AUTH_TOKEN,
-            "--bridge-url",
-            self.bridge_url,
-        )
-        self._start_crm_emulators(timeout)
-        self._install_connectors(src)
+        self._start_emulators(twilio_port)
+        self._install_connectors()
         self._spawn(
             "bridge",
             "serve",
@@ -169,35 +160,47 @@ class Sandbox:
         self._wait_until_up(timeout)
         self.write_manifest()
 
-    def _start_crm_emulators(self, timeout: float) -> None:
-        for name in emulators.available():
-            if name == "twilio":
-                continue
-            port = free_port()
-            self._spawn(f"{name}-emulator", "emulator", name, "--port", str(port))
-            self.emulators[name] = f"http://127.0.0.1:{port}"
-        self._wait_for([f"{url}/_emulator/health" for name, url in self.emulators.items() if name != "twilio"],
-                       timeout)
+    def _start_emulators(self, twilio_port: int) -> None:
+        """Every emulator runs in this process, each on its own port (fewer processes start faster)."""
+        import logging
 
-    def _install_connectors(self, config_src: str) -> None:
-        """Install every connector that has an emulator here, pointed at that emulator."""
-        for connector_id in registry.available():
-            url = self.emulators.get(connector_id)
-            settings = emulators.sandbox_settings(connector_id, url) if url else None
-            if settings is None:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        cfg = self.config
+        twilio = TwilioEmulator(
+            cfg.twilio.account_sid or ACCOUNT_SID,
+            cfg.twilio.auth_token or AUTH_TOKEN,
+            bridge_url=self.bridge_url,
+        )
+        self.servers.append(serve_in_thread(twilio.app, port=twilio_port))
+        for name in emulators.available():
+            if name == "twilio" or name not in emulators.CLASSES:
                 continue
-            settings_file = self.dir / f"connector-{connector_id}.yaml"
-            settings_file.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
-            settings_file.chmod(0o600)
-            result = subprocess.run(
-                [sys.executable, "-m", "bridge.cli", "connectors", "install", connector_id, "--config", config_src,
-                 "--config-file", str(settings_file)],
-                capture_output=True, text=True, cwd=str(self.dir), check=False,
-            )
-            if result.returncode != 0:
-                raise RuntimeError(f"installing the {connector_id} connector failed: "
-                                   f"{(result.stderr or result.stdout).strip()}")
-            self.connectors.append(connector_id)
+            server = serve_in_thread(emulators.make_app(name))
+            self.servers.append(server)
+            self.emulators[name] = server.url
+
+    def _install_connectors(self) -> None:
+        """Install every connector that has an emulator here, pointed at that emulator, and check it."""
+        from bridge.installer import install
+        from bridge.runtime import Connectors
+        from core.db import make_engine, session_factory
+
+        engine = make_engine(self.config.database_url)
+        try:
+            factory = session_factory(engine)
+            business = self.config.businesses[0].id
+            for connector_id in registry.available():
+                url = self.emulators.get(connector_id)
+                settings = emulators.sandbox_settings(connector_id, url) if url else None
+                if settings is None:
+                    continue
+                install(self.config, factory, connector_id, business, settings, f"sandbox:{connector_id}")
+                result = Connectors(self.config, factory).build(business, connector_id).check()
+                if not result.ok:
+                    raise RuntimeError(f"the {connector_id} connector failed its check: {result.summary}")
+                self.connectors.append(connector_id)
+        finally:
+            engine.dispose()
 
     def _wait_for(self, urls: list[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -286,6 +289,9 @@ class Sandbox:
             except subprocess.TimeoutExpired:
                 proc.kill()
         self.procs.clear()
+        for server in self.servers:
+            server.stop()
+        self.servers.clear()
 
     def __enter__(self) -> Sandbox:
         return self

@@ -17,6 +17,22 @@ EMULATORS: dict[str, str] = {
 }
 
 
+# name -> the emulator's class (constructed with its sandbox defaults), for in-process use
+CLASSES: dict[str, str] = {
+    "hubspot": "connectors.hubspot.emulator:HubSpotEmulator",
+    "salesforce": "connectors.salesforce.emulator:SalesforceEmulator",
+    "pipedrive": "connectors.pipedrive.emulator:PipedriveEmulator",
+    "google_calendar": "connectors.google_calendar.emulator:GoogleCalendarEmulator",
+    "webhook": "connectors.webhook.emulator:WebhookReceiver",
+}
+
+
+def make_app(name: str) -> Any:
+    """A fresh emulator app with its sandbox defaults (a Flask app)."""
+    module, _, cls = CLASSES[name].partition(":")
+    return getattr(importlib.import_module(module), cls)().app
+
+
 def available() -> list[str]:
     """Emulators whose module is present in this installation."""
     names = []

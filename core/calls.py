@@ -132,6 +132,7 @@ def conclude(
             "call_sid": call.call_sid,
             "status": dial_status or ("answered" if answered else "missed"),
             "ring_seconds": ring_seconds,
+            "to": to_e164(call.to_number) or call.to_number,
             "repeat": decision.reason == "cooldown",
         }
         leads.add_entry(session, lead.id, "call", at=call.started_at, **call_entry)

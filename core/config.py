@@ -50,6 +50,7 @@ class Policy:
     blocklist: frozenset[str] = frozenset()
     lookup_line_type: bool = False
     voicemail: bool = True
+    follow_up_after_hours: float = 0.0  # 0: no follow-up when the caller never answers
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class WorkerSettings:
     lease_seconds: float = 60.0
     max_attempts: int = 8
     batch_size: int = 10
+    threads: int = 2
     backoff_initial: float = 2.0
     backoff_max: float = 600.0
 
@@ -374,6 +376,7 @@ def _build_business(raw: dict[str, Any], source: str, at: str, warnings: list[st
         blocklist=frozenset(blocklist),
         lookup_line_type=bool(policy_raw.get("lookup_line_type", False)),
         voicemail=bool(policy_raw.get("voicemail", True)),
+        follow_up_after_hours=float(policy_raw.get("follow_up_after_hours", 0)),
     )
     for key in ("numbers", "staff_phones"):
         for i, number in enumerate(raw.get(key, [])):

@@ -38,6 +38,7 @@ POLICY: dict[str, Any] = {
         },
         "blocklist": {"type": "array", "items": {"type": "string"}},
         "lookup_line_type": {"type": "boolean"},
+        "follow_up_after_hours": {"type": "number", "minimum": 0, "maximum": 168},
         "voicemail": {"type": "boolean"},
     },
 }
@@ -100,6 +101,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
                 "lease_seconds": {"type": "number", "minimum": 1},
                 "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
                 "batch_size": {"type": "integer", "minimum": 1, "maximum": 500},
+                "threads": {"type": "integer", "minimum": 1, "maximum": 32},
                 "backoff_initial": {"type": "number", "exclusiveMinimum": 0},
                 "backoff_max": {"type": "number", "exclusiveMinimum": 0},
             },

@@ -201,14 +201,19 @@ class TokenStore:
         already refreshed it and that one is returned.
         """
         with self.factory() as session, session.begin():
+            # FOR UPDATE locks nothing while the row does not exist: create it first (a concurrent
+            # first refresh waits on this insert), so the lock below is the single flight.
+            session.execute(
+                _insert(session)(OAuthToken)
+                .values(business_id=self.key[0], connector_id=self.key[1], extra={})
+                .on_conflict_do_nothing()
+            )
             row = session.scalars(
                 select(OAuthToken)
                 .where(OAuthToken.business_id == self.key[0], OAuthToken.connector_id == self.key[1])
                 .with_for_update()
             ).first()
-            if row is None:
-                row = OAuthToken(business_id=self.key[0], connector_id=self.key[1], extra={})
-                session.add(row)
+            assert row is not None
             current = self.box.open_text(row.access_token)
             fresh = row.expires_at is None or row.expires_at - margin > utcnow()
             if current and fresh and current != stale:

@@ -199,6 +199,10 @@ class ConversationJob:
             texting.queue_text(
                 session, business, lead, kind="reply", body=body, dedupe_key=f"sms:{ref}:confirm"
             )
+            when = f"{replies.format_slot(start, business.tz)} ({business.tz_name})"
+            escalation.escalate(
+                session, business, lead, "booked", ref=ref, intent=lead.intent, said=f"booked {when}"
+            )
         return {"booked": remote.id, "start": start.isoformat()}
 
 
@@ -404,3 +408,46 @@ class _Step:
             self.reply("Sorry, which time works? " + replies.offer_text(offered, tz))
             return {"reasked": True}
         return self.handoff("booking")
+
+
+FOLLOW_UP = (
+    "{hi}, just checking in from {business}: do you still need a hand? Reply here any time. "
+    "Reply STOP to opt out."
+)
+
+
+class FollowUpJob:
+    """``convo.follow_up``: one nudge when the caller never answered the first text."""
+
+    def __init__(self, config: Config, factory: sessionmaker[Session]) -> None:
+        self.config = config
+        self.factory = factory
+
+    def __call__(self, job: Job) -> dict[str, Any]:
+        from core.templates import render
+
+        with transaction(self.factory) as session:
+            lead = session.get(Lead, job.lead_id) if job.lead_id else None
+            business = self.config.business(job.business_id or "")
+            first = session.get(Message, job.payload.get("after_message_id", ""))
+            if lead is None or business is None or first is None:
+                return {"skipped": "gone"}
+            answered = session.scalars(
+                select(Message.id).where(
+                    Message.lead_id == lead.id,
+                    Message.direction == "inbound",
+                    Message.created_at >= first.created_at,
+                )
+            ).first()
+            if answered or lead.human_takeover or lead.convo_state is not None:
+                return {"skipped": "the caller answered or a person took over"}
+            body = render(
+                FOLLOW_UP,
+                business=business.name,
+                first_name=(lead.name or "").split(" ")[0] or None,
+                booking_link=business.booking_link,
+            )
+            message = texting.queue_text(
+                session, business, lead, kind="follow_up", body=body, dedupe_key=f"sms:followup:{first.id}"
+            )
+            return {"queued": bool(message)}

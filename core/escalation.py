@@ -30,7 +30,10 @@ REASONS = {
     "no_slot": "Wants a time we could not offer",
     "sla_missed": "No response yet",
     "human_conversation": "Message in your conversation",
+    "booked": "New booking",
 }
+# Reasons that only inform staff: nobody needs to take the conversation over.
+INFORMATIONAL = ("human_conversation", "booked")
 
 
 def short_code(session: Session, lead: Lead) -> str:
@@ -66,7 +69,9 @@ def compose(
 ) -> str:
     who = lead.name or national(lead.phone)
     parts = [f"textback {REASONS.get(reason, reason)} for {business.name}: {who} ({lead.phone})"]
-    if said:
+    if said and reason == "booked":
+        parts.append(said + ".")
+    elif said:
         snippet = " ".join(said.split())
         parts.append(f'said "{snippet[:120]}{"..." if len(snippet) > 120 else ""}"')
     if intent:
@@ -172,7 +177,7 @@ def escalate(
             queued += 1
     if queued:
         leads.add_entry(session, lead.id, "escalation", at=now, reason=reason, backup=backup, notified=queued)
-        if not backup and reason != "human_conversation":
+        if not backup and reason not in INFORMATIONAL:
             sync.emit(session, business.id, lead.id, "handed_off", ref, {"reason": reason})
             if lead.first_human_response_at is None:
                 outbox.enqueue(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,12 +23,20 @@ _SECRET_KEYS = ("token", "secret", "password", "authorization", "body", "text")
 
 
 _mask_text = redact_numbers
+# Ids are not phone numbers even when they hold a run of digits (a UUID, a Twilio SID, a hex id
+# with a letter in it); masking those would make the lines useless for following a lead.
+_ID = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[A-Z]{2}[0-9a-fA-F]{32}"
+    r"|(?=[0-9a-f]*[a-f])[0-9a-f]{8,64}"
+)
 
 
 def _clean(key: str, value: Any) -> Any:
     if any(s in key.lower() for s in _SECRET_KEYS):
         return "***"
     if isinstance(value, str):
+        if key.endswith(("_id", "_sid")) and _ID.fullmatch(value):
+            return value
         return _mask_text(value)
     if isinstance(value, (int, float, bool)) or value is None:
         return value

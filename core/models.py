@@ -177,6 +177,7 @@ class OutboxJob(Base):
     __tablename__ = "outbox_jobs"
     __table_args__ = (
         Index("ix_outbox_ready", "status", "next_attempt_at"),
+        Index("ix_outbox_claim", "status", "priority", "next_attempt_at", "id"),
         Index("ix_outbox_order", "ordering_key", "id"),
     )
 
@@ -189,6 +190,8 @@ class OutboxJob(Base):
     lead_id: Mapped[str | None] = mapped_column(String(36))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(10), default="pending")
+    # Lower runs first: a caller's text never waits behind CRM bookkeeping.
+    priority: Mapped[int] = mapped_column(Integer, default=5, server_default="5")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=8)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

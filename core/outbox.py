@@ -26,6 +26,10 @@ from core.models import OutboxJob, utcnow
 
 ACTIVE = ("pending", "running")
 
+# Texts to callers first, then the conversation, then everything else (CRM sync, notifications).
+PRIORITIES = {"sms.send": 0, "convo.reply": 1, "notify.email": 3, "notify.webhook": 3, "escalation.sla": 3}
+DEFAULT_PRIORITY = 5
+
 
 @dataclass(frozen=True)
 class Job:
@@ -72,6 +76,7 @@ def enqueue(
         "lead_id": lead_id,
         "payload": payload or {},
         "status": "pending",
+        "priority": PRIORITIES.get(kind, DEFAULT_PRIORITY),
         "attempts": 0,
         "max_attempts": max_attempts,
         "next_attempt_at": run_at or utcnow(),
@@ -119,7 +124,7 @@ class Outbox:
         candidates = (
             select(OutboxJob.id)
             .where(ready, ~blocked)
-            .order_by(OutboxJob.next_attempt_at, OutboxJob.id)
+            .order_by(OutboxJob.priority, OutboxJob.next_attempt_at, OutboxJob.id)
             .limit(limit)
             .with_for_update(skip_locked=True, of=OutboxJob)
         )
@@ -203,7 +208,10 @@ class Outbox:
         return float(self._wait(state))
 
     def fail(self, job: Job, error: JobError, now: datetime | None = None) -> str:
-        """Record a failed attempt; returns the job's new status ('pending' or 'dead')."""
+        """Record a failed attempt; returns the job's new status ('pending' or 'dead').
+
+        'lost' means the lease was lost: another worker owns the job now and nothing changed.
+        """
         now = now or utcnow()
         status = "dead"
         next_at = now
@@ -228,7 +236,8 @@ class Outbox:
             )
         )
         with self.factory() as session, session.begin():
-            session.execute(stmt)
+            if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+                return "lost"
         return status
 
 

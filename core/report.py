@@ -169,9 +169,12 @@ def _business_days(session: Session, calls: list[Call], tz: ZoneInfo) -> dict[da
         return dict(days)
     texts = _first_texts(session, lead_ids)
     events = _events(session, lead_ids)
-    people = dict(
-        session.execute(select(Lead.id, Lead.first_human_response_at).where(Lead.id.in_(lead_ids))).tuples()
-    )
+    people = {
+        lead_id: at
+        for lead_id, at in session.execute(
+            select(Lead.id, Lead.first_human_response_at).where(Lead.id.in_(lead_ids))
+        )
+    }
     per_lead: dict[str, list[_Texted]] = defaultdict(list)
     for call in missed:
         if call.decision_outcome != "text" or not call.lead_id or call.decided_at is None:
@@ -214,7 +217,7 @@ def _first_texts(session: Session, lead_ids: list[str]) -> dict[str, list[tuple[
         select(Message.lead_id, Message.created_at, Message.sent_at).where(
             Message.lead_id.in_(lead_ids), Message.kind == "first_text", Message.direction == "outbound"
         )
-    ).tuples()
+    )
     for lead_id, created_at, sent_at in rows:
         out[lead_id].append((created_at, sent_at))
     return out
@@ -237,7 +240,7 @@ def _events(session: Session, lead_ids: list[str]) -> dict[str, list[tuple[str, 
         select(Message.lead_id, Message.created_at, Message.body).where(
             Message.lead_id.in_(lead_ids), Message.direction == "inbound"
         )
-    ).tuples()
+    )
     for lead_id, at, body in replies:
         if not keywords.is_opt_out(body):
             out[lead_id].append(("replied", at))
@@ -245,7 +248,7 @@ def _events(session: Session, lead_ids: list[str]) -> dict[str, list[tuple[str, 
         select(TimelineEntry.lead_id, TimelineEntry.at, TimelineEntry.type, TimelineEntry.data).where(
             TimelineEntry.lead_id.in_(lead_ids), TimelineEntry.type.in_(("classified", "booking"))
         )
-    ).tuples()
+    )
     for lead_id, at, type_, data in entries:
         if type_ == "booking":
             out[lead_id].extend([("booked", at), ("qualified", at)])

@@ -14,10 +14,10 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import leads, sync, texting
+from core import leads, outbox, sync, texting
 from core.config import Config
 from core.db import transaction
-from core.errors import Rejected, TransientError
+from core.errors import AuthError, Rejected, TransientError
 from core.hours import next_send_time
 from core.models import Lead, LineType, Message, utcnow
 from core.outbox import Deferred, Job
@@ -130,7 +130,9 @@ class SmsJob:
                 body=message.body,
                 status_callback=self.status_callback(message_id),
             )
-        except NotSent:
+        except (NotSent, AuthError):
+            # Certainly not taken (a 429, a refused connection, rejected credentials): the next
+            # attempt may send without looking first.
             with transaction(self.factory) as session:
                 row = session.get(Message, message_id)
                 assert row is not None
@@ -155,9 +157,12 @@ class SmsJob:
         if "opted_out" in reasons and message.kind != "opt_out_confirm":
             return "opted_out"
         lead = session.get(Lead, message.lead_id)
+        if lead is not None and message.kind in texting.AUTOMATED_REPLY_KINDS:
+            if lead.human_takeover:
+                return "human_takeover"
+            if lead.convo_state == "closed":
+                return "conversation_closed"
         if lead is not None and message.kind in texting.CAPPED_KINDS:
-            if lead.human_takeover or (lead.convo_state == "closed" and message.kind != "closing"):
-                return "human_takeover" if lead.human_takeover else "conversation_closed"
             business = self.config.business(message.business_id)
             cap = business.conversation.max_automated_per_day if business else 3
             if texting.automated_sent_since(session, message, utcnow() - timedelta(hours=24)) >= cap:
@@ -201,6 +206,18 @@ class SmsJob:
             lead = session.get(Lead, message.lead_id)
             if lead is not None and message.kind == "first_text":
                 texting.mark_lead_texted(lead)
+                business = self.config.business(message.business_id)
+                if business is not None and business.policy.follow_up_after_hours > 0:
+                    outbox.enqueue(
+                        session,
+                        kind="convo.follow_up",
+                        target="conversation",
+                        dedupe_key=f"followup:{message.id}",
+                        business_id=business.id,
+                        lead_id=lead.id,
+                        payload={"after_message_id": message.id},
+                        run_at=now + timedelta(hours=business.policy.follow_up_after_hours),
+                    )
             if lead is not None and message.kind not in texting.STAFF_KINDS:
                 sync.emit(
                     session, message.business_id, lead.id, "texted", message.id, {"message_id": message.id}

@@ -281,6 +281,10 @@ class _Run:
             opted_out=bool(self.lead.get("opted_out")),
         )
         existing = self.known("contact")
+        if existing is None and self._ledger("contact") is None:
+            # Remember that we are about to create it: if this attempt dies after the vendor made
+            # the contact, the retry must not mistake our own contact for an existing customer's.
+            self._save("contact", None, intent=True)
         remote: Remote = self.c.upsert_contact(data, existing)
         if existing is None or existing.id != remote.id or existing.url != remote.url:
             self._save("contact", remote)
@@ -327,7 +331,8 @@ class _Run:
         return done
 
     def on_missed_call(self, data: dict[str, Any]) -> dict[str, Any]:
-        had_contact = self.known("contact") is not None
+        row = self._ledger("contact")
+        had_contact = row is not None  # a ledger row (even a bare intent) means we made or saw it
         contact = self.contact()
         # A caller the CRM already knew is an existing customer: no new deal for them.
         existing_customer = bool(contact is not None and not had_contact and contact.created is False)
@@ -373,6 +378,8 @@ class _Run:
             duration_seconds=int(voicemail.get("duration") or 0),
             from_number=self.lead["phone"],
             recording_url=voicemail.get("recording_url"),
+            to_number=call.get("to"),
+            extra={"call_sid": call_sid},
         )
 
     def on_voicemail(self, data: dict[str, Any]) -> dict[str, Any]:

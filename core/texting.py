@@ -41,8 +41,12 @@ TERMINAL = ("delivered", "undelivered", "failed", "read")
 
 # Kinds that wait for the sending window. Direct answers to a message the caller just sent don't.
 AUTOMATED_KINDS = ("first_text", "follow_up")
-# Kinds that count toward the per-number daily cap on automated messages.
-CAPPED_KINDS = ("first_text", "follow_up", "reply", "closing")
+# Unsolicited automated kinds: they count toward the per-number daily cap. Direct answers to a
+# text the caller just sent ("reply", "closing") go out at once and are not capped: the caller
+# asked, and a capped booking confirmation would strand them.
+CAPPED_KINDS = ("first_text", "follow_up")
+# Kinds a closed or human-owned conversation never gets.
+AUTOMATED_REPLY_KINDS = ("reply", "follow_up")
 # Kinds sent to staff, not to the caller: the caller's opt-out and caps do not apply to them.
 STAFF_KINDS = ("staff_alert",)
 

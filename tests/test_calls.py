@@ -216,7 +216,7 @@ def test_repeat_call_within_cooldown_is_recorded_but_not_texted(stack: Stack) ->
     assert [c["call_sid"] for c in calls] == [first["call_sid"], second["call_sid"]]
     assert [c["repeat"] for c in calls] == [False, True]
     lead = stack.lead(CALLER)
-    assert call_row(stack, second["call_sid"]).lead_id == lead["id"]
+    assert lead is not None and call_row(stack, second["call_sid"]).lead_id == lead["id"]
     assert call_row(stack, second["call_sid"]).decision_reason == "cooldown"
 
 
@@ -260,7 +260,8 @@ def test_landline_is_looked_up_once_and_never_texted(make_stack: Any) -> None:
     assert len(lookups) == 1
     assert stack.sent(CALLER) == []
     assert decisions(stack, CALLER)[-1] == ("skip", "landline")
-    assert stack.lead(CALLER)["status"] == "closed"  # type: ignore[index]
+    lead = stack.lead(CALLER)
+    assert lead is not None and lead["status"] == "closed"
 
     second = stack.call(CALLER, "no-answer")
     stack.drain(settle=0.1)

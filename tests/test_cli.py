@@ -108,18 +108,37 @@ def test_db_upgrade_then_leads_list_and_show(stack: Stack) -> None:
     assert human.exit_code == 0 and CALLER in human.stdout and "missed_no_answer" in human.stdout
 
 
-@pytest.mark.parametrize("command", ["serve", "worker"])
-def test_serve_and_worker_refuse_an_unmigrated_database(config_path: Path, command: str) -> None:
+def test_serve_and_worker_refuse_an_unmigrated_database(config_path: Path) -> None:
     started = time.monotonic()
-    args = [command, "--config", str(config_path)]
-    if command == "serve":
-        args += ["--port", str(_free_port())]
-    done = run(*args, cwd=config_path.parent, timeout=30)
-    assert done.returncode == 2, done.stderr
-    assert f"textback db upgrade --config {config_path}" in done.stderr
-    assert "Traceback" not in done.stderr
-    assert "gunicorn" not in done.stderr.lower() and "Booting" not in done.stderr
-    assert time.monotonic() - started < 20
+    commands = {
+        "serve": ["serve", "--config", str(config_path), "--port", str(_free_port())],
+        "worker": ["worker", "--config", str(config_path)],
+    }
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "bridge.cli", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=config_path.parent,
+            env=env(),
+        )
+        for name, args in commands.items()
+    }
+    try:
+        for name, proc in procs.items():
+            _, stderr = proc.communicate(timeout=30)
+            assert proc.returncode == 2, (name, stderr)
+            assert f"textback db upgrade --config {config_path}" in stderr, (name, stderr)
+            assert "Traceback" not in stderr
+            # serve fails before gunicorn starts: gunicorn never logs, never boots a worker.
+            assert "gunicorn" not in stderr.lower() and "Booting" not in stderr
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert time.monotonic() - started < 25
 
 
 def test_db_upgrade_makes_the_database_usable(config_path: Path) -> None:
@@ -326,7 +345,8 @@ def test_demo_json(tmp_path: Path) -> None:
     facts: dict[str, Any] = json.loads(done.stdout)
     business = facts["business"]["name"]
     assert business in facts["text"]["body"] and "STOP" in facts["text"]["body"]
-    assert facts["lead"]["status"] == "texted"
+    # "texted" in the first slice; later issues carry the story on (a reply, a booking), never back.
+    assert facts["lead"]["status"] in ("texted", "replied", "qualified", "booked", "handed_off")
     assert facts["lead"]["phone"] == facts["caller"]["phone"] == facts["text"]["to"]
     assert (facts["decision"]["outcome"], facts["decision"]["reason"]) == ("text", "missed_no_answer")
     assert facts["text"]["sid"] in {e.get("sid") for e in facts["lead"]["timeline"]}

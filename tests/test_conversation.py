@@ -18,7 +18,7 @@ from bridge.cli import main
 from connectors.emulator import serve_in_thread
 from connectors.google_calendar.emulator import GoogleCalendarEmulator
 from connectors.google_calendar.sandbox import settings as gcal_settings
-from core.models import Message, Notification
+from core.models import Notification
 from core.secrets import generate_key
 from tests.conftest import BUSINESS_NUMBER, STAFF_PHONE, business
 from tests.stack import Stack
@@ -273,18 +273,30 @@ def test_repeat_caller_escalates(convo: Stack) -> None:
     assert len(alerts) == 1 and "Repeat caller" in alerts[0]
 
 
-def test_at_most_three_automated_texts_a_day(convo: Stack) -> None:
-    start(convo)  # 1: the first text
-    say(convo, "hello")  # 2: the qualifying question
-    say(convo, "what are your hours")  # 3: the answer
-    assert say(convo, "and do you work weekends? how much is a visit?") == []  # a 4th is held back
-    with convo.factory() as s:
-        from sqlalchemy import select
-
-        canceled = s.scalars(
-            select(Message).where(Message.to_number == CALLER, Message.status == "canceled")
-        ).all()
-    assert len(canceled) == 1
+def test_at_most_three_unsolicited_texts_a_day(
+    tmp_path: Path, db_url: str, calendar: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = make_stack(
+        tmp_path,
+        db_url,
+        calendar,
+        monkeypatch,
+        policy={"cooldown_hours": 0, "sending_window": {"start": "00:00", "end": "23:59"}},
+        escalation={"sms": []},
+    )
+    try:
+        for _ in range(4):
+            stack.call(CALLER, "no-answer")
+            stack.drain()
+        assert len(stack.sent(CALLER)) == 3
+        lead = stack.lead(CALLER)
+        assert lead is not None
+        skips = [e["reason"] for e in lead["timeline"] if e["type"] == "decision" and e["outcome"] == "skip"]
+        assert skips == ["frequency_cap"]
+        # Direct answers to the caller's own texts are not capped.
+        assert len(say(stack, "what are your hours?")) == 1
+    finally:
+        stack.close()
 
 
 @pytest.mark.parametrize(
@@ -370,5 +382,37 @@ def test_no_human_response_within_the_sla_notifies_the_backup(
             stack.drain()
         backup_alerts = texts_to(stack, backup)
         assert len(backup_alerts) == 1 and "No response yet" in backup_alerts[0]
+    finally:
+        stack.close()
+
+
+def test_one_follow_up_when_the_caller_never_answers(
+    tmp_path: Path, db_url: str, calendar: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    import time_machine
+
+    from core.models import utcnow
+
+    quiet, talker = "+13125550146", "+13125550147"
+    stack = make_stack(
+        tmp_path,
+        db_url,
+        calendar,
+        monkeypatch,
+        escalation={"sms": []},
+        policy={"follow_up_after_hours": 2, "sending_window": {"start": "00:00", "end": "23:59"}},
+    )
+    try:
+        start(stack, quiet)
+        start(stack, talker)
+        say(stack, "what are your hours?", talker)
+        with time_machine.travel(utcnow() + timedelta(hours=2, minutes=1), tick=True):
+            stack.drain()
+            stack.drain()
+        nudges = [b for b in texts_to(stack, quiet) if "just checking in" in b]
+        assert len(nudges) == 1 and "STOP" in nudges[0]
+        assert not any("just checking in" in b for b in texts_to(stack, talker))
     finally:
         stack.close()

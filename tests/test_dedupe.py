@@ -202,7 +202,7 @@ def test_recording_and_transcription_replayed_50_times(stack: Stack) -> None:
 # -- message status callbacks ---------------------------------------------------------------------
 
 TERMINAL = ("delivered", "undelivered")
-RANK = {"queued": 0, "sent": 2, "delivered": 3, "undelivered": 3}
+RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "undelivered": 3}
 
 
 def expected_final(order: tuple[str, ...]) -> str:
@@ -218,6 +218,7 @@ def expected_final(order: tuple[str, ...]) -> str:
 
 ORDERS = list(itertools.permutations(("sent", "delivered", "undelivered")))
 ORDERS += [p for p in itertools.permutations(("queued", "sent", "delivered")) if p[-1] != "delivered"]
+ORDERS += list(itertools.permutations(("queued", "sending", "sent")))  # no terminal status at all
 
 
 @pytest.fixture

@@ -173,6 +173,15 @@ def test_check_creates_the_properties_and_explains_failures(hub: Hub) -> None:
     assert not down.ok and "could not be reached" in down.summary
 
 
+def test_a_property_deleted_in_hubspot_is_created_again(hub: Hub) -> None:
+    c = connector(hub.url)
+    first = c.upsert_contact(ContactData("+13125550169"), None)
+    requests.post(f"{hub.url}/_emulator/reset", timeout=5)  # the account forgets properties and records
+    again = c.upsert_contact(ContactData("+13125550169"), first)  # the process still thinks they exist
+    assert again.created is True and len(hub.contacts("+13125550169")) == 1
+    assert PHONE_PROP in hub.state()["properties"]["contacts"]
+
+
 def test_missing_schema_scope_is_named(hub: Hub) -> None:
     limited = "pat-limited-scopes-0001"
     hub.config(

@@ -131,7 +131,7 @@ def test_expired_lease_is_reclaimed_and_the_stale_worker_cannot_finish(
     assert fresh.attempts == 2
     # The stale worker comes back: it can neither finish, fail nor defer the job.
     assert old.complete(stale, {"by": "old"}) is False
-    old.fail(stale, Rejected("stale"))
+    assert old.fail(stale, Rejected("stale")) == "lost"
     assert old.defer(stale, utcnow() + timedelta(hours=1), "stale") is False
     r = row(factory, fresh.id)
     assert (r.status, r.locked_by, r.claim_token) == ("running", "new", fresh.claim_token)

@@ -20,11 +20,12 @@ Modes
 
 Dedupe
     A unique External ID text field (``external_id_field``, default ``Phone_E164__c``) holds the
-    E.164 phone on Lead and Contact. One composite request looks the caller up on both; a new Lead
-    is an upsert ``PATCH /sobjects/Lead/Phone_E164__c/%2B1...`` (201 created, 200 updated), so
-    concurrent workers make one Lead. Several matches (HTTP 300) are reported, never guessed.
-    Without the field (empty setting, or the org lacks it) a SOSL phone search is used instead;
-    its index lags behind new records, so ``check`` says duplicates are then possible.
+    E.164 phone on Lead and Contact. One composite request looks the caller up on both; people
+    made before textback (without the field) are then found by a SOSL phone search. A new Lead is
+    an upsert ``PATCH /sobjects/Lead/Phone_E164__c/%2B1...`` (201 created, 200 updated), so
+    concurrent workers make one Lead. Several matches (HTTP 300, or several search hits) are
+    reported, never guessed. Without the field (empty setting, or the org lacks it) only the SOSL
+    search is left; its index lags behind new records, so ``check`` says duplicates are possible.
 
 Records
     Existing people are never overwritten: textback only fills empty fields and replaces its own
@@ -66,7 +67,7 @@ from connectors.salesforce import mappers
 from connectors.salesforce.auth import SalesforceAuth
 from connectors.salesforce.loopback import LoopbackAdapter
 from core.crm import ActivityData, CheckResult, ContactData, DealData, Remote, TaskData
-from core.errors import AuthError, ConnectorConfigError, JobError, Rejected
+from core.errors import AuthError, ConnectorConfigError, JobError, Rejected, TransientError
 
 MANIFEST = Path(__file__).resolve().parents[2] / "manifests" / "salesforce.yaml"
 VENDOR = mappers.VENDOR
@@ -269,7 +270,6 @@ class SalesforceConnector(Connector):
 
     def _lookup(self, phone: str) -> tuple[str, dict[str, Any]] | None:
         """The caller's existing Contact (first) or Lead, by external id, else by phone search."""
-        primary = "Lead" if self.mode == "lead" else "Contact"
         objects = ["Contact", "Lead"] if self.mode == "lead" else ["Contact"]
         field = self.external_id_field
         usable = [o for o in objects if field and o not in self._missing_ext]
@@ -285,16 +285,16 @@ class SalesforceConnector(Connector):
                     self._missing_ext.add(sobject)
                 elif not mappers.is_not_found(status, body):
                     found[sobject] = self._ok(sub, f"{what} among {sobject}s by {field}")
-        if not field or primary in self._missing_ext:
-            return self._search(phone)
         for sobject in objects:
             if sobject in found:
                 return sobject, found[sobject]
-        return None
+        # Records made before textback (or without the field) are found by their phone number.
+        return self._search(phone)
 
     def _search(self, phone: str) -> tuple[str, dict[str, Any]] | None:
-        """Fallback without the external-id field: SOSL over phone fields (lags behind new records)."""
-        query = mappers.phone_search(phone, self.mode)
+        """SOSL over phone fields, formatting ignored. Its index lags behind new records, which is
+        why it is not the primary match when the external-id field exists."""
+        query = mappers.phone_search(phone, self.mode, self.opt_out_field)
         answer = self._call("searching the caller's phone", lambda sf: sf.search(query))
         records = answer.get("searchRecords", []) if isinstance(answer, dict) else []
         for sobject in ("Contact", "Lead"):
@@ -318,8 +318,17 @@ class SalesforceConnector(Connector):
             return self._create_contact_with_account(contact, body, field)
         if field:
             key = format_external_id(field, contact.phone)
-            response = self._call(f"upserting the {sobject} by {field}",
-                                  lambda sf: _type(sf, sobject).upsert(key, body, raw_response=True))
+            try:
+                response = self._call(f"upserting the {sobject} by {field}",
+                                      lambda sf: _type(sf, sobject).upsert(key, body, raw_response=True))
+            except Rejected as exc:
+                if exc.code != "DUPLICATE_VALUE":
+                    raise
+                # Two upserts of one new value can race inside Salesforce: the other one won.
+                found = self._lookup(contact.phone)
+                if found is None:
+                    raise TransientError(str(exc), code=exc.code) from None
+                return self._remote(str(found[1]["Id"]), created=False)
             data = mappers.parse_body(response.content) or {}
             if not isinstance(data, dict) or not data.get("id"):
                 raise mappers.api_error(response.status_code, response.headers, data, response.content,
@@ -367,7 +376,7 @@ class SalesforceConnector(Connector):
     def _fill_in(self, sobject: str, record: Mapping[str, Any], contact: ContactData) -> None:
         patch = mappers.fill_in(record, contact, self.opt_out_field)
         record_id = str(record["Id"])
-        if patch:
+        if patch and not record.get("IsConverted"):  # a converted Lead is read-only
             self._call(f"updating the {sobject}", lambda sf: _type(sf, sobject).update(record_id, patch))
         self._applied[record_id] = (contact.first_name, contact.last_name, contact.email,
                                     bool(self.opt_out_field and contact.opted_out))

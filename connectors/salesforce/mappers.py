@@ -289,12 +289,14 @@ def account_name(contact: ContactData) -> str:
     return " ".join(p for p in (first, last) if p)[:255]
 
 
-def phone_search(e164: str, mode: str) -> str:
-    """SOSL over phone fields (formatting ignored): Contacts first, then open Leads."""
+def phone_search(e164: str, mode: str, opt_out_field: str | None = None) -> str:
+    """SOSL over phone fields (formatting ignored): Contacts, and in Lead mode open Leads."""
     digits = national_digits(e164)
-    returning = ["Contact(Id, FirstName, LastName, Email, AccountId)"]
+    contact = ", ".join(person_fields("Contact", opt_out_field))
+    returning = [f"Contact({contact})"]
     if mode == "lead":
-        returning.append("Lead(Id, FirstName, LastName, Email, IsConverted WHERE IsConverted = false)")
+        lead = ", ".join(person_fields("Lead", opt_out_field))
+        returning.append(f"Lead({lead} WHERE IsConverted = false)")
     return f"FIND {{{digits}}} IN PHONE FIELDS RETURNING {', '.join(returning)}"
 
 

@@ -67,6 +67,10 @@ class TwilioGateway:
     def find_sent(self, *, to: str, from_: str, body: str, since: datetime) -> SentMessage | None:
         try:
             candidates = self.client.messages.list(to=to, from_=from_, limit=20)
+        except TwilioRestException as exc:
+            if exc.status == 401 or exc.code == 20003:
+                raise _classify(exc) from None  # an AuthError, so the admin sees the real cause
+            raise AmbiguousSend("could not check Twilio for an earlier send") from None
         except (TwilioException, requests.exceptions.RequestException):
             raise AmbiguousSend("could not check Twilio for an earlier send") from None
         for message in candidates:
