@@ -137,7 +137,11 @@ class CrmLog:
             if token in ids:
                 return ids[token]
         # A phone inside a longer string (a note's body, a webhook's payload).
-        blob = json.dumps([entry.get("json"), entry.get("form")]) if entry.get("json") or entry.get("form") else ""
+        blob = (
+            json.dumps([entry.get("json"), entry.get("form")])
+            if entry.get("json") or entry.get("form")
+            else ""
+        )
         for phone in _PHONE.findall(blob):
             if phone in phones:
                 return str(phone)

@@ -221,8 +221,11 @@ def main() -> None:
     results = run_phase(args.url, calls, args.rate, args.timeout)
     from bench.analyze import webhook_summary
 
-    print(json.dumps({"webhooks": webhook_summary(results), "errors": sum(1 for r in results if r.error)},
-                     indent=2))
+    print(
+        json.dumps(
+            {"webhooks": webhook_summary(results), "errors": sum(1 for r in results if r.error)}, indent=2
+        )
+    )
 
 
 def to_json(results: list[Result]) -> list[dict[str, Any]]:

@@ -33,8 +33,12 @@ DEAL_TO_CONTACT, CALL_TO_CONTACT, TASK_TO_CONTACT, NOTE_TO_CONTACT = 3, 194, 204
 
 
 def _assoc(to_id: str, type_id: int) -> list[dict[str, Any]]:
-    return [{"to": {"id": to_id}, "types": [{"associationCategory": "HUBSPOT_DEFINED",
-                                             "associationTypeId": type_id}]}]
+    return [
+        {
+            "to": {"id": to_id},
+            "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id}],
+        }
+    ]
 
 
 def _now_ms() -> str:
@@ -58,8 +62,9 @@ class Naive:
     # Per thread: the SDK client and a requests session (neither is documented as thread-safe).
     def twilio(self) -> Any:
         if not hasattr(self.local, "twilio"):
-            self.local.twilio = make_client(self.account_sid, self.auth_token, base_url=self.twilio_url,
-                                            timeout=10)
+            self.local.twilio = make_client(
+                self.account_sid, self.auth_token, base_url=self.twilio_url, timeout=10
+            )
         return self.local.twilio
 
     def http(self) -> requests.Session:
@@ -77,10 +82,18 @@ class Naive:
         return dict(r.json()) if r.content else {}
 
     def ensure_property(self) -> None:
-        self.hubspot("POST", "/crm/v3/properties/contacts", {
-            "name": PHONE_PROPERTY, "label": "Phone (E.164)", "type": "string", "fieldType": "text",
-            "groupName": "contactinformation", "hasUniqueValue": True,
-        })
+        self.hubspot(
+            "POST",
+            "/crm/v3/properties/contacts",
+            {
+                "name": PHONE_PROPERTY,
+                "label": "Phone (E.164)",
+                "type": "string",
+                "fieldType": "text",
+                "groupName": "contactinformation",
+                "hasUniqueValue": True,
+            },
+        )
 
     def valid(self) -> bool:
         url = self.public_url + (request.full_path if request.query_string else request.path)
@@ -91,28 +104,73 @@ class Naive:
         body = "Sorry we missed your call! How can we help? Reply STOP to opt out."
         self.twilio().messages.create(to=caller, from_=called, body=body)
         try:
-            contact = self.hubspot("POST", "/crm/v3/objects/contacts/batch/upsert", {"inputs": [{
-                "idProperty": PHONE_PROPERTY, "id": caller,
-                "properties": {PHONE_PROPERTY: caller, "phone": caller, "hs_lead_status": "NEW"},
-            }]})
+            contact = self.hubspot(
+                "POST",
+                "/crm/v3/objects/contacts/batch/upsert",
+                {
+                    "inputs": [
+                        {
+                            "idProperty": PHONE_PROPERTY,
+                            "id": caller,
+                            "properties": {PHONE_PROPERTY: caller, "phone": caller, "hs_lead_status": "NEW"},
+                        }
+                    ]
+                },
+            )
             cid = str(contact["results"][0]["id"])
-            self.hubspot("POST", "/crm/v3/objects/deals", {
-                "properties": {"dealname": f"Missed call: {caller}", "pipeline": "default",
-                               "dealstage": "appointmentscheduled"},
-                "associations": _assoc(cid, DEAL_TO_CONTACT)})
-            self.hubspot("POST", "/crm/v3/objects/calls", {
-                "properties": {"hs_timestamp": _now_ms(), "hs_call_title": f"Missed call from {caller}",
-                               "hs_call_body": "Missed inbound call.", "hs_call_direction": "INBOUND",
-                               "hs_call_status": "NO_ANSWER", "hs_call_from_number": caller},
-                "associations": _assoc(cid, CALL_TO_CONTACT)})
-            self.hubspot("POST", "/crm/v3/objects/tasks", {
-                "properties": {"hs_timestamp": _now_ms(), "hs_task_subject": f"Call back {caller}",
-                               "hs_task_body": f"Missed call from {caller}.", "hs_task_status": "NOT_STARTED",
-                               "hs_task_priority": "HIGH", "hs_task_type": "CALL"},
-                "associations": _assoc(cid, TASK_TO_CONTACT)})
-            self.hubspot("POST", "/crm/v3/objects/notes", {
-                "properties": {"hs_timestamp": _now_ms(), "hs_note_body": f"Text sent to {caller}:\n{body}"},
-                "associations": _assoc(cid, NOTE_TO_CONTACT)})
+            self.hubspot(
+                "POST",
+                "/crm/v3/objects/deals",
+                {
+                    "properties": {
+                        "dealname": f"Missed call: {caller}",
+                        "pipeline": "default",
+                        "dealstage": "appointmentscheduled",
+                    },
+                    "associations": _assoc(cid, DEAL_TO_CONTACT),
+                },
+            )
+            self.hubspot(
+                "POST",
+                "/crm/v3/objects/calls",
+                {
+                    "properties": {
+                        "hs_timestamp": _now_ms(),
+                        "hs_call_title": f"Missed call from {caller}",
+                        "hs_call_body": "Missed inbound call.",
+                        "hs_call_direction": "INBOUND",
+                        "hs_call_status": "NO_ANSWER",
+                        "hs_call_from_number": caller,
+                    },
+                    "associations": _assoc(cid, CALL_TO_CONTACT),
+                },
+            )
+            self.hubspot(
+                "POST",
+                "/crm/v3/objects/tasks",
+                {
+                    "properties": {
+                        "hs_timestamp": _now_ms(),
+                        "hs_task_subject": f"Call back {caller}",
+                        "hs_task_body": f"Missed call from {caller}.",
+                        "hs_task_status": "NOT_STARTED",
+                        "hs_task_priority": "HIGH",
+                        "hs_task_type": "CALL",
+                    },
+                    "associations": _assoc(cid, TASK_TO_CONTACT),
+                },
+            )
+            self.hubspot(
+                "POST",
+                "/crm/v3/objects/notes",
+                {
+                    "properties": {
+                        "hs_timestamp": _now_ms(),
+                        "hs_note_body": f"Text sent to {caller}:\n{body}",
+                    },
+                    "associations": _assoc(cid, NOTE_TO_CONTACT),
+                },
+            )
         except (requests.RequestException, KeyError, IndexError, ValueError) as exc:
             log.warning("CRM sync failed, lead not logged: %s", type(exc).__name__)
 

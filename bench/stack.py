@@ -169,7 +169,7 @@ class Processes:
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         log_path = self.log_dir / f"{name}.log"
-        log = open(log_path, "ab")  # noqa: SIM115 - closed with the process
+        log = open(log_path, "ab")
         popen = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, env={**self.env, **(env or {})}, cwd=str(ROOT)
         )
@@ -192,7 +192,9 @@ class Processes:
             timeout=120,
         )
         if result.returncode != 0:
-            raise RuntimeError(f"textback {' '.join(args[:3])} failed: {(result.stderr or result.stdout)[-2000:]}")
+            raise RuntimeError(
+                f"textback {' '.join(args[:3])} failed: {(result.stderr or result.stdout)[-2000:]}"
+            )
         return result.stdout
 
     def check_alive(self) -> None:
@@ -212,7 +214,9 @@ class Processes:
                 except requests.RequestException:
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{url} did not come up within {timeout:.0f}s (logs in {self.log_dir})")
+                    raise RuntimeError(
+                        f"{url} did not come up within {timeout:.0f}s (logs in {self.log_dir})"
+                    )
                 time.sleep(0.1)
 
     def stop(self) -> None:
@@ -233,7 +237,9 @@ def add_delay(emulator_url: str, path: str, delay_ms: int) -> None:
     """Every matching request answers ``delay_ms`` later, until reset (the fault has no count)."""
     if delay_ms <= 0:
         return
-    r = requests.post(f"{emulator_url}/_emulator/faults", json={"path": path, "delay_ms": delay_ms}, timeout=5)
+    r = requests.post(
+        f"{emulator_url}/_emulator/faults", json={"path": path, "delay_ms": delay_ms}, timeout=5
+    )
     r.raise_for_status()
 
 
@@ -325,8 +331,17 @@ class TextbackStack:
         src = str(self.config_path)
         self.procs.run("db", "upgrade", "--config", src)
         self.procs.textback(
-            "twilio-emulator", "emulator", "twilio", "--port", str(twilio_port),
-            "--account-sid", ACCOUNT_SID, "--auth-token", AUTH_TOKEN, "--bridge-url", public_url,
+            "twilio-emulator",
+            "emulator",
+            "twilio",
+            "--port",
+            str(twilio_port),
+            "--account-sid",
+            ACCOUNT_SID,
+            "--auth-token",
+            AUTH_TOKEN,
+            "--bridge-url",
+            public_url,
         )
         urls = {"twilio": twilio_url}
         for crm in self.crms:
@@ -342,19 +357,46 @@ class TextbackStack:
             path.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
             path.chmod(0o600)
             for i in range(self.businesses):
-                self.procs.run("connectors", "install", crm, "--config", src, "--business", f"bench-{i}",
-                               "--config-file", str(path))
+                self.procs.run(
+                    "connectors",
+                    "install",
+                    crm,
+                    "--config",
+                    src,
+                    "--business",
+                    f"bench-{i}",
+                    "--config-file",
+                    str(path),
+                )
             add_delay(urls[crm], CRM_PATHS[crm], self.crm_latency_ms)
         self.bridge = self.procs.textback(
-            "bridge", "serve", "--config", src, "--host", "127.0.0.1", "--port", str(bridge_port),
-            "--workers", str(self.bridge_workers), "--threads", str(self.threads),
+            "bridge",
+            "serve",
+            "--config",
+            src,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(bridge_port),
+            "--workers",
+            str(self.bridge_workers),
+            "--threads",
+            str(self.threads),
         )
-        self.workers = [self.procs.textback(f"worker-{i + 1}", "worker", "--config", src)
-                        for i in range(self.outbox_workers)]
+        self.workers = [
+            self.procs.textback(f"worker-{i + 1}", "worker", "--config", src)
+            for i in range(self.outbox_workers)
+        ]
         self.procs.wait_http([f"{public_url}/healthz"])
         self._wait_gunicorn_workers()
-        self.info = StackInfo(public_url, public_url, AUTH_TOKEN, ACCOUNT_SID,
-                              [business_number(i) for i in range(self.businesses)], urls)
+        self.info = StackInfo(
+            public_url,
+            public_url,
+            AUTH_TOKEN,
+            ACCOUNT_SID,
+            [business_number(i) for i in range(self.businesses)],
+            urls,
+        )
         return self.info
 
     def _wait_gunicorn_workers(self, timeout: float = 30.0) -> None:
@@ -418,8 +460,16 @@ class TextbackStack:
 class NaiveStack:
     """The naive baseline: one Flask app calling Twilio and the CRM inside the webhook."""
 
-    def __init__(self, directory: Path, bridge_workers: int, crm_latency_ms: int, threads: int = 4) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        bridge_workers: int,
+        crm_latency_ms: int,
+        threads: int = 4,
+        mode: str = "forward",
+    ) -> None:
         self.dir = directory
+        self.mode = mode
         self.dir.mkdir(parents=True, exist_ok=True)
         self.bridge_workers = bridge_workers
         self.threads = threads
@@ -435,8 +485,17 @@ class NaiveStack:
         public_url = f"http://127.0.0.1:{port}"
         urls = {"twilio": f"http://127.0.0.1:{twilio_port}", "hubspot": f"http://127.0.0.1:{hubspot_port}"}
         self.procs.textback(
-            "twilio-emulator", "emulator", "twilio", "--port", str(twilio_port),
-            "--account-sid", ACCOUNT_SID, "--auth-token", AUTH_TOKEN, "--bridge-url", public_url,
+            "twilio-emulator",
+            "emulator",
+            "twilio",
+            "--port",
+            str(twilio_port),
+            "--account-sid",
+            ACCOUNT_SID,
+            "--auth-token",
+            AUTH_TOKEN,
+            "--bridge-url",
+            public_url,
         )
         self.procs.textback("hubspot-emulator", "emulator", "hubspot", "--port", str(hubspot_port))
         self.procs.wait_http([f"{u}/_emulator/health" for u in urls.values()])
@@ -448,14 +507,31 @@ class NaiveStack:
             "NAIVE_HUBSPOT_URL": urls["hubspot"],
             "NAIVE_HUBSPOT_TOKEN": SANDBOX_TOKEN,
             "NAIVE_NUMBERS": json.dumps([business_number(0)]),
+            "NAIVE_MODE": self.mode,
         }
         # The same gunicorn settings as `textback serve` (bridge/server.py): gthread, timeout 30.
         self.bridge = self.procs.spawn(
             "naive-app",
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers",
-             str(self.bridge_workers), "--threads", str(self.threads), "--worker-class",
-             "gthread" if self.threads > 1 else "sync", "--timeout", "30", "--graceful-timeout", "10",
-             "--log-level", "warning", "bench.naive_app:create_app()"],
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                str(self.bridge_workers),
+                "--threads",
+                str(self.threads),
+                "--worker-class",
+                "gthread" if self.threads > 1 else "sync",
+                "--timeout",
+                "30",
+                "--graceful-timeout",
+                "10",
+                "--log-level",
+                "warning",
+                "bench.naive_app:create_app()",
+            ],
             env=env,
         )
         self.procs.wait_http([f"{public_url}/healthz"])

@@ -157,9 +157,8 @@ def install_cmd(
     business_id = _business(cfg, business)
     settings = _read_settings(settings_file, sets)
     man, secrets = install(cfg, factory, path_or_id, business_id, settings, settings_file or "--set")
-    click.echo(
-        f"installed {man.name} {man.version} for {business_id} (secrets encrypted: {', '.join(secrets) or 'none'})"
-    )
+    names = ", ".join(secrets) or "none"
+    click.echo(f"installed {man.name} {man.version} for {business_id} (secrets encrypted: {names})")
     if no_check:
         return
     _run_check(Connectors(cfg, factory), business_id, man.id)

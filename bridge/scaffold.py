@@ -34,7 +34,9 @@ Test{cls}Conformance = conformance_suite({cls}Kit())
 def names(name: str) -> dict[str, str]:
     ident = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
     if not re.match(r"^[a-z][a-z0-9_]{1,40}$", ident):
-        raise ConfigError(f"{name!r} does not make a connector id (letters, digits, underscores; start with a letter)")
+        raise ConfigError(
+            f"{name!r} does not make a connector id (letters, digits, underscores; start with a letter)"
+        )
     cls = "".join(part.capitalize() for part in ident.split("_")) + "Connector"
     return {"id": ident, "name": name, "cls": cls, "package": f"textback_{ident}"}
 
@@ -55,7 +57,8 @@ def scaffold(name: str, directory: Path) -> Path:
         ("manifest.yaml.tmpl", package / "manifest.yaml"),
         ("pyproject.toml.tmpl", root / "pyproject.toml"),
     ):
-        target.write_text((TEMPLATES / template).read_text(encoding="utf-8").format(**values), encoding="utf-8")
+        text = (TEMPLATES / template).read_text(encoding="utf-8").format(**values)
+        target.write_text(text, encoding="utf-8")
     (root / "tests" / "test_conformance.py").write_text(TEST.format(**values), encoding="utf-8")
     (root / "README.md").write_text(README.format(**values), encoding="utf-8")
     return root

@@ -424,7 +424,7 @@ def masked(config: Config) -> dict[str, Any]:
         if data.get("twilio", {}).get(key):
             data["twilio"][key] = "***"
     if data.get("smtp", {}).get("password"):
-        data["smtp"]["password"] = "***"
+        data["smtp"]["password"] = "***"  # noqa: S105 - the mask, not a password
     for key in ("password_hash", "secret_key"):
         if (data.get("console") or {}).get(key):
             data["console"][key] = "***"

@@ -126,3 +126,14 @@ def stack(tmp_path: Path, db_url: str) -> Iterator[Any]:
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture
+def calendar() -> Iterator[str]:
+    """A Google Calendar emulator on 127.0.0.1 (its URL)."""
+    from connectors.emulator import serve_in_thread
+    from connectors.google_calendar.emulator import GoogleCalendarEmulator
+
+    server = serve_in_thread(GoogleCalendarEmulator().app)
+    yield server.url
+    server.stop()

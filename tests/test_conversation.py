@@ -16,7 +16,6 @@ from flask import Flask, request
 
 from bridge.cli import main
 from connectors.emulator import serve_in_thread
-from connectors.google_calendar.emulator import GoogleCalendarEmulator
 from connectors.google_calendar.sandbox import settings as gcal_settings
 from core.models import Notification
 from core.secrets import generate_key
@@ -67,11 +66,6 @@ def chat() -> Iterator[tuple[list[dict[str, Any]], str]]:
     server.stop()
 
 
-@pytest.fixture
-def calendar() -> Iterator[str]:
-    server = serve_in_thread(GoogleCalendarEmulator().app)
-    yield server.url
-    server.stop()
 
 
 def make_stack(
