@@ -114,6 +114,8 @@ def run_textback_cell(args: argparse.Namespace, db: str, workers: int, steps: li
         "db": db,
         "bridge_workers": workers,
         "outbox_workers": args.outbox_workers,
+        "worker_batch_size": args.batch_size,
+        "worker_poll_interval": args.poll_interval,
         "mode": args.mode,
         "crm": args.crm,
         "crm_latency_ms": args.crm_latency_ms,
@@ -130,6 +132,7 @@ def run_textback_cell(args: argparse.Namespace, db: str, workers: int, steps: li
         mode=args.mode,
         threads=args.threads,
         poll_interval=args.poll_interval,
+        batch_size=args.batch_size,
         businesses=args.businesses,
     ) as stack:
         info = stack.start()
@@ -421,6 +424,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--businesses", type=int, default=1, help="businesses (each with its own CRM install)")
     p.add_argument("--mode", choices=["forward", "ring_through"], default="forward")
     p.add_argument("--poll-interval", type=float, default=0.2, help="worker.poll_interval (product default)")
+    p.add_argument("--batch-size", type=int, default=10, help="worker.batch_size (product default)")
     p.add_argument("--timeout", type=float, default=15.0, help="webhook answer timeout (Twilio's is 15 s)")
     p.add_argument("--drain-timeout", type=float, default=20.0, help="max wait for a backlog to drain")
     p.add_argument("--no-naive", action="store_true", help="skip the naive baseline")

@@ -197,6 +197,9 @@ class Processes:
             )
         return result.stdout
 
+    def roots(self) -> list[int]:
+        return [p.popen.pid for p in self.procs]
+
     def check_alive(self) -> None:
         for proc in self.procs:
             if proc.popen.poll() is not None:
@@ -281,6 +284,7 @@ class TextbackStack:
         mode: str = "forward",
         threads: int = 4,
         poll_interval: float = 0.2,
+        batch_size: int = 10,
         businesses: int = 1,
         log_level: str = "INFO",
     ) -> None:
@@ -296,6 +300,7 @@ class TextbackStack:
         self.mode = mode
         self.threads = threads
         self.poll_interval = poll_interval
+        self.batch_size = batch_size
         self.businesses = businesses
         self.log_level = log_level
         self.procs = Processes(self.dir, env={"TEXTBACK_SECRET_KEY": generate_key()})
@@ -314,7 +319,11 @@ class TextbackStack:
                 "api_base_url": twilio_url,
                 "timeout_seconds": 5,
             },
-            "worker": {"poll_interval": self.poll_interval, "lease_seconds": 30},
+            "worker": {
+                "poll_interval": self.poll_interval,
+                "batch_size": self.batch_size,
+                "lease_seconds": 30,
+            },
             "logging": {"level": self.log_level},
             "businesses": [business(i, self.mode) for i in range(self.businesses)],
         }
@@ -560,3 +569,80 @@ class NaiveStack:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+# -- CPU accounting: how much of the machine the benchmark had to itself ------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int) -> tuple[int, str]:
+    """(utime + stime in ticks, comm) of a live process; (0, '') when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0, ""
+    comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12]), comm
+
+
+def _tree(roots: list[int]) -> set[int]:
+    seen: set[int] = set()
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        todo.extend(children(pid))
+    return seen
+
+
+@dataclass
+class CpuSample:
+    at: float
+    busy: int  # machine-wide busy ticks (all CPUs)
+    ours: int  # ticks of the benchmark's process tree (load generator included)
+    postgres: int  # ticks of every postgres process (ours and anybody else's)
+
+
+def cpu_sample(roots: list[int]) -> CpuSample:
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    busy = sum(fields[:8]) - idle
+    ours = sum(_proc_cpu(p)[0] for p in _tree([os.getpid(), *roots]))
+    pg = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            ticks, comm = _proc_cpu(int(entry.name))
+            if comm.startswith("postgres"):
+                pg += ticks
+    return CpuSample(time.monotonic(), busy, ours, pg)
+
+
+def cpu_share(before: CpuSample, after: CpuSample) -> dict[str, float]:
+    """Percent of the whole machine (nproc x wall time) over the interval."""
+    capacity = max(1e-9, (after.at - before.at) * CLK_TCK * (os.cpu_count() or 1))
+    busy = (after.busy - before.busy) / capacity * 100
+    ours = (after.ours - before.ours) / capacity * 100
+    pg = (after.postgres - before.postgres) / capacity * 100
+    return {
+        "machine_busy_pct": round(busy, 1),
+        "benchmark_pct": round(ours, 1),
+        "postgres_pct": round(pg, 1),
+        "outside_pct": round(max(0.0, busy - ours - pg), 1),
+    }
+
+
+def wait_quiet(roots: list[int], max_wait: float, threshold_pct: float = 10.0) -> dict[str, float]:
+    """Wait (at most ``max_wait`` s) until what runs outside the benchmark uses < threshold of the machine."""
+    started = time.monotonic()
+    while True:
+        a = cpu_sample(roots)
+        time.sleep(2.0)
+        share = cpu_share(a, cpu_sample(roots))
+        quiet = share["outside_pct"] + share["postgres_pct"] < threshold_pct
+        if quiet or time.monotonic() - started > max_wait:
+            share["waited_s"] = round(time.monotonic() - started, 1)
+            return share

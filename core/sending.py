@@ -22,6 +22,7 @@ from core.hours import next_send_time
 from core.models import Lead, LineType, Message, utcnow
 from core.outbox import Deferred, Job
 from core.phones import mask
+from core.worker import crash_point
 
 log = logging.getLogger("textback.sending")
 
@@ -141,6 +142,7 @@ class SmsJob:
         except Rejected as exc:
             self._rejected(message_id, exc)
             raise
+        crash_point("after_vendor_call")  # test hook: inert unless $TEXTBACK_CRASH_AT is set
         self._store_sent(message_id, sent, now)
         log.info(
             "sms sent",

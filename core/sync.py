@@ -27,6 +27,7 @@ from core.leads import to_json
 from core.models import ConnectorInstall, Lead, SyncLedger, utcnow
 from core.outbox import Deferred, Job
 from core.phones import national
+from core.worker import crash_point
 
 log = logging.getLogger("textback.sync")
 
@@ -258,6 +259,7 @@ class _Run:
                 return found
         self._save(key, None, intent=True)
         remote = create()
+        crash_point("after_vendor_call")  # test hook: inert unless $TEXTBACK_CRASH_AT is set
         self._save(key, remote)
         return remote
 
@@ -286,6 +288,7 @@ class _Run:
             # the contact, the retry must not mistake our own contact for an existing customer's.
             self._save("contact", None, intent=True)
         remote: Remote = self.c.upsert_contact(data, existing)
+        crash_point("after_vendor_call")  # test hook: inert unless $TEXTBACK_CRASH_AT is set
         if existing is None or existing.id != remote.id or existing.url != remote.url:
             self._save("contact", remote)
         return remote
@@ -302,7 +305,13 @@ class _Run:
             owner=self.s.owner,
         )
         if existing is not None:
+            # Stages only move forward: a repeat call or a late "qualified" never undoes "booked".
+            reached = self.known("deal_stage")
+            order = ("new", "qualified", "booked")
+            if stage_key == "new" or (reached and order.index(reached.id) >= order.index(stage_key)):
+                return existing
             self.c.upsert_deal(self.marker("deal"), data, contact, existing)
+            self._save("deal_stage", Remote(stage_key))
             return existing
         return self.ensure(
             "deal", "deal", lambda: self.c.upsert_deal(self.marker("deal"), data, contact, None)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import random
+import signal
 import threading
 import traceback
 from collections.abc import Callable, Mapping
@@ -17,6 +20,22 @@ log = logging.getLogger("textback.worker")
 Handler = Callable[[Job], "dict[str, Any] | None"]
 # Told every job's outcome: done, retry, deferred, dead or lost (the bridge counts them in metrics).
 OutcomeHook = Callable[[Job, str], None]
+
+CRASH_POINTS = ("after_claim", "after_vendor_call", "before_commit")
+
+
+def crash_point(name: str) -> None:
+    """Test hook for the fault suite (tests/faults): inert unless ``$TEXTBACK_CRASH_AT`` is set.
+
+    ``TEXTBACK_CRASH_AT`` is a comma-separated subset of :data:`CRASH_POINTS`; at a listed point the
+    process SIGKILLs itself with probability ``$TEXTBACK_CRASH_PROBABILITY`` (default 1). Never set
+    either variable in production.
+    """
+    points = os.environ.get("TEXTBACK_CRASH_AT")
+    if not points or name not in points.split(","):
+        return
+    if random.random() < float(os.environ.get("TEXTBACK_CRASH_PROBABILITY", "1")):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Worker:
@@ -36,6 +55,8 @@ class Worker:
 
     def run_once(self) -> int:
         jobs = self.outbox.claim(self.batch_size)
+        if jobs:
+            crash_point("after_claim")
         for job in jobs:
             self.process(job)
         return len(jobs)
@@ -86,6 +107,7 @@ class Worker:
             frames = "".join(traceback.format_tb(exc.__traceback__, limit=6))
             log.error("job crashed", extra={**fields, "error": type(exc).__name__, "trace": frames})
             return self.outbox.fail(job, TransientError(f"unexpected {type(exc).__name__}"))
+        crash_point("before_commit")
         if not self.outbox.complete(job, result or None):
             log.warning("job lease lost before completion", extra=fields)
             return "lost"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -63,6 +63,13 @@ def decisions(stack: Stack, phone: str = CALLER) -> list[tuple[str, str]]:
     return [(e["outcome"], e["reason"]) for e in lead["timeline"] if e["type"] == "decision"]
 
 
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 def configure_number(stack: Stack, phone: str, **settings: Any) -> None:
     resp = requests.post(
         f"{stack.twilio_url}/_emulator/config", json={"numbers": {phone: settings}}, timeout=5
@@ -119,9 +126,8 @@ def test_ambiguous_timeout_sends_no_duplicate(stack: Stack) -> None:
     assert api_requests(stack).count(("POST", MESSAGES)) == 1
     [job] = outbox_jobs(stack, "sms.send")
     assert job.status == "done" and job.attempts == 2
-    message = first_text(stack)
-    assert message["sid"] == sent[0]["sid"]
-    assert message["status"] == "delivered"
+    wait_until("the final status callback", lambda: first_text(stack)["status"] == "delivered")
+    assert first_text(stack)["sid"] == sent[0]["sid"]
     lead = stack.lead(CALLER)
     assert lead is not None and lead["status"] == "texted"
 
@@ -153,7 +159,8 @@ def test_permanent_codes_end_the_job_and_mark_the_number(stack: Stack, code: int
 def test_undelivered_30006_marks_the_number_undeliverable(stack: Stack) -> None:
     configure_number(stack, CALLER, fail_code=30006)
     stack.call(CALLER)
-    settle(stack, callbacks=0.5)
+    settle(stack)
+    wait_until("the final status callback", lambda: first_text(stack)["status"] == "undelivered")
     [sent] = stack.sent(CALLER)
     assert sent["status"] == "undelivered"
     message = first_text(stack)
@@ -167,7 +174,8 @@ def test_undelivered_30006_marks_the_number_undeliverable(stack: Stack) -> None:
 
 def test_status_callbacks_move_the_message_forward_only(stack: Stack) -> None:
     stack.call(CALLER)
-    settle(stack, callbacks=0.5)
+    settle(stack)
+    wait_until("the final status callback", lambda: first_text(stack)["status"] == "delivered")
     [sent] = stack.sent(CALLER)
     assert sent["statuses"] == ["queued", "sent", "delivered"]
     message = first_text(stack)

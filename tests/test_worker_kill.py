@@ -193,7 +193,8 @@ def test_worker_killed_mid_send_loses_nothing_and_sends_once(world: World) -> No
             first.kill()
     job = world.job()
     assert (job.status, job.locked_by, job.attempts) == ("running", worker_id(first), 1)
-    assert len(world.sent()) == 1  # Twilio has the text, textback does not know its sid yet
+    # Twilio has the text; textback does not know its sid yet.
+    wait_for("the emulator to hold the message", lambda: len(world.sent()) == 1, timeout=5)
 
     second = world.worker("worker-2")
     try:
