@@ -17,7 +17,7 @@ from typing import Any
 from bench.load import Result
 
 INF = float("inf")
-_PHONE = re.compile(r"\+1\d{10}")
+PHONE = re.compile(r"\+1\d{10}")
 
 
 def pct(values: Iterable[float], q: float) -> float | None:
@@ -142,7 +142,7 @@ class CrmLog:
             if entry.get("json") or entry.get("form")
             else ""
         )
-        for phone in _PHONE.findall(blob):
+        for phone in PHONE.findall(blob):
             if phone in phones:
                 return str(phone)
         return None

@@ -197,8 +197,13 @@ class Processes:
             )
         return result.stdout
 
-    def roots(self) -> list[int]:
-        return [p.popen.pid for p in self.procs]
+    def roles(self) -> dict[str, list[int]]:
+        """Process roots by role: outbox workers together, each emulator and the bridge apart."""
+        out: dict[str, list[int]] = {}
+        for p in self.procs:
+            role = "outbox workers" if p.name.startswith("worker-") else p.name
+            out.setdefault(role, []).append(p.popen.pid)
+        return out
 
     def check_alive(self) -> None:
         for proc in self.procs:
@@ -571,7 +576,7 @@ class NaiveStack:
         self.stop()
 
 
-# -- CPU accounting: how much of the machine the benchmark had to itself ------------------------------
+# -- CPU accounting: where the CPU went, and how much of the machine the benchmark had ---------------
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -603,45 +608,54 @@ def _tree(roots: list[int]) -> set[int]:
 class CpuSample:
     at: float
     busy: int  # machine-wide busy ticks (all CPUs)
-    ours: int  # ticks of the benchmark's process tree (load generator included)
+    roles: dict[str, int]  # ticks per role of the benchmark's own processes
     postgres: int  # ticks of every postgres process (ours and anybody else's)
 
 
-def cpu_sample(roots: list[int]) -> CpuSample:
+def cpu_sample(roles: dict[str, list[int]]) -> CpuSample:
+    """``roles`` maps a name to root pids (each counted with its children); "load generator" is us."""
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
     busy = sum(fields[:8]) - idle
-    ours = sum(_proc_cpu(p)[0] for p in _tree([os.getpid(), *roots]))
+    ticks = {"load generator": _proc_cpu(os.getpid())[0]}
+    for role, roots in roles.items():
+        ticks[role] = ticks.get(role, 0) + sum(_proc_cpu(p)[0] for p in _tree(roots))
     pg = 0
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            ticks, comm = _proc_cpu(int(entry.name))
+            n, comm = _proc_cpu(int(entry.name))
             if comm.startswith("postgres"):
-                pg += ticks
-    return CpuSample(time.monotonic(), busy, ours, pg)
+                pg += n
+    return CpuSample(time.monotonic(), busy, ticks, pg)
 
 
-def cpu_share(before: CpuSample, after: CpuSample) -> dict[str, float]:
-    """Percent of the whole machine (nproc x wall time) over the interval."""
+def cpu_share(before: CpuSample, after: CpuSample, calls: int = 0) -> dict[str, Any]:
+    """Percent of the whole machine (nproc x wall time) over the interval, and CPU ms per call."""
     capacity = max(1e-9, (after.at - before.at) * CLK_TCK * (os.cpu_count() or 1))
     busy = (after.busy - before.busy) / capacity * 100
-    ours = (after.ours - before.ours) / capacity * 100
+    roles = {r: after.roles.get(r, 0) - before.roles.get(r, 0) for r in after.roles}
+    ours = sum(roles.values()) / capacity * 100
     pg = (after.postgres - before.postgres) / capacity * 100
-    return {
+    out: dict[str, Any] = {
         "machine_busy_pct": round(busy, 1),
         "benchmark_pct": round(ours, 1),
         "postgres_pct": round(pg, 1),
         "outside_pct": round(max(0.0, busy - ours - pg), 1),
     }
+    if calls:
+        per_call = {r: round(t * 1000 / CLK_TCK / calls, 2) for r, t in roles.items()}
+        per_call["postgres (all)"] = round((after.postgres - before.postgres) * 1000 / CLK_TCK / calls, 2)
+        out["cpu_ms_per_call"] = per_call
+    return out
 
 
-def wait_quiet(roots: list[int], max_wait: float, threshold_pct: float = 10.0) -> dict[str, float]:
-    """Wait (at most ``max_wait`` s) until what runs outside the benchmark uses < threshold of the machine."""
+def wait_quiet(max_wait: float, threshold_pct: float = 10.0) -> dict[str, Any]:
+    """Wait (at most ``max_wait`` s) until other work uses less than ``threshold_pct`` of the machine."""
     started = time.monotonic()
     while True:
-        a = cpu_sample(roots)
+        a = cpu_sample({})
         time.sleep(2.0)
-        share = cpu_share(a, cpu_sample(roots))
+        share = cpu_share(a, cpu_sample({}))
         quiet = share["outside_pct"] + share["postgres_pct"] < threshold_pct
         if quiet or time.monotonic() - started > max_wait:
             share["waited_s"] = round(time.monotonic() - started, 1)

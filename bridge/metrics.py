@@ -1,8 +1,9 @@
 """Prometheus metrics: the metric objects, ``/metrics`` on the bridge, and the hooks that feed them.
 
 Core never imports prometheus_client: the bridge counts decisions in its webhooks, the worker is
-handed :func:`job_outcome` (``core.worker.Worker(on_outcome=...)``) and :func:`crm_push`
-(``core.sync.SyncJob(on_api=...)``), and the Twilio gateway is handed :func:`sms_result`.
+handed :func:`job_outcome` (``core.worker.Worker(on_outcome=...)``) and
+:func:`crm_rate_limited` (``core.sync.SyncJob(on_rate_limited=...)``), the connectors' shared
+throttle (bridge.runtime) counts :func:`crm_call`, and the Twilio gateway is handed :func:`sms_result`.
 
 Under gunicorn (``textback serve``) every worker process writes its samples to
 ``PROMETHEUS_MULTIPROC_DIR`` (see :mod:`bridge.metrics_multiproc`) and a scrape, whichever
@@ -60,10 +61,12 @@ JOBS = Counter(
     ["kind", "outcome"],
 )
 CRM_API_CALLS = Counter(
-    "textback_crm_api_calls", "API requests made to a CRM by sync jobs, per connector.", ["connector"]
+    "textback_crm_api_calls",
+    "Requests made to a connector's API (CRMs, calendars), per connector.",
+    ["connector"],
 )
 CRM_RATE_LIMITED = Counter(
-    "textback_crm_rate_limited", "HTTP 429 answers from a CRM, per connector.", ["connector"]
+    "textback_crm_rate_limited", "HTTP 429 answers from a CRM to sync jobs, per connector.", ["connector"]
 )
 
 
@@ -90,11 +93,13 @@ def job_outcome(job: Job, outcome: str) -> None:
     JOBS.labels(job.kind, outcome).inc()
 
 
-def crm_push(connector: str, calls: int, rate_limited: bool) -> None:
-    if calls > 0:
-        CRM_API_CALLS.labels(connector).inc(calls)
-    if rate_limited:
-        CRM_RATE_LIMITED.labels(connector).inc()
+def crm_call(connector: str) -> None:
+    """One request to a connector's API (the runtime's throttle, which every connector calls first)."""
+    CRM_API_CALLS.labels(connector).inc()
+
+
+def crm_rate_limited(connector: str) -> None:
+    CRM_RATE_LIMITED.labels(connector).inc()
 
 
 # -- the outbox, read at scrape time ----------------------------------------------------------------

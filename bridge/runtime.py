@@ -97,6 +97,7 @@ class Connectors:
                         f"{connector_id}: local rate limit ({limit.requests}/{limit.per_seconds:g}s)",
                         retry_after=wait,
                     )
+            metrics.crm_call(connector_id)  # every connector throttles right before each request
 
         context = ConnectorContext(
             business_id=business_id,
@@ -130,7 +131,7 @@ def build_worker(config: Config, engine: Engine | None = None) -> Worker:
     connectors = Connectors(config, factory)
     handlers: dict[str, Handler] = {
         "sms.send": SmsJob(config, factory, twilio_gateway(config)),
-        "crm.sync": SyncJob(config, factory, connectors.resolve, on_api=metrics.crm_push),
+        "crm.sync": SyncJob(config, factory, connectors.resolve, on_rate_limited=metrics.crm_rate_limited),
         "convo.reply": ConversationJob(config, factory, connectors.resolve),
         "convo.follow_up": FollowUpJob(config, factory),
         "escalation.sla": SlaJob(config, factory),

@@ -127,7 +127,8 @@ def with_retry(fn: Callable[[], Response]) -> Response:
     try:
         return fn()
     except IntegrityError:
-        g.pop("decision", None), g.pop("sms_status", None)  # rolled back: not to be counted
+        g.pop("decision", None)  # that attempt rolled back: bridge.metrics must not count it
+        g.pop("sms_status", None)
         return fn()
 
 

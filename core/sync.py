@@ -95,42 +95,36 @@ def emit(
 
 
 Resolver = Callable[[str, str], Any]  # (business_id, connector_id) -> connector instance
-# Told after every push: (connector_id, API calls it made, whether the vendor answered 429).
-ApiHook = Callable[[str, int, bool], None]
+# Told the connector id when a CRM answered a push with HTTP 429 (the bridge counts them).
+RateLimitHook = Callable[[str], None]
 
 
 class SyncJob:
     """Handler for ``crm.sync`` jobs."""
 
     def __init__(
-        self, config: Config, factory: sessionmaker[Session], resolve: Resolver, on_api: ApiHook | None = None
+        self,
+        config: Config,
+        factory: sessionmaker[Session],
+        resolve: Resolver,
+        on_rate_limited: RateLimitHook | None = None,
     ) -> None:
         self.config = config
         self.factory = factory
         self.resolve = resolve
-        self.on_api = on_api
+        self.on_rate_limited = on_rate_limited
 
     def __call__(self, job: Job) -> dict[str, Any]:
-        used: list[tuple[Any, int]] = []  # the connector this push resolved, and its call count then
-
-        def resolve(business_id: str, connector_id: str) -> Any:
-            connector = self.resolve(business_id, connector_id)
-            used.append((connector, getattr(connector, "api_calls", 0)))
-            return connector
-
-        limited = False
         try:
-            return self._push(job, resolve)
+            return self._push(job)
         except Deferred as exc:
-            # A vendor's 429 carries its code; the shared local rate limiter's pause does not.
-            limited = isinstance(exc.__context__, RateLimited) and exc.__context__.code is not None
+            # A vendor's 429 carries its code; a pause by the shared local rate limiter does not.
+            cause = exc.__context__
+            if self.on_rate_limited and isinstance(cause, RateLimited) and cause.code is not None:
+                self.on_rate_limited(job.target)
             raise
-        finally:
-            if self.on_api is not None and used:
-                connector, before = used[0]
-                self.on_api(job.target, getattr(connector, "api_calls", 0) - before, limited)
 
-    def _push(self, job: Job, resolve: Resolver) -> dict[str, Any]:
+    def _push(self, job: Job) -> dict[str, Any]:
         business_id, connector_id = job.business_id or "", job.target
         with transaction(self.factory) as session:
             until = connector_state.paused_until(session, business_id, connector_id)
@@ -143,7 +137,7 @@ class SyncJob:
             raise Deferred(until, f"{connector_id} is paused")
         if lead_json is None:
             return {"skipped": "lead no longer exists"}
-        connector = resolve(business_id, connector_id)
+        connector = self.resolve(business_id, connector_id)
         calls_before = getattr(connector, "api_calls", 0)
         run = _Run(
             self.factory, connector, connector_id, lead_json, SyncSettings.from_dict(install.sync), job

@@ -28,6 +28,15 @@ from core.worker import Worker
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, config_dict, write_config
 
 
+class _Later:
+    """A WSGI app that forwards to one set after the server is already listening."""
+
+    app: Any = None
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        return self.app(environ, start_response)
+
+
 class Stack:
     def __init__(
         self, tmp_path: Path, db_url: str, public_url: str | None = None, **config_overrides: Any
@@ -36,13 +45,11 @@ class Stack:
         self.emulator = TwilioEmulator(ACCOUNT_SID, AUTH_TOKEN, status_delay_ms=10)
         self.twilio_server = serve_in_thread(self.emulator.app)
         self.twilio_url = self.twilio_server.url
-        # The bridge's port must be known before its config (public_url) is written.
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.bridge_url = f"http://127.0.0.1:{port}"
+        # The bridge's port must be known before its config (public_url) is written, so the server
+        # binds first (no free-port race) and serves the app once it exists.
+        self._dispatch = _Later()
+        self.bridge_server = serve_in_thread(self._dispatch)  # type: ignore[arg-type]
+        self.bridge_url = self.bridge_server.url
         self.public_url = public_url or self.bridge_url
         data = config_dict(db_url, public_url=self.public_url, twilio_url=self.twilio_url)
         for key, value in config_overrides.items():
@@ -56,7 +63,7 @@ class Stack:
         upgrade(self.engine)
         self.factory = session_factory(self.engine)
         self.app = create_app(self.config, engine=self.engine)
-        self.bridge_server = serve_in_thread(self.app, port=port)
+        self._dispatch.app = self.app
         requests.post(f"{self.twilio_url}/_emulator/config", json={"bridge_url": self.bridge_url}, timeout=5)
         self.worker: Worker = build_worker(self.config, self.engine)
         self._worker_thread: threading.Thread | None = None
