@@ -202,3 +202,48 @@ def ratio(ours: float | None, naive: float | None) -> float | None:
     if ours is None or naive is None or naive == 0:
         return None
     return round(ours / naive, 4)
+
+
+def trend(results: list[Result], sent_at: dict[str, float]) -> dict[str, Any]:
+    """Median webhook and SMS latency of the first and the last quarter of a step's calls.
+
+    A system that keeps up answers the last calls of a step as fast as the first ones; a queue
+    that grows (a backlog of requests or of jobs) shows as a last quarter much slower than the first.
+    """
+    ordered = sorted(results, key=lambda r: r.scheduled)
+    q = max(1, len(ordered) // 4)
+
+    def web(rs: list[Result]) -> float | None:
+        return pct(
+            [INF if not r.latencies or r.latencies[0][2] != 200 else r.latencies[0][1] for r in rs], 50
+        )
+
+    def sms(rs: list[Result]) -> float | None:
+        vals = []
+        for r in rs:
+            at = sent_at.get(r.caller)
+            vals.append(INF if at is None or not r.missed_at or r.error else max(0.0, at - r.missed_at))
+        return pct(vals, 50)
+
+    first, last = ordered[:q], ordered[-q:]
+    return {
+        "web_p50_first_ms": ms(web(first)),
+        "web_p50_last_ms": ms(web(last)),
+        "sms_p50_first_ms": ms(sms(first)),
+        "sms_p50_last_ms": ms(sms(last)),
+    }
+
+
+def keeps_up(entry: dict[str, Any]) -> bool:
+    """Every call answered and texted, and the last quarter no slower than the first (plus slack)."""
+    t = entry.get("trend") or {}
+    web, sms = entry["webhooks"], entry["sms"]
+    if web["calls_failed"] or sms["missing"] or not entry.get("sms_drained", True):
+        return False
+    values = [
+        t.get(k) for k in ("web_p50_first_ms", "web_p50_last_ms", "sms_p50_first_ms", "sms_p50_last_ms")
+    ]
+    if any(v is None for v in values):
+        return False
+    wf, wl, sf, sl = (float(v) for v in values)  # type: ignore[arg-type]
+    return wl <= 1.5 * wf + 50 and sl <= 1.5 * sf + 250

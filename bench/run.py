@@ -150,13 +150,14 @@ def run_textback_cell(args: argparse.Namespace, db: str, workers: int) -> dict[s
         businesses=args.businesses,
     )  # fmt: skip
     phases: list[Phase] = []
+    warmup: list[Result] = []
     ok = False
     try:
         info = stack.start()
         cell["setup_s"] = round(time.monotonic() - t0, 1)
         driver = Driver(info, stack.procs.roles(), args)
         every = ("sms.send", "crm.sync")
-        driver.phase(WARMUP_RATE, WARMUP_CALLS / WARMUP_RATE)
+        warmup, _ = driver.phase(WARMUP_RATE, WARMUP_CALLS / WARMUP_RATE)
         wait_drained(stack, every, 30)
         # Start the CRM phase in a fresh rate window, so the warm-up's calls do not count against it.
         time.sleep(CRM_WINDOW_S - time.time() % CRM_WINDOW_S + 0.05)
@@ -185,7 +186,7 @@ def run_textback_cell(args: argparse.Namespace, db: str, workers: int) -> dict[s
         done_with(workdir, args, ok)
     cell["wall_s"] = round(time.monotonic() - t0, 1)
     sms_at = analyze.sms_requests(twilio_log)
-    phones = {r.caller for _, results, _ in phases for r in results}
+    phones = {r.caller for _, results, _ in phases for r in results} | {r.caller for r in warmup}
     complete = {c: analyze.complete_leads(lead_jobs, c) for c in args.crm}
     crm = {c: analyze.CrmLog(c, log, state, phones) for c, (log, state) in crm_logs.items()}
     cell["crm_emulator"] = {
@@ -200,6 +201,7 @@ def run_textback_cell(args: argparse.Namespace, db: str, workers: int) -> dict[s
             **meta,
             "webhooks": analyze.webhook_summary(results),
             "sms": analyze.sms_summary(results, sms_at),
+            "trend": analyze.trend(results, sms_at),
             "crm": {},
         }
         for c, log in crm.items():
@@ -235,11 +237,12 @@ def run_naive_cell(args: argparse.Namespace, workers: int) -> dict[str, Any]:
     t0 = time.monotonic()
     stack = NaiveStack(workdir, workers, args.crm_latency_ms, threads=args.threads, mode=args.mode)
     phases: list[Phase] = []
+    warmup: list[Result] = []
     ok = False
     try:
         info = stack.start()
         driver = Driver(info, stack.procs.roles(), args)
-        driver.phase(WARMUP_RATE, WARMUP_CALLS / WARMUP_RATE)
+        warmup, _ = driver.phase(WARMUP_RATE, WARMUP_CALLS / WARMUP_RATE)
         if args.crm_duration > 0:
             results, meta = driver.phase(args.crm_rate, args.crm_duration)
             phases.append(("crm", results, meta))
@@ -247,8 +250,10 @@ def run_naive_cell(args: argparse.Namespace, workers: int) -> dict[str, Any]:
             results, meta = driver.phase(rate, args.duration)
             phases.append((f"load@{rate:g}", results, meta))
             failed = sum(1 for r in results if r.error)
-            if failed > 0.1 * len(results):
-                meta["stopped_ramp"] = f"{failed} of {len(results)} calls failed; higher steps skipped"
+            t = analyze.trend(results, {})
+            growing = (t["web_p50_last_ms"] or float("inf")) > 1.5 * (t["web_p50_first_ms"] or 0) + 1000
+            if failed > 0.1 * len(results) or growing:
+                meta["stopped_ramp"] = f"{failed} of {len(results)} calls failed or answers kept slowing"
                 break
             time.sleep(1.0)
         cell["rss"] = analyze.rss_summary(stack.rss())
@@ -264,7 +269,7 @@ def run_naive_cell(args: argparse.Namespace, workers: int) -> dict[str, Any]:
         done_with(workdir, args, ok)
     cell["wall_s"] = round(time.monotonic() - t0, 1)
     sms_at = analyze.sms_requests(twilio_log)
-    phones = {r.caller for _, results, _ in phases for r in results}
+    phones = {r.caller for _, results, _ in phases for r in results} | {r.caller for r in warmup}
     complete = naive_complete(hub_state, phones)
     crm = analyze.CrmLog("hubspot", hub_log, hub_state, phones)
     cell["crm_emulator"] = {"hubspot": {"api_calls": hub_state.get("api_calls"),
@@ -278,6 +283,7 @@ def run_naive_cell(args: argparse.Namespace, workers: int) -> dict[str, Any]:
             **meta,
             "webhooks": analyze.webhook_summary(results),
             "sms": analyze.sms_summary(results, sms_at),
+            "trend": analyze.trend(results, sms_at),
             "crm": {"hubspot": block},
         }
     return cell
@@ -301,18 +307,6 @@ def step_ok(entry: dict[str, Any]) -> bool:
     )
 
 
-def relaxed_ok(entry: dict[str, Any]) -> bool:
-    """Every webhook answered 200 and every text requested, with no backlog left (latency aside)."""
-    web, sms = entry["webhooks"], entry["sms"]
-    pending_sms = entry.get("backlog_at_end", {}).get("sms.send", 0)
-    return bool(
-        web["calls_failed"] == 0
-        and sms["missing"] == 0
-        and pending_sms <= max(5, 0.25 * entry["rate"])
-        and entry.get("sms_drained", True)
-    )
-
-
 def sustained(cell: dict[str, Any]) -> dict[str, Any]:
     loads = sorted((e["rate"], e) for n, e in cell["phases"].items() if n.startswith("load@"))
     best = relaxed = 0.0
@@ -321,7 +315,7 @@ def sustained(cell: dict[str, Any]) -> dict[str, Any]:
             break
         best = rate
     for rate, entry in loads:
-        if not relaxed_ok(entry):
+        if not analyze.keeps_up(entry):
             break
         relaxed = rate
     crm_best = 0.0
@@ -332,7 +326,7 @@ def sustained(cell: dict[str, Any]) -> dict[str, Any]:
             if block.get("p99_ms") is None or block["p99_ms"] > GOALS["crm_p99_ms"]:
                 break
             crm_best = entry["rate"]
-    return {"within_goals": best, "no_backlog": relaxed, "crm_within_goal": crm_best}
+    return {"within_goals": best, "keeps_up": relaxed, "crm_within_goal": crm_best}
 
 
 def verdicts(cell: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -424,7 +418,7 @@ def ratios(ours: dict[str, Any], naive: dict[str, Any]) -> dict[str, Any]:
             "naive_calls_failed": n["webhooks"]["calls_failed"],
             "naive_crm_synced": n["crm"]["hubspot"]["complete"],
         }
-    for key in ("within_goals", "no_backlog"):
+    for key in ("within_goals", "keeps_up"):
         out[f"sustained_{key}"] = analyze.ratio(ours["sustained"][key], naive["sustained"][key])
     ours_rss = ours["rss"].get("bridge worker", {}).get("peak_mb_max")
     naive_rss = naive["rss"].get("bridge worker", {}).get("peak_mb_max")

@@ -67,7 +67,11 @@ def _next_open_in_zone(moment: datetime, tz: ZoneInfo, window: Window) -> dateti
         return moment
     day = local.date()
     for offset in range(0, 3):
-        start = datetime.combine(day + timedelta(days=offset), window.start, tzinfo=tz)
-        if start >= local:
-            return start.astimezone(moment.tzinfo)
+        # Compare instants, not wall times: on DST days a wall time can occur twice (fold 0 is the
+        # first) or never (both folds then land outside the window and the day is skipped).
+        for fold in (0, 1):
+            start = datetime.combine(day + timedelta(days=offset), window.start, tzinfo=tz).replace(fold=fold)
+            opened = start.astimezone(moment.tzinfo)
+            if opened >= moment and window.contains(opened.astimezone(tz).time()):
+                return opened
     return moment  # unreachable for a sane window

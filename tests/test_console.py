@@ -6,16 +6,19 @@ is covered without touching this file.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from flask import Flask, url_for
 from flask.testing import FlaskClient
 from sqlalchemy import func, insert, select, update
@@ -23,14 +26,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.security import generate_password_hash
 
 from bridge.app import create_app
+from bridge.cli import main as cli_main
 from bridge.console import PUBLIC_ENDPOINTS
-from bridge.console import queries as console_queries
+from bridge.console.common import fmt_duration
 from core import config as config_mod
-from core import outbox
-from core.db import make_engine, session_factory, upgrade
+from core import leads, outbox, relay
+from core import report as report_mod
+from core.db import make_engine, session_factory, transaction, upgrade
 from core.models import Alert, Call, ConnectorInstall, Lead, Message, OutboxJob, Suppression, utcnow
 from tests.conftest import AUTH_TOKEN, business, config_dict
-from tests.stack import Stack, configure_emulator
+from tests.stack import Stack, all_day_business, configure_emulator
 
 PASSWORD = "console-password-0123"
 # A cheap hash keeps the suite fast; production hashes come from `textback console hash-password`.
@@ -363,40 +368,160 @@ def test_a_failing_connector_check_is_shown_not_a_500(env: Env, monkeypatch: pyt
 # -- dashboard and volume -----------------------------------------------------------------------------
 
 
-def test_dashboard_counts_the_funnel(env: Env) -> None:
-    now = utcnow()
-    with env.factory() as s, s.begin():
-        decisions = [("missed_no_answer", "text"), ("missed_busy", "text"), ("cooldown", "skip"),
-                     ("answered", "skip")]
-        for i, (reason, outcome) in enumerate(decisions):
-            s.add(Call(call_sid=f"CA{i}", business_id="bright-spark", decision_outcome=outcome,
-                       decision_reason=reason, started_at=now, decided_at=now))
-        a = Lead(id=str(uuid.uuid4()), business_id="bright-spark", phone="+13125550001", status="booked",
-                 source="missed_call", intent="booking", created_at=now - timedelta(minutes=10),
-                 first_human_response_at=now - timedelta(minutes=4))
-        b = Lead(id=str(uuid.uuid4()), business_id="bright-spark", phone="+13125550002", status="texted",
-                 source="missed_call", created_at=now - timedelta(minutes=10))
-        s.add_all([a, b])
-        s.flush()
-        for lead, secs in ((a, 2.0), (b, 4.0)):
-            s.add(Message(id=str(uuid.uuid4()), lead_id=lead.id, business_id="bright-spark",
-                          direction="outbound", kind="first_text", from_number="+13125550100",
-                          to_number=lead.phone, body="hi", status="delivered", created_at=now,
-                          sent_at=now + timedelta(seconds=secs)))
-        s.add(Message(id=str(uuid.uuid4()), lead_id=a.id, business_id="bright-spark", direction="inbound",
-                      kind="reply", from_number=a.phone, to_number="+13125550100", body="yes",
-                      status="received", created_at=now))
-    with env.factory() as s:
-        data = console_queries.dashboard(s, 7, None)
-    t = data.total
-    assert (t.missed, t.leads, t.texted, t.replied, t.qualified, t.booked) == (3, 2, 2, 1, 1, 1)
-    assert t.recovered_pct == 50.0
-    assert data.median_to_text == pytest.approx(3.0)
-    assert data.median_to_human == pytest.approx(360.0)
-    assert data.per_day[now.date()].missed == 3
-    client, _ = logged_in(env.app)
-    html = client.get("/console/?days=7").text
-    assert "<svg" in html and "50.0%" in html and "3.0 s" in html and "6 min 0 s" in html
+OTHER = "cool-air"  # a second business, in another time zone
+OTHER_NUMBER = "+13125550200"
+A, B, C, D, E = "+13125550142", "+13125550143", "Anonymous", "+13125550145", "+13125550146"
+MEDIANS = ("median_seconds_to_text", "median_seconds_to_person")
+
+
+class _Numbers(HTMLParser):
+    """{data-row: {data-key: data-value}} from the dashboard's cards and tables."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, dict[str, Any]] = {}
+        self._row: dict[str, Any] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if a.get("data-row"):
+            self._row = self.rows.setdefault(str(a["data-row"]), {})
+        if a.get("data-key"):
+            raw = a.get("data-value") or ""
+            self._row[str(a["data-key"])] = None if raw == "" else json.loads(raw)
+
+
+def dashboard_numbers(client: FlaskClient, url: str) -> tuple[str, dict[str, dict[str, Any]]]:
+    resp = client.get(url)
+    assert resp.status_code == 200, url
+    parser = _Numbers()
+    parser.feed(resp.text)
+    return resp.text, parser.rows
+
+
+def report_json(stack: Stack, *args: str) -> dict[str, Any]:
+    result = CliRunner().invoke(
+        cli_main, ["report", "--config", str(stack.config_path), "--format", "json", *args]
+    )
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout))
+
+
+def numbers(funnel: dict[str, Any]) -> dict[str, Any]:
+    """A report funnel's numbers (not its ``date``, nor its ``skipped`` reasons, shown as text)."""
+    return {k: v for k, v in funnel.items() if k not in ("date", "skipped")}
+
+
+def drive_calls(stack: Stack) -> None:
+    """Missed calls, texts, replies, a person's answer and a booking, over two days and two businesses."""
+    stack.call(A, "no-answer")  # texted; replies asking for a quote; a person answers
+    stack.call(B, "busy")  # texted; booked by the office (two days later)
+    stack.call(C, "no-answer")  # missed, nobody to text
+    stack.call(D, "completed")  # answered: not a missed call
+    stack.call(E, "no-answer", to=OTHER_NUMBER)  # texted; answers STOP (not a reply)
+    stack.call(A, "no-answer", to=OTHER_NUMBER)  # the same caller, the other business: texted
+    stack.drain()
+    with transaction(stack.factory) as session:
+        # B called two days ago: move the call and its texts back.
+        call = session.scalars(select(Call).where(Call.from_number == B)).one()
+        assert call.decided_at is not None
+        shift = timedelta(days=2)
+        call.started_at, call.decided_at = call.started_at - shift, call.decided_at - shift
+        for message in session.scalars(select(Message).where(Message.lead_id == call.lead_id)):
+            message.created_at = message.created_at - shift
+            message.sent_at = message.sent_at - shift if message.sent_at else None
+    stack.inbound_sms(A, "Hi, can I get a quote for a new breaker panel?")
+    stack.inbound_sms(E, "STOP", to=OTHER_NUMBER)
+    stack.drain()
+    business = stack.config.businesses[0]
+    with transaction(stack.factory) as session:
+        lead_a = leads.find(session, business.id, A)
+        lead_b = leads.find(session, business.id, B)
+        assert lead_a is not None and lead_b is not None
+        assert relay.send_human(session, business, lead_a, "Hi, this is Sam", author="console:sam", ref="t1")
+        leads.add_entry(session, lead_b.id, "booking", start="2030-01-01T15:00:00+00:00", event_id="ev1")
+    stack.drain()
+
+
+def test_dashboard_shows_what_textback_report_computes(tmp_path: Path, db_url: str) -> None:
+    other = all_day_business(id=OTHER, name="Cool Air", timezone="Pacific/Auckland", numbers=[OTHER_NUMBER],
+                             staff_phones=["+13125550211"])
+    stack = Stack(tmp_path, db_url, console={"password_hash": PASSWORD_HASH},
+                  businesses=[all_day_business(), other])
+    try:
+        drive_calls(stack)
+        client, _ = logged_in(stack.app)
+        report = report_json(stack, "--since", "7d")
+        html, shown = dashboard_numbers(client, "/console/?days=7")
+    finally:
+        stack.close()
+    total = report["total"]
+    # Not vacuous: per missed call, recovered = replied or booked, over missed calls.
+    assert (total["missed_calls"], total["texted"], total["replied"], total["qualified"], total["booked"],
+            total["recovered"], total["recovered_pct"]) == (5, 4, 1, 2, 1, 2, 40.0)
+    assert total["skipped"] == {"anonymous_caller": 1}
+    assert all(total[m] is not None for m in MEDIANS)
+
+    # The cards are the report's total; each business's row is its total.
+    assert shown["total"] == numbers(total)
+    assert "Missed, not texted: anonymous_caller 1" in html
+    assert 'data-key="recovered_pct" data-value="40.0"><span class="n">40.0%</span>' in html
+    for m in MEDIANS:
+        assert f'<span class="n">{fmt_duration(total[m])}</span>' in html
+    assert [b["business"] for b in report["businesses"]] == ["bright-spark", OTHER]
+    for b in report["businesses"]:
+        assert shown[f"business:{b['business']}"] == numbers(b["total"])
+
+    # Per day: each business's local days, summed over the businesses; empty days show zeros.
+    day_rows = {k.removeprefix("day:"): v for k, v in shown.items() if k.startswith("day:")}
+    assert 8 <= len(day_rows) <= 10  # 7 days of 24 h touch 8 local days (9 across these time zones)
+    by_day: dict[str, list[dict[str, Any]]] = {}
+    for b in report["businesses"]:
+        for d in b["days"]:
+            by_day.setdefault(d["date"], []).append(d)
+    assert len(by_day) >= 2 and set(by_day) <= set(day_rows)
+    for day, row in day_rows.items():
+        funnels = by_day.get(day, [])
+        for key, value in row.items():
+            if key in MEDIANS:
+                if len(funnels) == 1:
+                    assert value == funnels[0][key], (day, key)
+                elif not funnels:
+                    assert value is None, (day, key)
+            elif key == "recovered_pct":
+                missed, recovered = row["missed_calls"], row["recovered"]
+                assert value == (round(100.0 * recovered / missed, 1) if missed else None), day
+            else:
+                assert value == sum(f[key] for f in funnels), (day, key)
+    for key in ("missed_calls", "texted", "replied", "qualified", "booked", "recovered"):
+        assert sum(r[key] for r in day_rows.values()) == total[key], key
+
+
+def test_dashboard_for_one_business_is_its_report(tmp_path: Path, db_url: str) -> None:
+    stack = Stack(tmp_path, db_url, console={"password_hash": PASSWORD_HASH},
+                  businesses=[all_day_business(), all_day_business(id=OTHER, numbers=[OTHER_NUMBER],
+                                                                    staff_phones=["+13125550211"])])
+    try:
+        drive_calls(stack)
+        client, _ = logged_in(stack.app)
+        for business_id in ("bright-spark", OTHER):
+            report = report_json(stack, "--since", "30d", "--business", business_id)
+            html, shown = dashboard_numbers(client, f"/console/?days=30&business={business_id}")
+            [b] = report["businesses"]
+            assert shown["total"] == numbers(report["total"]) == numbers(b["total"])
+            assert [k for k in shown if k.startswith("business:")] == [f"business:{business_id}"]
+            assert "Per day (America/Chicago)" in html
+            days = {d["date"]: numbers(d) for d in b["days"]}
+            assert days
+            empty = numbers(report_mod.Funnel().to_json())
+            for key, row in shown.items():
+                if key.startswith("day:"):
+                    assert row == days.pop(key.removeprefix("day:"), empty), key
+            assert not days  # every day of the report is on the dashboard
+        # The last business: two missed calls, both texted, nobody replied (STOP is no reply).
+        assert report["total"]["missed_calls"] == 2 and report["total"]["recovered_pct"] == 0.0
+    finally:
+        stack.close()
 
 
 def test_pages_stay_fast_with_thousands_of_rows(env: Env) -> None:
@@ -418,8 +543,8 @@ def test_pages_stay_fast_with_thousands_of_rows(env: Env) -> None:
             for r in lead_rows
         ])
         s.execute(insert(Call), [
-            {"call_sid": f"CA{i:06d}", "business_id": "bright-spark", "decision_outcome": "text",
-             "decision_reason": "missed_no_answer", "started_at": r["created_at"],
+            {"call_sid": f"CA{i:06d}", "business_id": "bright-spark", "lead_id": r["id"],
+             "decision_outcome": "text", "decision_reason": "missed_no_answer", "started_at": r["created_at"],
              "decided_at": r["created_at"], "bridged": False, "screen_accepted": False}
             for i, r in enumerate(lead_rows)
         ])

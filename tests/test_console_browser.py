@@ -19,7 +19,7 @@ from sqlalchemy import select
 from core.models import Alert, OutboxJob
 from tests.conftest import AUTH_TOKEN
 from tests.stack import Stack, configure_emulator
-from tests.test_console import PASSWORD, PASSWORD_HASH
+from tests.test_console import PASSWORD, PASSWORD_HASH, report_json
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -101,9 +101,14 @@ def test_console_in_a_real_browser(browser: Any, stack: Stack, tmp_path: Path) -
         page.click("button[type=submit]")
         expect(page.locator("h1")).to_have_text("Dashboard")
 
-        # The dashboard: numbers and charts, and a screenshot of it.
+        # The dashboard: the numbers of `textback report` (14 days by default), charts, a screenshot.
         expect(page.locator(".cards")).to_contain_text("missed calls")
         expect(page.locator(".cards")).to_contain_text("median missed call")
+        want = report_json(stack, "--since", "14d")["total"]
+        assert (want["missed_calls"], want["texted"]) == (2, 1)  # the rejected text was never sent
+        for key in ("missed_calls", "texted", "replied", "recovered"):
+            expect(page.locator(f'.cards [data-key="{key}"] .n')).to_have_text(str(want[key]))
+        expect(page.locator('.cards [data-key="recovered_pct"] .n')).to_have_text(f"{want['recovered_pct']}%")
         assert page.locator("svg.chart").count() >= 4
         shot = tmp_path / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)

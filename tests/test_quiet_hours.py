@@ -185,6 +185,32 @@ def test_next_send_time_is_in_the_window_every_minute_around_dst() -> None:
                 assert not DEFAULT.contains(now.astimezone(NEW_YORK).time())
 
 
+@pytest.mark.parametrize(
+    "window", ["08:00-21:00", "01:30-21:00", "02:30-21:00", "02:15-02:45", "22:00-01:30"]
+)
+def test_next_send_time_never_lands_outside_the_window_around_dst(window: str) -> None:
+    """Also for windows that open inside the skipped (spring) or repeated (autumn) hour."""
+    w = parse_range(window)
+    for start in (utc(2026, 3, 7, 20, 0), utc(2026, 10, 31, 20, 0)):
+        for minutes in range(0, 30 * 60, 5):
+            now = start + timedelta(minutes=minutes)
+            got = next_send_time(now, [NEW_YORK], w)
+            assert got >= now, (window, now, got)
+            assert w.contains(got.astimezone(NEW_YORK).time()), (window, now, got.astimezone(NEW_YORK))
+            assert got - now < timedelta(hours=49)  # 02:15-02:45 does not exist on the spring day
+
+
+def test_next_send_time_opens_at_the_first_moment_of_the_window_on_dst_days() -> None:
+    # A window opening at 01:30 on the autumn day: 01:15 EST (the second 01:15) waits for 01:30 EST.
+    assert next_send_time(utc(2026, 11, 1, 6, 15), [NEW_YORK], parse_range("01:30-21:00")) == utc(
+        2026, 11, 1, 6, 30
+    )
+    # The first 01:15 (EDT) opens at the first 01:30 (EDT).
+    assert next_send_time(utc(2026, 11, 1, 5, 15), [NEW_YORK], parse_range("01:30-21:00")) == utc(
+        2026, 11, 1, 5, 30
+    )
+
+
 def test_next_send_time_with_several_zones_takes_the_strictest() -> None:
     zones = [NEW_YORK, ZoneInfo("America/Los_Angeles")]
     # 09:00 in New York is 06:00 in Los Angeles: wait for 08:00 there.
