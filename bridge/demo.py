@@ -83,8 +83,11 @@ class Demo:
         )
 
     def idle(self, timeout: float = 15) -> bool:
-        from core import outbox
+        """Wait until no job is due: later ones (a follow-up hours from now) are not the story."""
+        from sqlalchemy import func, select
+
         from core.db import make_engine, session_factory
+        from core.models import OutboxJob, utcnow
 
         engine = make_engine(self.sb.config.database_url)
         try:
@@ -92,7 +95,15 @@ class Demo:
 
             def quiet() -> bool:
                 with factory() as session:
-                    return not any(v["pending"] or v["running"] for v in outbox.backlog(session).values())
+                    due = session.scalar(
+                        select(func.count())
+                        .select_from(OutboxJob)
+                        .where(
+                            OutboxJob.status.in_(("pending", "running")),
+                            OutboxJob.next_attempt_at <= utcnow(),
+                        )
+                    )
+                    return not due
 
             return bool(_until(quiet, timeout, 0.2))
         finally:

@@ -127,7 +127,7 @@ def build_worker(config: Config, engine: Engine | None = None) -> Worker:
     require_migrated(engine, config.source)
     factory = session_factory(engine)
     w = config.worker
-    outbox = Outbox(factory, worker_id(), w.lease_seconds, w.backoff_initial, w.backoff_max)
+    outbox = Outbox(factory, worker_id(), w.lease_seconds, w.backoff_initial, w.backoff_max, w.max_attempts)
     connectors = Connectors(config, factory)
     handlers: dict[str, Handler] = {
         "sms.send": SmsJob(config, factory, twilio_gateway(config)),

@@ -98,9 +98,12 @@ class Outbox:
         lease_seconds: float = 60.0,
         backoff_initial: float = 2.0,
         backoff_max: float = 600.0,
+        max_attempts: int | None = None,
     ) -> None:
         self.factory = factory
         self.worker_id = worker_id
+        # The deployment's cap (worker.max_attempts) wins over the budget a job was queued with.
+        self.max_attempts = max_attempts
         self.lease = timedelta(seconds=lease_seconds)
         self._wait = wait_exponential_jitter(
             multiplier=backoff_initial, max=backoff_max, jitter=backoff_initial
@@ -215,7 +218,8 @@ class Outbox:
         now = now or utcnow()
         status = "dead"
         next_at = now
-        if error.retryable and job.attempts < job.max_attempts:
+        limit = min(job.max_attempts, self.max_attempts) if self.max_attempts else job.max_attempts
+        if error.retryable and job.attempts < limit:
             status = "pending"
             delay = self.backoff(job.attempts)
             retry_after = getattr(error, "retry_after", None) if isinstance(error, TransientError) else None

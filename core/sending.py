@@ -245,3 +245,15 @@ class SmsJob:
                     texting.PERMANENT_CODES[code],
                     f"twilio:{code}",
                 )
+            lead = session.get(Lead, message.lead_id)
+            if lead is not None:
+                leads.add_entry(
+                    session,
+                    lead.id,
+                    "decision",
+                    outcome="skip",
+                    reason=f"twilio_{code or 'rejected'}",
+                    message_id=message.id,
+                )
+                if message.kind == "first_text" and lead.status in ("new", "scheduled"):
+                    leads.set_status(lead, "closed")

@@ -33,6 +33,10 @@ log = logging.getLogger("textback.sync")
 
 EVENTS = ("missed_call", "texted", "replied", "qualified", "booked", "opted_out", "handed_off", "voicemail")
 
+# A push outlives a CRM outage of about an hour at the default backoff (2 s doubling, at most 600 s
+# apart: 16 attempts span ~77 min); the outbox's default of 8 gives up after ~4 min.
+MAX_ATTEMPTS = 16
+
 SYNC_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -90,6 +94,7 @@ def emit(
             business_id=business_id,
             lead_id=lead_id,
             payload={"event": event, "ref": ref, "data": data or {}},
+            max_attempts=MAX_ATTEMPTS,
         )
     return queued
 

@@ -78,7 +78,7 @@ def business(**overrides: Any) -> dict[str, Any]:
             "min_ring_seconds": 4,
             "cooldown_hours": 12,
             # Texting is allowed all day in tests unless a test says otherwise.
-            "sending_window": {"start": "00:00", "end": "23:59"},
+            "sending_window": {"start": "00:00", "end": "00:00"},
         },
     }
     data.update(overrides)

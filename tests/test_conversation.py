@@ -275,7 +275,7 @@ def test_at_most_three_unsolicited_texts_a_day(
         db_url,
         calendar,
         monkeypatch,
-        policy={"cooldown_hours": 0, "sending_window": {"start": "00:00", "end": "23:59"}},
+        policy={"cooldown_hours": 0, "sending_window": {"start": "00:00", "end": "00:00"}},
         escalation={"sms": []},
     )
     try:
@@ -396,7 +396,7 @@ def test_one_follow_up_when_the_caller_never_answers(
         calendar,
         monkeypatch,
         escalation={"sms": []},
-        policy={"follow_up_after_hours": 2, "sending_window": {"start": "00:00", "end": "23:59"}},
+        policy={"follow_up_after_hours": 2, "sending_window": {"start": "00:00", "end": "00:00"}},
     )
     try:
         start(stack, quiet)

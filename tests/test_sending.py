@@ -150,7 +150,8 @@ def test_permanent_codes_end_the_job_and_mark_the_number(stack: Stack, code: int
     # A later call from the same number is skipped, and nothing is sent or queued.
     stack.call(CALLER)
     settle(stack)
-    assert decisions(stack) == [("text", "missed_no_answer"), ("skip", reason)]
+    # Twilio's refusal is on the timeline too, so the lead says why it got no text.
+    assert decisions(stack) == [("text", "missed_no_answer"), ("skip", f"twilio_{code}"), ("skip", reason)]
     assert stack.sent(CALLER) == []
     assert api_requests(stack).count(("POST", MESSAGES)) == 1
     first_text(stack)  # still the only text to the caller

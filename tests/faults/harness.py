@@ -221,14 +221,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0, every: float = 0.05) -> Any:
+def wait_for(
+    what: str,
+    check: Callable[[], Any],
+    timeout: float = 20.0,
+    every: float = 0.05,
+    diagnose: Callable[[], Any] | None = None,
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            detail = f": {diagnose()}" if diagnose else ""
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}{detail}")
         time.sleep(every)
 
 
@@ -507,20 +514,40 @@ class World:
         while True:
             if worker.run_once():
                 continue
-            with self.factory() as s:
-                waiting = s.scalar(
+            if not self.due(horizon):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the outbox did not drain in {timeout} s: {self.job_summary()}")
+            time.sleep(0.02)
+
+    def due(self, horizon: float = 0.0) -> int:
+        """Jobs a worker could claim within ``horizon`` s (not waiting behind an earlier one)."""
+        from datetime import timedelta
+
+        from sqlalchemy import and_, exists
+        from sqlalchemy.orm import aliased
+
+        earlier = aliased(OutboxJob)
+        blocked = exists().where(
+            and_(
+                earlier.ordering_key == OutboxJob.ordering_key,
+                earlier.id < OutboxJob.id,
+                earlier.status.in_(("pending", "running")),
+            )
+        )
+        with self.factory() as s:
+            return int(
+                s.scalar(
                     select(func.count())
                     .select_from(OutboxJob)
                     .where(
                         OutboxJob.status.in_(("pending", "running")),
                         OutboxJob.next_attempt_at <= utcnow() + timedelta(seconds=horizon),
+                        ~blocked,
                     )
                 )
-            if not waiting:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the outbox did not drain in {timeout} s: {self.job_summary()}")
-            time.sleep(0.02)
+                or 0
+            )
 
     # -- observing --------------------------------------------------------------------------------------
     def sent(self, to: str | None = None) -> list[dict[str, Any]]:

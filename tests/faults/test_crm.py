@@ -52,7 +52,8 @@ def test_3_crm_down_ten_minutes_under_1000_leads_loses_nothing_and_texts_go_out(
 ) -> None:
     # A failed push waits at least 10 simulated minutes before its retry, so every push fails once
     # during the outage and is retried after it (the default backoff's horizon is test_3b's job).
-    world = make_world(worker={"backoff_initial": 600, "backoff_max": 1200, "batch_size": 20})
+    # The lease outlasts every clock shift below, so a job in flight is never taken over by a jump.
+    world = make_world(worker={"backoff_initial": 600, "backoff_max": 1200, "batch_size": 20, "lease_seconds": 120})
     hub = world.add_crm("hubspot", sync=CONTACTS_ONLY, rate_limit=None, search_rate_limit=None)
     callers = [f"+1312555{4000 + i:04d}" for i in range(LEADS)]
     assert len(set(callers)) == LEADS
@@ -66,7 +67,8 @@ def test_3_crm_down_ten_minutes_under_1000_leads_loses_nothing_and_texts_go_out(
                     params = world.voice_params(caller)
                     answers.append(world.post("/twilio/voice", params).status_code)
                 clock.shift(30)
-            wait_for("1,000 texts", lambda: len(world.sent()) == LEADS, timeout=120)
+            wait_for("1,000 texts", lambda: len(world.sent()) == LEADS, timeout=120,
+                     diagnose=lambda: (len(world.sent()), world.job_summary(), world.due()))
             wait_for(
                 "every CRM push to have failed once",
                 lambda: sum(1 for j in crm_jobs(world, "missed_call") if j.attempts == 1 and
