@@ -10,6 +10,7 @@ answer and our commit) is looked up by its key before it is tried again.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -118,6 +119,65 @@ class SyncJob:
         self.factory = factory
         self.resolve = resolve
         self.on_rate_limited = on_rate_limited
+        # Contacts already pushed by a batch call for jobs claimed together (see ``prepare``).
+        self._fresh: dict[tuple[str, str], Remote] = {}
+        self._fresh_lock = threading.Lock()
+
+    def prepare(self, jobs: list[Job]) -> int:
+        """Push the contacts of jobs claimed together in one batch call per connector.
+
+        A connector that offers ``upsert_contacts`` gets one request for a whole queue of leads
+        instead of one each; the jobs then find their contact already pushed. Any failure here
+        is left to the jobs themselves, which map and retry it one by one.
+        """
+        groups: dict[tuple[str, str], list[Job]] = {}
+        for job in jobs:
+            if job.lead_id:
+                groups.setdefault((job.business_id or "", job.target), []).append(job)
+        pushed = 0
+        for (business_id, connector_id), group in groups.items():
+            if len({j.lead_id for j in group}) < 2:
+                continue
+            try:
+                pushed += self._prepare_group(business_id, connector_id, group)
+            except Exception as exc:  # the jobs themselves will report it properly
+                log.info(
+                    "batch contact push skipped",
+                    extra={"connector": connector_id, "error": type(exc).__name__},
+                )
+        return pushed
+
+    def _prepare_group(self, business_id: str, connector_id: str, group: list[Job]) -> int:
+        with self.factory() as session:
+            install = session.get(ConnectorInstall, (business_id, connector_id))
+            if (
+                install is None
+                or not install.enabled
+                or connector_state.paused_until(session, business_id, connector_id)
+            ):
+                return 0
+            leads_json = {}
+            for job in group:
+                lead = session.get(Lead, job.lead_id)
+                if lead is not None and lead.id not in leads_json:
+                    leads_json[lead.id] = to_json(session, lead)
+        connector = self.resolve(business_id, connector_id)
+        if not callable(getattr(connector, "upsert_contacts", None)):
+            return 0
+        runs = [
+            _Run(self.factory, connector, connector_id, lead, SyncSettings.from_dict(install.sync), group[0])
+            for lead in leads_json.values()
+        ]
+        remotes = connector.upsert_contacts([(run.contact_data(), run.known("contact")) for run in runs])
+        with self._fresh_lock:
+            for run, remote in zip(runs, remotes, strict=True):
+                # Saved to the ledger by the job itself, which also judges "existing customer".
+                self._fresh[(run.lead["id"], connector_id)] = remote
+        return len(remotes)
+
+    def take_fresh(self, lead_id: str, connector_id: str) -> Remote | None:
+        with self._fresh_lock:
+            return self._fresh.pop((lead_id, connector_id), None)
 
     def __call__(self, job: Job) -> dict[str, Any]:
         try:
@@ -147,6 +207,7 @@ class SyncJob:
         run = _Run(
             self.factory, connector, connector_id, lead_json, SyncSettings.from_dict(install.sync), job
         )
+        run.fresh_contact = self.take_fresh(lead_json["id"], connector_id)
         try:
             result = run.apply(job.payload["event"], job.payload.get("data") or {})
         except RateLimited as exc:
@@ -220,6 +281,7 @@ class _Run:
         self.s = settings
         self.job = job
         self.caps: set[Capability] = set(getattr(connector, "capabilities", set()))
+        self.fresh_contact: Remote | None = None
 
     def has(self, cap: Capability) -> bool:
         return cap in self.caps
@@ -269,11 +331,9 @@ class _Run:
         return "tb-" + hashlib.sha1(f"{self.lead['id']}:{key}".encode()).hexdigest()[:12]  # noqa: S324
 
     # -- building blocks ---------------------------------------------------------------------
-    def contact(self) -> Remote | None:
-        if not self.has(Capability.UPSERT_CONTACT):
-            return None
+    def contact_data(self) -> ContactData:
         name = (self.lead.get("name") or "").split(" ", 1)
-        data = ContactData(
+        return ContactData(
             phone=self.lead["phone"],
             first_name=name[0] or None,
             last_name=name[1] if len(name) > 1 else None,
@@ -281,7 +341,17 @@ class _Run:
             lead_source="Missed call" if self.lead.get("source") == "missed_call" else "Text message",
             opted_out=bool(self.lead.get("opted_out")),
         )
+
+    def contact(self) -> Remote | None:
+        if not self.has(Capability.UPSERT_CONTACT):
+            return None
         existing = self.known("contact")
+        if self.fresh_contact is not None:
+            fresh = self.fresh_contact  # pushed moments ago by the batch call for this claim
+            if existing is None or existing.id != fresh.id or existing.url != fresh.url:
+                self._save("contact", fresh)
+            return fresh
+        data = self.contact_data()
         if existing is None and self._ledger("contact") is None:
             # Remember that we are about to create it: if this attempt dies after the vendor made
             # the contact, the retry must not mistake our own contact for an existing customer's.

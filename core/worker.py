@@ -57,9 +57,24 @@ class Worker:
         jobs = self.outbox.claim(self.batch_size)
         if jobs:
             crash_point("after_claim")
+        self._prepare(jobs)
         for job in jobs:
             self.process(job)
         return len(jobs)
+
+    def _prepare(self, jobs: list[Job]) -> None:
+        """Let a handler batch work across the jobs claimed together (e.g. one CRM call for many)."""
+        by_kind: dict[str, list[Job]] = {}
+        for job in jobs:
+            by_kind.setdefault(job.kind, []).append(job)
+        for kind, group in by_kind.items():
+            prepare = getattr(self.handlers.get(kind), "prepare", None)
+            if prepare is None or len(group) < 2:
+                continue
+            try:
+                prepare(group)
+            except Exception as exc:
+                log.warning("batch preparation failed", extra={"kind": kind, "error": type(exc).__name__})
 
     def process(self, job: Job) -> str:
         with logs.context(job_id=job.id, lead_id=job.lead_id, kind=job.kind):

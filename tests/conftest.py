@@ -100,7 +100,7 @@ def config_dict(
             "lease_seconds": 4,
             "backoff_initial": 0.2,
             "backoff_max": 1,
-            "max_attempts": 5,
+            "max_attempts": 8,
         },
         "businesses": businesses or [business()],
     }

@@ -544,3 +544,19 @@ def test_the_search_limit_binds_only_search_calls(stack: Stack, hub: Hub, secret
         for _ in range(10):
             c.context.throttle(1, "search")
     assert "4/1s" in str(info.value)
+
+
+def test_queued_leads_share_one_batch_upsert(stack: Stack, hub: Hub, secret_key: str) -> None:
+    """Jobs that queued up together reach HubSpot as one batch call, not one call each."""
+    install(stack, sandbox.settings(hub.url))
+    callers = [f"+1312555{n:04d}" for n in range(201, 206)]
+    for caller in callers:  # no worker is running: the calls' jobs queue up
+        stack.call(caller, "no-answer")
+    stack.worker.batch_size = 50
+    stack.drain(timeout=10)
+    upserts = hub.requests("/crm/v3/objects/contacts/batch/upsert")
+    assert max(len(r["json"]["inputs"]) for r in upserts) == len(callers)
+    state = hub.state()
+    for caller in callers:
+        assert len([c for c in state["contacts"] if c["properties"].get(PHONE_PROP) == caller]) == 1
+    assert len(state["calls"]) == len(callers) and len(state["tasks"]) == len(callers)

@@ -568,6 +568,41 @@ class HubSpotConnector(Connector):
         )
         return self._upsert_contact(contact.phone, props, retry_schema=True)
 
+    def upsert_contacts(self, items: list[tuple[ContactData, Remote | None]]) -> list[Remote]:
+        """Many contacts in one ``batch/upsert`` call (up to 100), for jobs that queued up together.
+
+        Anything unusual (an email conflict, a missing property, a partial answer) falls back to
+        one call per contact, which knows how to handle it.
+        """
+        if not items or len(items) > 100 or any(not c.phone.startswith("+") for c, _ in items):
+            return [self.upsert_contact(c, e) for c, e in items]
+        schema = self._contact_schema()
+        inputs: dict[str, dict[str, Any]] = {}
+        for contact, existing in items:
+            props = mappers.contact_properties(
+                contact, self.phone_property, first_sync=existing is None, lead_source=schema.lead_source
+            )
+            inputs[contact.phone] = {
+                "idProperty": self.phone_property,
+                "id": contact.phone,
+                "properties": props,
+            }
+        answer = self._call(
+            "POST",
+            paths.BATCH_UPSERT,
+            params={"objectType": "contacts"},
+            body={"inputs": list(inputs.values())},
+        )
+        if answer.status in (400, 409) or answer.status == 207:
+            return [self.upsert_contact(c, e) for c, e in items]
+        data = self._data(answer)
+        by_phone = {
+            str((r.get("properties") or {}).get(self.phone_property)): r for r in data.get("results") or []
+        }
+        if set(by_phone) != set(inputs):
+            return [self.upsert_contact(c, e) for c, e in items]
+        return [self._contact_remote(by_phone[c.phone], bool(by_phone[c.phone].get("new"))) for c, _ in items]
+
     def _upsert_contact(self, phone: str, props: dict[str, str], retry_schema: bool = False) -> Remote:
         body = {"inputs": [{"idProperty": self.phone_property, "id": phone, "properties": props}]}
         answer = self._call("POST", paths.BATCH_UPSERT, params={"objectType": "contacts"}, body=body)

@@ -276,6 +276,8 @@ class Crm:
     emulator: Any
     server: ServerThread
     settings: dict[str, Any] = field(default_factory=dict)
+    # (arrived, answered, method, path, status) of every API request, in the emulator's own clock
+    answers: list[tuple[float, float, str, str, int]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -406,8 +408,10 @@ class World:
         import importlib
 
         emulator = getattr(importlib.import_module(module), cls)(**emulator_kwargs)
+        answers: list[tuple[float, float, str, str, int]] = []
+        _record_answers(emulator.app, answers)
         server = serve_in_thread(emulator.app)
-        crm = Crm(name, emulator, server)
+        crm = Crm(name, emulator, server, answers=answers)
         self.crms[name] = crm
         base = emulators.sandbox_settings(name, server.url) or {}
         merged = {**base, **(settings or {})}
@@ -634,6 +638,21 @@ class World:
                 held = getattr(auth, attr, None)
                 if isinstance(held, dict):
                     self.session.registry.add("secret", *(str(k) for k in held if len(str(k)) >= 12))
+
+
+def _record_answers(app: Any, answers: list[tuple[float, float, str, str, int]]) -> None:
+    from flask import request
+
+    @app.before_request
+    def _arrived() -> None:
+        request.environ["faults.arrived"] = time.time()
+
+    @app.after_request
+    def _answered(response: Any) -> Any:
+        if not request.path.startswith("/_emulator/"):
+            arrived = request.environ.get("faults.arrived", time.time())
+            answers.append((arrived, time.time(), request.method, request.path, response.status_code))
+        return response
 
 
 def _secretish(key: str) -> bool:

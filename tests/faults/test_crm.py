@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 
 from connectors.hubspot import mappers as hubspot_mappers
 from core import connector_state
-from core.models import OutboxJob
-from tests.faults.harness import World, wait_for, worker_threads
+from core.models import ConnectorState, OutboxJob
+from tests.faults.harness import World, Zygote, spawn_worker, stop_process, wait_for, worker_threads
 
 pytestmark = pytest.mark.faults
 
@@ -124,3 +124,75 @@ def test_3b_the_default_backoff_outlasts_a_ten_minute_outage(
     assert world.job_summary() == {"sms.send:done": 1, "crm.sync:done": 2}
     assert hubspot_phones(world) == [caller]
     assert len(world.sent(caller)) == 1
+
+
+# -- 4. 429 with Retry-After on every second call, two worker processes -------------------------------
+
+RETRY_AFTER = 1
+LIMITED = 6  # 429s: every second call of the first twelve
+RATE_LIMIT_BODY = {
+    "status": "error",
+    "message": "You have reached your ten_secondly_rolling limit.",
+    "errorType": "RATE_LIMIT",
+    "policyName": "TEN_SECONDLY_ROLLING",
+}
+# In flight when the 429 arrived: a request another worker had already decided to send.
+IN_FLIGHT = 0.15
+
+
+@pytest.mark.slow
+def test_4_429_with_retry_after_pauses_the_connector_for_every_worker_and_nothing_retries_early(
+    make_world: Callable[..., World], zygote: Zygote
+) -> None:
+    world = make_world()
+    sync = {"deal_on": "missed_call", "create_task": False, "log_calls": False, "log_messages": False}
+    hub = world.add_crm("hubspot", sync=sync, rate_limit=None, search_rate_limit=None)
+    callers = [f"+1312555{5100 + i:04d}" for i in range(5)]
+    for caller in callers:
+        world.missed_call(caller)
+    for _ in range(LIMITED):
+        hub.fault(path="/crm", count=1)  # passes
+        hub.fault(path="/crm", status=429, count=1, headers={"Retry-After": str(RETRY_AFTER)},
+                  body=RATE_LIMIT_BODY)
+    seen = len(hub.answers)
+    workers = [spawn_worker(zygote, world, f"429-worker-{i}") for i in range(2)]
+    try:
+        wait_for(
+            "every job to be done",
+            lambda: set(world.job_summary()) == {"sms.send:done", "crm.sync:done"},
+            timeout=90,
+            every=0.2,
+            diagnose=world.job_summary,
+        )
+    finally:
+        for pid in workers:
+            stop_process(pid)
+    answers = hub.answers[seen:]
+    limited = [a for a in answers if a[4] == 429]
+    assert len(limited) == LIMITED
+    assert sum(1 for a in answers[: 2 * LIMITED] if a[4] == 429) == LIMITED  # half the calls
+    early = []
+    for _arrived, answered, *_ in limited:
+        early += [a for a in answers if answered + IN_FLIGHT < a[0] < answered + RETRY_AFTER - 0.05]
+    assert early == [], f"requests inside a Retry-After window: {early}"
+    # The pause is shared: both worker processes deferred jobs because of it.
+    deferring = [_deferred_for_pause(world, pid) for pid in workers]
+    assert all(deferring), deferring
+    with world.factory() as s:
+        state = s.get(ConnectorState, (world.config.businesses[0].id, "hubspot"))
+        assert state is not None and state.rate_limited == LIMITED
+    assert sorted(hubspot_phones(world)) == sorted(callers)  # one contact each, after all that
+    assert len(hub.state()["deals"]) == len(callers)
+
+
+def _deferred_for_pause(world: World, pid: int) -> int:
+    import json
+
+    n = 0
+    for path in world.session.logs.glob(f"{world.db_kind}-429-worker-*.log"):
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("{") and f":{pid}" in line:
+                row = json.loads(line)
+                if row.get("event") == "job deferred" and "hubspot" in str(row.get("reason")):
+                    n += 1
+    return n
