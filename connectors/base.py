@@ -22,6 +22,10 @@ creates records that have no natural key, ``find_record(kind, marker) -> Remote 
 interrupted create is found instead of repeated. ``marker`` is a short stable string the sync
 engine derives from the lead and the record's key; write it into the record.
 
+Optional: ``upsert_contacts([(ContactData, Remote | None), ...]) -> list[Remote]`` pushes many
+contacts in one batch call; the worker uses it when several leads' jobs are claimed together
+(after an outage, or at busy times), and each job then finds its contact already pushed.
+
 Errors: raise only core.errors types (AuthError, RateLimited, TransientError, Rejected,
 ConnectorConfigError). Never sleep, never retry: the outbox does that.
 """
