@@ -194,3 +194,28 @@ def serve_in_thread(app: Flask, port: int = 0, host: str = "127.0.0.1") -> Serve
     """Serve ``app`` threaded on ``host:port`` (0 picks a free port) and return the running server."""
     server = make_server(host, port, app, threaded=True)
     return ServerThread(server).start()
+
+
+def serve_foreground(app: Flask, host: str, port: int) -> None:
+    """Serve ``app`` threaded in the foreground until Ctrl-C (the `textback emulator` commands)."""
+    server = make_server(host, port, app, threaded=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+class Hosted:
+    """For emulator classes holding an :class:`EmulatorApp` as ``self.emulator``."""
+
+    emulator: EmulatorApp
+
+    @property
+    def app(self) -> Flask:
+        return self.emulator.app
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self.emulator.lock

@@ -21,16 +21,14 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import threading
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfoNotFoundError
 
-from flask import Flask, Response, jsonify, request
-from werkzeug.serving import make_server
+from flask import Response, jsonify, request
 
-from connectors.emulator.base import EmulatorApp
+from connectors.emulator.base import EmulatorApp, Hosted, serve_foreground
 from connectors.google_calendar.emulator_auth import (
     SANDBOX_OAUTH,
     SANDBOX_SERVICE_ACCOUNT,
@@ -51,36 +49,58 @@ from connectors.google_calendar.emulator_model import (
     zone,
 )
 
-__all__ = ["SANDBOX_OAUTH", "SANDBOX_SERVICE_ACCOUNT", "GoogleCalendarEmulator", "run",
-           "service_account_info"]
+__all__ = [
+    "SANDBOX_OAUTH",
+    "SANDBOX_SERVICE_ACCOUNT",
+    "GoogleCalendarEmulator",
+    "run",
+    "service_account_info",
+]
 
 log = logging.getLogger(__name__)
 
 _API = "/calendar/v3"
-_UNAUTHENTICATED = ("Request had invalid authentication credentials. Expected OAuth 2 access token, "
-                    "login cookie or other valid authentication credential. See "
-                    "https://developers.google.com/identity/sign-in/web/devconsole-project.")
+_UNAUTHENTICATED = (
+    "Request had invalid authentication credentials. Expected OAuth 2 access token, "
+    "login cookie or other valid authentication credential. See "
+    "https://developers.google.com/identity/sign-in/web/devconsole-project."
+)
 _DEFAULTS: dict[str, Any] = {"require_auth": True, "service_account_can_invite": False}
 _MAX_CALENDARS = 50  # FreeBusyRequest.calendarExpansionMax upper bound
 
 
 def _unauthenticated() -> ApiError:
-    return ApiError(401, "authError", _UNAUTHENTICATED, status="UNAUTHENTICATED",
-                    detail_message="Invalid Credentials", location="Authorization", locationType="header")
+    return ApiError(
+        401,
+        "authError",
+        _UNAUTHENTICATED,
+        status="UNAUTHENTICATED",
+        detail_message="Invalid Credentials",
+        location="Authorization",
+        locationType="header",
+    )
 
 
 def _insufficient_scopes() -> ApiError:
-    return ApiError(403, "insufficientPermissions", "Request had insufficient authentication scopes.",
-                    status="PERMISSION_DENIED", detail_message="Insufficient Permission")
+    return ApiError(
+        403,
+        "insufficientPermissions",
+        "Request had insufficient authentication scopes.",
+        status="PERMISSION_DENIED",
+        detail_message="Insufficient Permission",
+    )
 
 
 def _forbidden_for_service_accounts() -> ApiError:
-    return ApiError(403, "forbiddenForServiceAccounts",
-                    "Service accounts cannot invite attendees without Domain-Wide Delegation of Authority.",
-                    domain="calendar")
+    return ApiError(
+        403,
+        "forbiddenForServiceAccounts",
+        "Service accounts cannot invite attendees without Domain-Wide Delegation of Authority.",
+        domain="calendar",
+    )
 
 
-class GoogleCalendarEmulator:
+class GoogleCalendarEmulator(Hosted):
     """Google Calendar on 127.0.0.1: serve ``.app`` (e.g. with ``serve_in_thread``)."""
 
     def __init__(self, calendars: Iterable[str] = ("primary",), time_zone: str = "America/Chicago") -> None:
@@ -94,22 +114,17 @@ class GoogleCalendarEmulator:
         self._reset()
         self._install()
 
-    @property
-    def app(self) -> Flask:
-        return self.emulator.app
-
-    @property
-    def lock(self) -> threading.RLock:
-        return self.emulator.lock
-
     # -- shared-surface callbacks (called under the lock) --------------------------------------
     def _state(self) -> dict[str, Any]:
         return {
             "events": {cid: [dict(e) for e in cal.events.values()] for cid, cal in self.calendars.items()},
             "tokens_issued": dict(self.auth.issued),
             "subjects": list(self.auth.subjects),
-            "busy": {cid: [{"start": rfc3339(s), "end": rfc3339(e)} for s, e in cal.busy_seeds]
-                     for cid, cal in self.calendars.items() if cal.busy_seeds},
+            "busy": {
+                cid: [{"start": rfc3339(s), "end": rfc3339(e)} for s, e in cal.busy_seeds]
+                for cid, cal in self.calendars.items()
+                if cal.busy_seeds
+            },
             "config": self._config_view(),
         }
 
@@ -119,18 +134,26 @@ class GoogleCalendarEmulator:
         self.auth.reset()
 
     def _config_view(self) -> dict[str, Any]:
-        return {**self.config, "revoked": self.auth.revoked, "token_ttl": self.auth.token_ttl,
-                "calendars": list(self.calendars)}
+        return {
+            **self.config,
+            "revoked": self.auth.revoked,
+            "token_ttl": self.auth.token_ttl,
+            "calendars": list(self.calendars),
+        }
 
     # -- routing --------------------------------------------------------------------------------
     def _install(self) -> None:
         app = self.app
         app.add_url_rule("/token", view_func=self._token, methods=["POST"])
         app.add_url_rule(f"{_API}/freeBusy", view_func=self._freebusy, methods=["POST"])
-        app.add_url_rule(f"{_API}/calendars/<calendar_id>/events", view_func=self._events,
-                         methods=["GET", "POST"])
-        app.add_url_rule(f"{_API}/calendars/<calendar_id>/events/<event_id>", view_func=self._event,
-                         methods=["GET", "PATCH", "DELETE"])
+        app.add_url_rule(
+            f"{_API}/calendars/<calendar_id>/events", view_func=self._events, methods=["GET", "POST"]
+        )
+        app.add_url_rule(
+            f"{_API}/calendars/<calendar_id>/events/<event_id>",
+            view_func=self._event,
+            methods=["GET", "PATCH", "DELETE"],
+        )
         app.add_url_rule("/_emulator/config", view_func=self._config_route, methods=["GET", "POST"])
         app.add_url_rule("/_emulator/service-account", view_func=self._service_account, methods=["GET"])
         app.register_error_handler(ApiError, self._api_error)
@@ -202,8 +225,12 @@ class GoogleCalendarEmulator:
             raise ApiError(400, "invalid", "Invalid value for: timeZone") from exc
         items = body.get("items") or []
         if len(items) > _MAX_CALENDARS:
-            raise ApiError(400, "tooManyCalendarsRequested", "The number of calendars requested is too large "
-                           "for a single query.", domain="calendar")
+            raise ApiError(
+                400,
+                "tooManyCalendarsRequested",
+                "The number of calendars requested is too large for a single query.",
+                domain="calendar",
+            )
         calendars: dict[str, Any] = {}
         with self.lock:
             for item in items:
@@ -212,10 +239,20 @@ class GoogleCalendarEmulator:
                 if calendar is None:
                     calendars[cid] = {"errors": [{"domain": "global", "reason": "notFound"}], "busy": []}
                     continue
-                calendars[cid] = {"busy": [{"start": rfc3339(s, tz), "end": rfc3339(e, tz)}
-                                           for s, e in calendar.busy(time_min, time_max)]}
-        return jsonify({"kind": "calendar#freeBusy", "timeMin": rfc3339(time_min, millis=True),
-                        "timeMax": rfc3339(time_max, millis=True), "calendars": calendars})
+                calendars[cid] = {
+                    "busy": [
+                        {"start": rfc3339(s, tz), "end": rfc3339(e, tz)}
+                        for s, e in calendar.busy(time_min, time_max)
+                    ]
+                }
+        return jsonify(
+            {
+                "kind": "calendar#freeBusy",
+                "timeMin": rfc3339(time_min, millis=True),
+                "timeMax": rfc3339(time_max, millis=True),
+                "calendars": calendars,
+            }
+        )
 
     def _events(self, calendar_id: str) -> Response:
         if request.method == "POST":
@@ -237,7 +274,7 @@ class GoogleCalendarEmulator:
             self._identify("events.read")
             calendar = self._calendar(calendar_id)
             items = calendar.matching(args)
-            page = [dict(e) for e in items[offset:offset + max_results]]
+            page = [dict(e) for e in items[offset : offset + max_results]]
             updated = max((e["updated"] for e in calendar.events.values()), default=now_rfc3339())
         result: dict[str, Any] = {
             "kind": "calendar#events",
@@ -277,8 +314,15 @@ class GoogleCalendarEmulator:
         spec = request.get_json(silent=True)
         if not isinstance(spec, dict):
             return jsonify({"error": "config must be a JSON object"}), 400
-        known = {"require_auth", "service_account_can_invite", "expire_tokens", "revoke", "busy", "calendars",
-                 "token_ttl"}
+        known = {
+            "require_auth",
+            "service_account_can_invite",
+            "expire_tokens",
+            "revoke",
+            "busy",
+            "calendars",
+            "token_ttl",
+        }
         if unknown := set(spec) - known:
             return jsonify({"error": f"unknown config keys {sorted(unknown)}; known: {sorted(known)}"}), 400
         try:
@@ -295,8 +339,9 @@ class GoogleCalendarEmulator:
         for cid, blocks in (spec.get("busy") or {}).items():
             if cid not in self.calendars:
                 raise ValueError(f"unknown calendar {cid!r} (add it with 'calendars')")
-            seeds[cid] = [(parse_rfc3339(b["start"], "start"), parse_rfc3339(b["end"], "end"))
-                          for b in blocks]
+            seeds[cid] = [
+                (parse_rfc3339(b["start"], "start"), parse_rfc3339(b["end"], "end")) for b in blocks
+            ]
         for cid, intervals in seeds.items():  # applied only once every block parsed
             self.calendars[cid].busy_seeds = intervals
         for key in ("require_auth", "service_account_can_invite"):
@@ -316,15 +361,8 @@ class GoogleCalendarEmulator:
 def run(host: str, port: int) -> None:
     """Serve in the foreground (werkzeug threaded server) until Ctrl-C."""
     emulator = GoogleCalendarEmulator()
-    server = make_server(host, port, emulator.app, threaded=True)
-    log.info("Google Calendar emulator on http://%s:%s (token endpoint /token, API %s/)", host,
-             server.server_port, _API)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    log.info("Google Calendar emulator on http://%s:%s (token endpoint /token, API %s/)", host, port, _API)
+    serve_foreground(emulator.app, host, port)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Response, g, request
 from werkzeug.exceptions import HTTPException
-from werkzeug.serving import make_server
 
-from connectors.emulator.base import EmulatorApp
+from connectors.emulator.base import EmulatorApp, Hosted, serve_foreground
 from connectors.hubspot.emulator_auth import (
     SANDBOX_OAUTH,
     SANDBOX_TOKEN,
@@ -48,17 +46,30 @@ __all__ = ["CONFIG_KEYS", "SANDBOX_OAUTH", "SANDBOX_TOKEN", "HubSpotEmulator", "
 
 log = logging.getLogger(__name__)
 
-CONFIG_KEYS = {"tokens", "rate_limit", "search_rate_limit", "daily_limit", "search_lag_ms",
-               "access_token_ttl_s", "expire_tokens", "revoke_refresh_tokens"}
+CONFIG_KEYS = {
+    "tokens",
+    "rate_limit",
+    "search_rate_limit",
+    "daily_limit",
+    "search_lag_ms",
+    "access_token_ttl_s",
+    "expire_tokens",
+    "revoke_refresh_tokens",
+}
 _POLICY_TEXT = {"TEN_SECONDLY_ROLLING": "ten_secondly_rolling", "SECONDLY": "secondly", "DAILY": "daily"}
 
 
-class HubSpotEmulator:
+class HubSpotEmulator(Hosted):
     """HubSpot on 127.0.0.1: serve ``.app`` (e.g. with ``serve_in_thread``)."""
 
-    def __init__(self, tokens: Iterable[str] = (SANDBOX_TOKEN,),
-                 rate_limit: tuple[int, float] | None = (190, 10.0), daily_limit: int = 1_000_000,
-                 search_lag_ms: int = 0, search_rate_limit: tuple[int, float] | None = (5, 1.0)) -> None:
+    def __init__(
+        self,
+        tokens: Iterable[str] = (SANDBOX_TOKEN,),
+        rate_limit: tuple[int, float] | None = (190, 10.0),
+        daily_limit: int = 1_000_000,
+        search_lag_ms: int = 0,
+        search_rate_limit: tuple[int, float] | None = (5, 1.0),
+    ) -> None:
         self.auth = Auth(tokens)
         self.limiter = RateLimiter()
         self.store = Store()
@@ -71,25 +82,31 @@ class HubSpotEmulator:
         self.emulator = EmulatorApp("hubspot", state=self._state, reset=self._reset)
         self._install()
 
-    @property
-    def app(self) -> Flask:
-        return self.emulator.app
-
-    @property
-    def lock(self) -> threading.RLock:
-        return self.emulator.lock
-
     # -- shared-surface callbacks (called under the lock) --------------------------------------------
     def _state(self) -> dict[str, Any]:
         store = self.store
-        state: dict[str, Any] = {name: [o.to_json() for o in store.live(OBJECT_TYPES[name])]
-                                 for name in OBJECT_TYPES}
-        state["archived"] = [{"type": name, "id": o.id} for name in OBJECT_TYPES
-                             for o in store.objects[name].values() if o.archived]
+        state: dict[str, Any] = {
+            name: [o.to_json() for o in store.live(OBJECT_TYPES[name])] for name in OBJECT_TYPES
+        }
+        state["archived"] = [
+            {"type": name, "id": o.id}
+            for name in OBJECT_TYPES
+            for o in store.objects[name].values()
+            if o.archived
+        ]
         links = sorted(store.links.items(), key=lambda kv: (kv[0][0], int(kv[0][1]), kv[0][2], int(kv[0][3])))
-        state["associations"] = [{"from_type": f, "from_id": fid, "to_type": t, "to_id": tid,
-                                  "type_id": type_id, "category": category}
-                                 for (f, fid, t, tid), specs in links for category, type_id in specs]
+        state["associations"] = [
+            {
+                "from_type": f,
+                "from_id": fid,
+                "to_type": t,
+                "to_id": tid,
+                "type_id": type_id,
+                "category": category,
+            }
+            for (f, fid, t, tid), specs in links
+            for category, type_id in specs
+        ]
         state["properties"] = {name: sorted(store.custom[name]) for name in OBJECT_TYPES}
         state["oauth"] = {"refreshes": self.auth.refreshes, "code_exchanges": self.auth.code_exchanges}
         state["api_calls"] = self.api_calls
@@ -99,8 +116,11 @@ class HubSpotEmulator:
 
     def _config(self) -> dict[str, Any]:
         return {
-            "tokens": {t.value: {"scopes": None if t.scopes is None else sorted(t.scopes)}
-                       for t in self.auth.tokens.values() if not t.oauth},
+            "tokens": {
+                t.value: {"scopes": None if t.scopes is None else sorted(t.scopes)}
+                for t in self.auth.tokens.values()
+                if not t.oauth
+            },
             "rate_limit": list(self.rate_limit) if self.rate_limit else None,
             "search_rate_limit": list(self.search_rate_limit) if self.search_rate_limit else None,
             "daily_limit": self.daily_limit,
@@ -156,19 +176,32 @@ class HubSpotEmulator:
         headers: dict[str, str] = {}
         if not search:  # HubSpot's search endpoints answer without rate-limit headers
             if limit is not None:
-                headers.update({"X-HubSpot-RateLimit-Max": str(limit[0]),
-                                "X-HubSpot-RateLimit-Remaining": str(remaining),
-                                "X-HubSpot-RateLimit-Interval-Milliseconds": str(int(limit[1] * 1000))})
+                headers.update(
+                    {
+                        "X-HubSpot-RateLimit-Max": str(limit[0]),
+                        "X-HubSpot-RateLimit-Remaining": str(remaining),
+                        "X-HubSpot-RateLimit-Interval-Milliseconds": str(int(limit[1] * 1000)),
+                    }
+                )
             if daily is not None and not token.oauth:  # OAuth apps get no daily headers
-                headers.update({"X-HubSpot-RateLimit-Daily": str(daily),
-                                "X-HubSpot-RateLimit-Daily-Remaining": str(max(0, daily - used))})
+                headers.update(
+                    {
+                        "X-HubSpot-RateLimit-Daily": str(daily),
+                        "X-HubSpot-RateLimit-Daily-Remaining": str(max(0, daily - used)),
+                    }
+                )
         g.hs_headers = headers
         if policy is None:
             return None
         self.rate_limited += 1
-        body = {"status": "error", "message": f"You have reached your {_POLICY_TEXT[policy]} limit.",
-                "errorType": "RATE_LIMIT", "correlationId": g.hs_cid, "policyName": policy,
-                "requestId": str(uuid.uuid4())}
+        body = {
+            "status": "error",
+            "message": f"You have reached your {_POLICY_TEXT[policy]} limit.",
+            "errorType": "RATE_LIMIT",
+            "correlationId": g.hs_cid,
+            "policyName": policy,
+            "requestId": str(uuid.uuid4()),
+        }
         return json_response(body, 429, {"Retry-After": str(wait)})
 
     @staticmethod
@@ -187,8 +220,10 @@ class HubSpotEmulator:
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         message = "resource not found" if status == 404 else f"HTTP {status} {exc.name}"
-        return json_response({"status": "error", "message": message,
-                              "correlationId": g.get("hs_cid") or new_correlation_id()}, status)
+        return json_response(
+            {"status": "error", "message": message, "correlationId": g.get("hs_cid") or new_correlation_id()},
+            status,
+        )
 
     # -- helpers for the route modules ---------------------------------------------------------------
     def body(self) -> Any:
@@ -266,7 +301,7 @@ def _check_config(spec: Any) -> str | None:
         return f"unknown config keys: {sorted(unknown)}"
     tokens = spec.get("tokens", {})
     if not isinstance(tokens, dict):
-        return "tokens must map a token to {\"scopes\": [...] | null} or to null (remove it)"
+        return 'tokens must map a token to {"scopes": [...] | null} or to null (remove it)'
     for value, settings in tokens.items():
         if settings is None:
             continue
@@ -275,8 +310,13 @@ def _check_config(spec: Any) -> str | None:
             return f"tokens[{value!r}].scopes must be a list of strings or null"
     for key in ("rate_limit", "search_rate_limit"):
         value = spec.get(key)
-        if value is not None and not (isinstance(value, list) and len(value) == 2 and _is_int(value[0])
-                                      and isinstance(value[1], int | float) and value[1] > 0):
+        if value is not None and not (
+            isinstance(value, list)
+            and len(value) == 2
+            and _is_int(value[0])
+            and isinstance(value[1], int | float)
+            and value[1] > 0
+        ):
             return f"{key} must be [max requests, window seconds] or null"
     if spec.get("daily_limit") is not None and not _is_int(spec["daily_limit"]):
         return "daily_limit must be a non-negative integer or null"
@@ -292,11 +332,5 @@ def _check_config(spec: Any) -> str | None:
 def run(host: str, port: int) -> None:
     """Serve in the foreground (werkzeug threaded server, sandbox token and OAuth app) until Ctrl-C."""
     emulator = HubSpotEmulator()
-    server = make_server(host, port, emulator.app, threaded=True)
-    log.info("HubSpot emulator on http://%s:%s (token %s)", host, server.server_port, SANDBOX_TOKEN)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    log.info("HubSpot emulator on http://%s:%s (token %s)", host, port, SANDBOX_TOKEN)
+    serve_foreground(emulator.app, host, port)

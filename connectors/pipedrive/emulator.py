@@ -22,16 +22,14 @@ State lives in memory and is guarded by the :class:`EmulatorApp` lock.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterable
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Response as BaseResponse
 
-from connectors.emulator.base import EmulatorApp
+from connectors.emulator.base import EmulatorApp, Hosted, serve_foreground
 from connectors.pipedrive.emulator_limits import RateLimiter, check_budget, check_burst_limit, request_cost
 from connectors.pipedrive.emulator_oauth import OAuthServer
 from connectors.pipedrive.emulator_store import ERROR_INFO, ApiError, Store
@@ -49,50 +47,69 @@ SANDBOX_OAUTH = {
 }
 UNAUTHORIZED = {"success": False, "error": "unauthorized access", "errorCode": 401, "error_info": ERROR_INFO}
 OVER_LIMIT = {"success": False, "error": "Request over limit", "errorCode": 429}
-_CONFIG_KEYS = {"burst_limit", "daily_token_budget", "api_tokens", "search_lag_seconds", "expire_tokens",
-                "revoke_refresh_tokens"}
+_CONFIG_KEYS = {
+    "burst_limit",
+    "daily_token_budget",
+    "api_tokens",
+    "search_lag_seconds",
+    "expire_tokens",
+    "revoke_refresh_tokens",
+}
 
 
 def error_body(path: str, status: int, message: str, code: str) -> dict[str, Any]:
     """v2 errors carry a ``code``; v1 errors the classic ``error_info``/``data``/``additional_data``."""
     if path.startswith("/api/v2"):
         return {"success": False, "error": message, "code": code}
-    return {"success": False, "error": message, "error_info": ERROR_INFO, "data": None,
-            "additional_data": None}
+    return {
+        "success": False,
+        "error": message,
+        "error_info": ERROR_INFO,
+        "data": None,
+        "additional_data": None,
+    }
 
 
-class PipedriveEmulator:
+class PipedriveEmulator(Hosted):
     """Pipedrive on 127.0.0.1: serve ``.app`` (e.g. with ``serve_in_thread``)."""
 
-    def __init__(self, tokens: Iterable[str] = (SANDBOX_TOKEN,),
-                 burst_limit: tuple[int, float] | None = (80, 2.0), daily_token_budget: int = 30000) -> None:
+    def __init__(
+        self,
+        tokens: Iterable[str] = (SANDBOX_TOKEN,),
+        burst_limit: tuple[int, float] | None = (80, 2.0),
+        daily_token_budget: int = 30000,
+    ) -> None:
         self._defaults = (frozenset(tokens), check_burst_limit(burst_limit), check_budget(daily_token_budget))
         self.tokens: set[str] = set(self._defaults[0])
         self.store = Store()
         self.limiter = RateLimiter(self._defaults[1], self._defaults[2])
         self.query_token_uses = 0
         self.emulator = EmulatorApp("pipedrive", state=self._state, reset=self._reset)
-        self.oauth = OAuthServer(SANDBOX_OAUTH["client_id"], SANDBOX_OAUTH["client_secret"],
-                                 SANDBOX_OAUTH["refresh_token"], self.lock)
+        self.oauth = OAuthServer(
+            SANDBOX_OAUTH["client_id"],
+            SANDBOX_OAUTH["client_secret"],
+            SANDBOX_OAUTH["refresh_token"],
+            self.lock,
+        )
         self._install()
-
-    @property
-    def app(self) -> Flask:
-        return self.emulator.app
-
-    @property
-    def lock(self) -> threading.RLock:
-        return self.emulator.lock
 
     # -- shared-surface callbacks (called under the lock) --------------------------------------
     def _state(self) -> dict[str, Any]:
-        return {**self.store.state(), "oauth": self.oauth.state(), "query_token_uses": self.query_token_uses,
-                "rate_limits": self.limiter.snapshot(), "config": self._config()}
+        return {
+            **self.store.state(),
+            "oauth": self.oauth.state(),
+            "query_token_uses": self.query_token_uses,
+            "rate_limits": self.limiter.snapshot(),
+            "config": self._config(),
+        }
 
     def _config(self) -> dict[str, Any]:
-        return {"burst_limit": list(self.limiter.burst_limit) if self.limiter.burst_limit else None,
-                "daily_token_budget": self.limiter.daily_budget, "api_tokens": sorted(self.tokens),
-                "search_lag_seconds": self.store.search_lag}
+        return {
+            "burst_limit": list(self.limiter.burst_limit) if self.limiter.burst_limit else None,
+            "daily_token_budget": self.limiter.daily_budget,
+            "api_tokens": sorted(self.tokens),
+            "search_lag_seconds": self.store.search_lag,
+        }
 
     def _reset(self) -> None:
         """Back to a freshly constructed emulator: data, counters, config and OAuth grants."""
@@ -114,8 +131,9 @@ class PipedriveEmulator:
         V2DealsApi(self.store, self.lock).install(app)
         V1Api(self.store, self.lock).install(app)
         self.oauth.install(app)
-        app.add_url_rule("/_emulator/config", endpoint="pd_config", view_func=self._config_route,
-                         methods=["GET", "POST"])
+        app.add_url_rule(
+            "/_emulator/config", endpoint="pd_config", view_func=self._config_route, methods=["GET", "POST"]
+        )
         app.register_error_handler(ApiError, self._api_error)
         app.register_error_handler(HTTPException, self._http_error)
 
@@ -186,8 +204,9 @@ class PipedriveEmulator:
             burst = check_burst_limit(spec["burst_limit"]) if "burst_limit" in spec else None
             budget = check_budget(spec["daily_token_budget"]) if "daily_token_budget" in spec else None
             tokens = spec.get("api_tokens")
-            if tokens is not None and not (isinstance(tokens, list) and all(isinstance(t, str) and t
-                                                                              for t in tokens)):
+            if tokens is not None and not (
+                isinstance(tokens, list) and all(isinstance(t, str) and t for t in tokens)
+            ):
                 raise ValueError("api_tokens must be a list of non-empty strings")
             lag = spec.get("search_lag_seconds")
             if lag is not None and (isinstance(lag, bool) or not isinstance(lag, (int, float)) or lag < 0):
@@ -217,11 +236,5 @@ class PipedriveEmulator:
 def run(host: str, port: int) -> None:
     """Serve in the foreground (werkzeug threaded server) until Ctrl-C."""
     emulator = PipedriveEmulator()
-    server = make_server(host, port, emulator.app, threaded=True)
-    log.info("Pipedrive emulator on http://%s:%s (api token %s)", host, server.server_port, SANDBOX_TOKEN)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    log.info("Pipedrive emulator on http://%s:%s (api token %s)", host, port, SANDBOX_TOKEN)
+    serve_foreground(emulator.app, host, port)

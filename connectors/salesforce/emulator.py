@@ -20,17 +20,15 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from flask import Flask, Response, redirect, request
-from werkzeug.serving import make_server
+from flask import Response, redirect, request
 
-from connectors.emulator.base import EmulatorApp
+from connectors.emulator.base import EmulatorApp, Hosted, serve_foreground
 from connectors.salesforce.emulator_auth import OAuthServer
 from connectors.salesforce.emulator_composite import run_composite
 from connectors.salesforce.emulator_query import run_soql
@@ -50,18 +48,33 @@ SANDBOX: dict[str, str] = {
     "redirect_uri": "http://127.0.0.1/oauth/salesforce/callback",
 }
 DEFAULT_EXTERNAL_ID_FIELDS: Mapping[str, Any] = MappingProxyType(
-    {"Lead": "Phone_E164__c", "Contact": "Phone_E164__c"})
+    {"Lead": "Phone_E164__c", "Contact": "Phone_E164__c"}
+)
 _VERSION = re.compile(r"^v(\d+\.\d+)$")
-_CONFIG_KEYS = {"external_id_fields", "expire_sessions", "always_invalid_session", "revoke", "daily_limit",
-                "api_usage", "search_index_delay_ms", "jwt_public_key", "client_id", "client_secret",
-                "username"}
+_CONFIG_KEYS = {
+    "external_id_fields",
+    "expire_sessions",
+    "always_invalid_session",
+    "revoke",
+    "daily_limit",
+    "api_usage",
+    "search_index_delay_ms",
+    "jwt_public_key",
+    "client_id",
+    "client_secret",
+    "username",
+}
 
 
 def _json(status: int, body: Any, headers: Mapping[str, str] | None = None) -> Response:
     if status == 204 or body is None:
         return Response(status=status, headers=dict(headers or {}))
-    return Response(json.dumps(body), status=status, headers=dict(headers or {}),
-                    content_type="application/json;charset=UTF-8")
+    return Response(
+        json.dumps(body),
+        status=status,
+        headers=dict(headers or {}),
+        content_type="application/json;charset=UTF-8",
+    )
 
 
 def _season(version: str) -> str:
@@ -69,30 +82,30 @@ def _season(version: str) -> str:
     return f"{('Winter', 'Spring', 'Summer')[steps % 3]} '{24 + steps // 3:02d}"
 
 
-class SalesforceEmulator:
+class SalesforceEmulator(Hosted):
     """Salesforce on 127.0.0.1: serve ``.app`` (e.g. with ``serve_in_thread``)."""
 
-    def __init__(self, external_id_fields: Mapping[str, Any] | None = DEFAULT_EXTERNAL_ID_FIELDS,
-                 daily_limit: int = DEFAULT_DAILY_LIMIT, sandbox: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        external_id_fields: Mapping[str, Any] | None = DEFAULT_EXTERNAL_ID_FIELDS,
+        daily_limit: int = DEFAULT_DAILY_LIMIT,
+        sandbox: Mapping[str, str] | None = None,
+    ) -> None:
         self.sandbox = {**SANDBOX, **(sandbox or {})}
         self._initial_external_ids = dict(external_id_fields or {})
         self._initial_daily_limit = daily_limit
         self.store = Store(self._initial_external_ids)
-        self.oauth = OAuthServer(self.sandbox["client_id"], self.sandbox["client_secret"],
-                                 self.sandbox["username"], self.sandbox["domain"])
+        self.oauth = OAuthServer(
+            self.sandbox["client_id"],
+            self.sandbox["client_secret"],
+            self.sandbox["username"],
+            self.sandbox["domain"],
+        )
         self.daily_limit = daily_limit
         self.api_usage = 0
         self.search_index_delay = 0.0
         self.emulator = EmulatorApp("salesforce", state=self._state, reset=self._reset)
         self._install()
-
-    @property
-    def app(self) -> Flask:
-        return self.emulator.app
-
-    @property
-    def lock(self) -> threading.RLock:
-        return self.emulator.lock
 
     def issue_token(self) -> str:
         """A valid session id, as if minted by the business's own OAuth flow (not counted as a grant)."""
@@ -101,17 +114,25 @@ class SalesforceEmulator:
 
     # -- shared-surface callbacks (called under the lock) --------------------------------------
     def _state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {name: [dict(r) for r in recs.values()]
-                                 for name, recs in self.store.records.items()}
+        state: dict[str, Any] = {
+            name: [dict(r) for r in recs.values()] for name, recs in self.store.records.items()
+        }
         state.update(tokens_issued=self.oauth.grants, api_usage=self.api_usage, daily_limit=self.daily_limit)
         return state
 
     def _config(self) -> dict[str, Any]:
-        return {"external_id_fields": self.store.external_id_config(), "daily_limit": self.daily_limit,
-                "api_usage": self.api_usage, "always_invalid_session": self.oauth.always_invalid,
-                "revoke": self.oauth.revoked, "search_index_delay_ms": int(self.search_index_delay * 1000),
-                "jwt_public_key": self.oauth.public_key, "sessions": len(self.oauth.sessions),
-                "client_id": self.oauth.client_id, "username": self.oauth.username}
+        return {
+            "external_id_fields": self.store.external_id_config(),
+            "daily_limit": self.daily_limit,
+            "api_usage": self.api_usage,
+            "always_invalid_session": self.oauth.always_invalid,
+            "revoke": self.oauth.revoked,
+            "search_index_delay_ms": int(self.search_index_delay * 1000),
+            "jwt_public_key": self.oauth.public_key,
+            "sessions": len(self.oauth.sessions),
+            "client_id": self.oauth.client_id,
+            "username": self.oauth.username,
+        }
 
     def _reset(self) -> None:
         """Records, counters and config go back to the constructor's; issued sessions stay valid."""
@@ -133,8 +154,11 @@ class SalesforceEmulator:
         app.add_url_rule("/services/oauth2/revoke", view_func=self._revoke, methods=["GET", "POST"])
         app.add_url_rule("/services/data", view_func=self._versions, methods=["GET"])
         app.add_url_rule("/services/data/", view_func=self._versions, methods=["GET"])
-        app.add_url_rule("/services/data/<path:rest>", view_func=self._api,
-                         methods=["GET", "POST", "PATCH", "PUT", "DELETE"])
+        app.add_url_rule(
+            "/services/data/<path:rest>",
+            view_func=self._api,
+            methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
+        )
         app.add_url_rule("/_emulator/config", view_func=self._config_route, methods=["GET", "POST"])
         app.add_url_rule("/_emulator/token", view_func=self._mint_route, methods=["POST"])
         app.register_error_handler(404, lambda _exc: _json(404, not_found().body))
@@ -157,14 +181,20 @@ class SalesforceEmulator:
             known = self.oauth.revoke(token)
         if known:
             return _json(200, None)
-        return _json(400, {"error": "unsupported_token_type",
-                           "error_description": "this token type is not supported"})
+        return _json(
+            400, {"error": "unsupported_token_type", "error_description": "this token type is not supported"}
+        )
 
     @staticmethod
     def _versions() -> Response:
         top = int(float(LATEST_VERSION))
-        return _json(200, [{"label": _season(f"{n}.0"), "url": f"/services/data/v{n}.0", "version": f"{n}.0"}
-                           for n in range(20, top + 1)])
+        return _json(
+            200,
+            [
+                {"label": _season(f"{n}.0"), "url": f"/services/data/v{n}.0", "version": f"{n}.0"}
+                for n in range(20, top + 1)
+            ],
+        )
 
     def _limit_header(self) -> dict[str, str]:
         return {"Sforce-Limit-Info": f"api-usage={self.api_usage}/{self.daily_limit}"}
@@ -178,12 +208,18 @@ class SalesforceEmulator:
         data = request.get_data()
         with self.lock:
             if not self.oauth.valid(request.headers.get("Authorization")):
-                return _json(401, [error("INVALID_SESSION_ID", "Session expired or invalid")],
-                             {"WWW-Authenticate": "Token"})
+                return _json(
+                    401,
+                    [error("INVALID_SESSION_ID", "Session expired or invalid")],
+                    {"WWW-Authenticate": "Token"},
+                )
             if self.api_usage >= self.daily_limit:
                 # The daily allocation refills over a rolling 24 h, so there is no Retry-After to give.
-                return _json(403, [error("REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")],
-                             self._limit_header())
+                return _json(
+                    403,
+                    [error("REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")],
+                    self._limit_header(),
+                )
             self.api_usage += 1
             try:
                 body: Any = MISSING
@@ -192,15 +228,17 @@ class SalesforceEmulator:
                         body = json.loads(data)
                     except ValueError as exc:
                         raise bad_request("JSON_PARSER_ERROR", f"Unexpected character: {exc}", None) from None
-                status, payload, headers = self._dispatch(request.method, segments, request.args.to_dict(),
-                                                          body, top=True)
+                status, payload, headers = self._dispatch(
+                    request.method, segments, request.args.to_dict(), body, top=True
+                )
             except SfError as exc:
                 status, payload, headers = exc.status, exc.body, {}
             return _json(status, payload, {**headers, **self._limit_header()})
 
     # -- REST resources (under the lock) ---------------------------------------------------------
-    def _dispatch(self, method: str, segments: list[str], query: dict[str, str], body: Any, top: bool
-                  ) -> Result:
+    def _dispatch(
+        self, method: str, segments: list[str], query: dict[str, str], body: Any, top: bool
+    ) -> Result:
         version_match = _VERSION.match(segments[0]) if segments else None
         if version_match is None:
             raise not_found()
@@ -208,8 +246,14 @@ class SalesforceEmulator:
         if not rest:
             allow(method, "GET")
             base = f"/services/data/v{version}"
-            return 200, {name: f"{base}/{name}" for name in (
-                "sobjects", "query", "queryAll", "search", "composite", "limits")}, {}
+            return (
+                200,
+                {
+                    name: f"{base}/{name}"
+                    for name in ("sobjects", "query", "queryAll", "search", "composite", "limits")
+                },
+                {},
+            )
         head = rest[0]
         if head == "sobjects":
             return sobjects(self.store, method, version, rest[1:], query, body)
@@ -234,11 +278,18 @@ class SalesforceEmulator:
         def pair(cap: int, used: int = 0) -> dict[str, int]:
             return {"Max": cap, "Remaining": max(cap - used, 0)}
 
-        return {"ConcurrentAsyncGetReportInstances": pair(200), "DailyApiRequests": pair(
-            self.daily_limit, self.api_usage), "DailyAsyncApexExecutions": pair(250000),
-            "DailyBulkApiBatches": pair(15000), "DailyBulkV2QueryJobs": pair(10000),
-            "DataStorageMB": pair(5), "FileStorageMB": pair(20), "HourlyPublishedPlatformEvents": pair(50000),
-            "MassEmail": pair(10), "SingleEmail": pair(15)}
+        return {
+            "ConcurrentAsyncGetReportInstances": pair(200),
+            "DailyApiRequests": pair(self.daily_limit, self.api_usage),
+            "DailyAsyncApexExecutions": pair(250000),
+            "DailyBulkApiBatches": pair(15000),
+            "DailyBulkV2QueryJobs": pair(10000),
+            "DataStorageMB": pair(5),
+            "FileStorageMB": pair(20),
+            "HourlyPublishedPlatformEvents": pair(50000),
+            "MassEmail": pair(10),
+            "SingleEmail": pair(15),
+        }
 
     # -- emulator surface ------------------------------------------------------------------------
     def _mint_route(self) -> Response:
@@ -307,12 +358,5 @@ class SalesforceEmulator:
 def run(host: str, port: int) -> None:
     """Serve in the foreground (werkzeug threaded server) until Ctrl-C."""
     emulator = SalesforceEmulator()
-    server = make_server(host, port, emulator.app, threaded=True)
-    log.info("Salesforce emulator on http://%s:%s (client_id %s)", host, server.server_port,
-             SANDBOX["client_id"])
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    log.info("Salesforce emulator on http://%s:%s (client_id %s)", host, port, SANDBOX["client_id"])
+    serve_foreground(emulator.app, host, port)

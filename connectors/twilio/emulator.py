@@ -29,10 +29,9 @@ from urllib.parse import urlencode
 
 import phonenumbers
 import requests
-from flask import Flask, Response, jsonify, request
-from werkzeug.serving import make_server
+from flask import Response, jsonify, request
 
-from connectors.emulator.base import EmulatorApp
+from connectors.emulator.base import EmulatorApp, Hosted, serve_foreground
 from connectors.twilio.emulator_calls import (
     API_VERSION,
     CallDriver,
@@ -49,26 +48,43 @@ log = logging.getLogger(__name__)
 _API = f"/{API_VERSION}/Accounts/<account>"
 _E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 # Twilio's magic test numbers (https://www.twilio.com/docs/iam/test-credentials).
-_MAGIC_TO = {"+15005550001": 21211, "+15005550002": 21612, "+15005550003": 21408,
-             "+15005550009": 21614, "+15005550004": 21610}
+_MAGIC_TO = {
+    "+15005550001": 21211,
+    "+15005550002": 21612,
+    "+15005550003": 21408,
+    "+15005550009": 21614,
+    "+15005550004": 21610,
+}
 _MAGIC_FROM = {"+15005550001": 21212, "+15005550007": 21606, "+15005550008": 21611}
 _UNDELIVERED_CODES = {30006}  # other fail_codes end "failed" unless the number sets fail_status
-_LINE_TYPES = {"mobile", "landline", "fixedVoip", "nonFixedVoip", "personal", "tollFree", "premium",
-               "sharedCost", "uan", "voicemail", "pager", "unknown"}
+_LINE_TYPES = {
+    "mobile",
+    "landline",
+    "fixedVoip",
+    "nonFixedVoip",
+    "personal",
+    "tollFree",
+    "premium",
+    "sharedCost",
+    "uan",
+    "voicemail",
+    "pager",
+    "unknown",
+}
 
 
 def _error_text(code: int, to: str = "", from_: str = "") -> str:
     return {
         21211: f"The 'To' number {to} is not a valid phone number.",
         21212: f"The 'From' number {from_} is not a valid phone number, shortcode, or alphanumeric "
-               "sender ID.",
+        "sender ID.",
         21408: "Permission to send an SMS has not been enabled for the region indicated by the 'To' "
-               f"number: {to}",
+        f"number: {to}",
         21602: "Message body is required.",
         21603: "A 'From' phone number is required.",
         21604: "A 'To' phone number is required.",
         21606: "The 'From' phone number provided is not a valid message-capable Twilio phone number "
-               "for this destination/account.",
+        "for this destination/account.",
         21610: "Attempt to send to unsubscribed recipient",
         21611: "This 'From' number has exceeded the maximum number of queued messages.",
         21612: "The 'To' phone number is not currently reachable via SMS.",
@@ -83,8 +99,12 @@ def _error_text(code: int, to: str = "", from_: str = "") -> str:
 
 
 def twilio_error(code: int, message: str, status: int = 400) -> tuple[Response, int]:
-    body = {"code": code, "message": message, "more_info": f"https://www.twilio.com/docs/errors/{code}",
-            "status": status}
+    body = {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
     return jsonify(body), status
 
 
@@ -147,17 +167,26 @@ class Message:
         }
 
     def summary(self) -> dict[str, Any]:
-        return {"sid": self.sid, "to": self.to, "from": self.from_, "body": self.body, "status": self.status,
-                "date_created": self.created.isoformat(), "error_code": self.error_code,
-                "direction": self.direction, "status_callback": self.status_callback,
-                "statuses": list(self.statuses)}
+        return {
+            "sid": self.sid,
+            "to": self.to,
+            "from": self.from_,
+            "body": self.body,
+            "status": self.status,
+            "date_created": self.created.isoformat(),
+            "error_code": self.error_code,
+            "direction": self.direction,
+            "status_callback": self.status_callback,
+            "statuses": list(self.statuses),
+        }
 
 
-class TwilioEmulator:
+class TwilioEmulator(Hosted):
     """Twilio on 127.0.0.1: serve ``.app`` (e.g. with ``serve_in_thread``)."""
 
-    def __init__(self, account_sid: str, auth_token: str, bridge_url: str | None = None,
-                 status_delay_ms: int = 30) -> None:
+    def __init__(
+        self, account_sid: str, auth_token: str, bridge_url: str | None = None, status_delay_ms: int = 30
+    ) -> None:
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.bridge_url = bridge_url
@@ -170,14 +199,6 @@ class TwilioEmulator:
         self.emulator = EmulatorApp("twilio", state=self._state, reset=self._reset)
         self._install()
 
-    @property
-    def app(self) -> Flask:
-        return self.emulator.app
-
-    @property
-    def lock(self) -> threading.RLock:
-        return self.emulator.lock
-
     # -- shared-surface callbacks (called under the lock) --------------------------------------
     def _state(self) -> dict[str, Any]:
         return {
@@ -188,8 +209,11 @@ class TwilioEmulator:
         }
 
     def _config(self) -> dict[str, Any]:
-        return {"bridge_url": self.bridge_url, "status_delay_ms": self.status_delay_ms,
-                "numbers": {k: dict(v) for k, v in self.numbers.items()}}
+        return {
+            "bridge_url": self.bridge_url,
+            "status_delay_ms": self.status_delay_ms,
+            "numbers": {k: dict(v) for k, v in self.numbers.items()},
+        }
 
     def _reset(self) -> None:
         self.messages.clear()
@@ -217,8 +241,11 @@ class TwilioEmulator:
         auth = request.authorization
         with self.lock:
             sid, token = self.account_sid, self.auth_token
-        if (auth is not None and hmac.compare_digest(str(auth.username or ""), sid)
-                and hmac.compare_digest(str(auth.password or ""), token)):
+        if (
+            auth is not None
+            and hmac.compare_digest(str(auth.username or ""), sid)
+            and hmac.compare_digest(str(auth.password or ""), token)
+        ):
             account = (request.view_args or {}).get("account")
             if account is not None and account != sid:
                 return self._not_found()
@@ -258,15 +285,29 @@ class TwilioEmulator:
                 code = int(number["reject_code"])
                 return twilio_error(code, _error_text(code, to=to, from_=from_ or ""))
             now = datetime.now(UTC)
-            message = Message(sid=new_sid("SM"), account_sid=self.account_sid, to=to, from_=from_, body=body,
-                              status="queued", direction="outbound-api", created=now, updated=now,
-                              messaging_service_sid=service, statuses=["queued"],
-                              status_callback=form.get("StatusCallback") or None)
+            message = Message(
+                sid=new_sid("SM"),
+                account_sid=self.account_sid,
+                to=to,
+                from_=from_,
+                body=body,
+                status="queued",
+                direction="outbound-api",
+                created=now,
+                updated=now,
+                messaging_service_sid=service,
+                statuses=["queued"],
+                status_callback=form.get("StatusCallback") or None,
+            )
             self.messages.append(message)
             payload = message.to_json()
             generation = self._generation
-        threading.Thread(target=self._progress, args=(message, number, generation), daemon=True,
-                         name=f"twilio-emulator-{message.sid}").start()
+        threading.Thread(
+            target=self._progress,
+            args=(message, number, generation),
+            daemon=True,
+            name=f"twilio-emulator-{message.sid}",
+        ).start()
         return jsonify(payload), 201
 
     def _progress(self, message: Message, number: dict[str, Any], generation: int) -> None:
@@ -338,7 +379,7 @@ class TwilioEmulator:
             pool = [*self.messages, *self.inbound]
             picked = [m for m in pool if _matches(m, dict(filters), checks)]
             picked.sort(key=lambda m: m.created, reverse=True)
-            rows = [m.to_json() for m in picked[page * size:(page + 1) * size]]
+            rows = [m.to_json() for m in picked[page * size : (page + 1) * size]]
         base = f"/{API_VERSION}/Accounts/{account}/Messages.json"
 
         def page_uri(n: int) -> str:
@@ -346,17 +387,19 @@ class TwilioEmulator:
 
         more = len(picked) > (page + 1) * size
         start = page * size
-        return jsonify({
-            "messages": rows,
-            "page": page,
-            "page_size": size,
-            "start": start,
-            "end": start + max(len(rows) - 1, 0),
-            "uri": page_uri(page),
-            "first_page_uri": page_uri(0),
-            "next_page_uri": page_uri(page + 1) if more else None,
-            "previous_page_uri": page_uri(page - 1) if page > 0 else None,
-        }), 200
+        return jsonify(
+            {
+                "messages": rows,
+                "page": page,
+                "page_size": size,
+                "start": start,
+                "end": start + max(len(rows) - 1, 0),
+                "uri": page_uri(page),
+                "first_page_uri": page_uri(0),
+                "next_page_uri": page_uri(page + 1) if more else None,
+                "previous_page_uri": page_uri(page - 1) if page > 0 else None,
+            }
+        ), 200
 
     # -- Lookup v2 --------------------------------------------------------------------------------
     def _lookup(self, number: str) -> tuple[Response, int]:
@@ -372,16 +415,20 @@ class TwilioEmulator:
         e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164) if parsed else number
         country = None
         if parsed is not None:
-            country = (phonenumbers.region_code_for_number(parsed)
-                       or phonenumbers.region_code_for_country_code(parsed.country_code or 0))
+            country = phonenumbers.region_code_for_number(
+                parsed
+            ) or phonenumbers.region_code_for_country_code(parsed.country_code or 0)
         with self.lock:
             config = dict(self.numbers.get(e164, {}))
         body: dict[str, Any] = {
             "calling_country_code": str(parsed.country_code) if parsed else None,
             "country_code": country,
             "phone_number": e164,
-            "national_format": (phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
-                                if parsed else None),
+            "national_format": (
+                phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
+                if parsed
+                else None
+            ),
             "valid": valid,
             "validation_errors": errors,
             "caller_name": None,
@@ -437,17 +484,27 @@ class TwilioEmulator:
             if not bridge:
                 return jsonify({"error": "no bridge_url configured (POST /_emulator/config)"}), 400
             now = datetime.now(UTC)
-            message = Message(sid=sms.message_sid or new_sid("SM"), account_sid=account, to=sms.to,
-                              from_=sms.from_, body=sms.body, status="received", direction="inbound",
-                              created=now, updated=now, statuses=["received"])
+            message = Message(
+                sid=sms.message_sid or new_sid("SM"),
+                account_sid=account,
+                to=sms.to,
+                from_=sms.from_,
+                body=sms.body,
+                status="received",
+                direction="inbound",
+                created=now,
+                updated=now,
+                statuses=["received"],
+            )
             self.inbound.append(message)
         url = f"{bridge.rstrip('/')}/twilio/sms"
         try:
             response = signed_post(url, sms.params(account, message.sid), token)
         except requests.RequestException as exc:
             return jsonify({"message_sid": message.sid, "error": f"POST {url} failed: {exc}"}), 502
-        return jsonify({"message_sid": message.sid, "status": response.status_code,
-                        "response": response.text}), 200
+        return jsonify(
+            {"message_sid": message.sid, "status": response.status_code, "response": response.text}
+        ), 200
 
     def _call(self) -> tuple[Response, int]:
         spec = parse_call(request.get_json(silent=True))
@@ -457,13 +514,23 @@ class TwilioEmulator:
             bridge, token, account = self.bridge_url, self.auth_token, self.account_sid
         if not bridge:
             return jsonify({"error": "no bridge_url configured (POST /_emulator/config)"}), 400
-        driver = CallDriver(spec, account_sid=account, auth_token=token, bridge_url=bridge,
-                            emulator_url=request.host_url)
+        driver = CallDriver(
+            spec, account_sid=account, auth_token=token, bridge_url=bridge, emulator_url=request.host_url
+        )
         report = driver.run()  # never under the lock: the bridge may call the REST API meanwhile
         with self.lock:
-            self.calls.append({"sid": driver.sid, "from": spec.from_, "to": spec.to, "outcome": spec.outcome,
-                               "status": report["status"], "duration": report["duration"],
-                               "started_at": report["started_at"], "error": report.get("error")})
+            self.calls.append(
+                {
+                    "sid": driver.sid,
+                    "from": spec.from_,
+                    "to": spec.to,
+                    "outcome": spec.outcome,
+                    "status": report["status"],
+                    "duration": report["duration"],
+                    "started_at": report["started_at"],
+                    "error": report.get("error"),
+                }
+            )
         return jsonify(report), 200
 
 
@@ -528,11 +595,5 @@ def _check_config(spec: Any) -> str | None:
 def run(host: str, port: int, account_sid: str, auth_token: str, bridge_url: str | None) -> None:
     """Serve in the foreground (werkzeug threaded server) until Ctrl-C."""
     emulator = TwilioEmulator(account_sid, auth_token, bridge_url=bridge_url)
-    server = make_server(host, port, emulator.app, threaded=True)
-    log.info("Twilio emulator on http://%s:%s (bridge %s)", host, server.server_port, bridge_url or "-")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    log.info("Twilio emulator on http://%s:%s (bridge %s)", host, port, bridge_url or "-")
+    serve_foreground(emulator.app, host, port)

@@ -7,9 +7,8 @@ import time
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.serving import make_server
 
-from connectors.emulator import EmulatorApp
+from connectors.emulator import EmulatorApp, serve_foreground
 from connectors.webhook import signing
 
 SANDBOX_SECRET = "sandbox-webhook-secret-0123456789"  # noqa: S105 - the emulator's, public by design
@@ -65,10 +64,4 @@ class WebhookReceiver:
 
 
 def run(host: str, port: int, secret: str = SANDBOX_SECRET) -> None:
-    server = make_server(host, port, WebhookReceiver(secret).app, threaded=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve_foreground(WebhookReceiver(secret).app, host, port)
