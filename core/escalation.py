@@ -100,6 +100,17 @@ def escalate(
     now = now or utcnow()
     esc = business.escalation
     text = compose(session, business, lead, reason, said, intent)
+
+    def record(note: Notification) -> None:
+        note.business_id, note.lead_id, note.reason, note.backup, note.created_at = (
+            business.id,
+            lead.id,
+            reason,
+            backup,
+            now,
+        )
+        session.add(note)
+
     sms_targets = esc.backup_sms if backup else esc.sms
     email_targets = esc.backup_email if backup else esc.email
     queued = 0
@@ -115,17 +126,7 @@ def escalate(
             to_number=target,
         )
         if message is not None:
-            session.add(
-                Notification(
-                    business_id=business.id,
-                    lead_id=lead.id,
-                    channel="sms",
-                    target=target,
-                    reason=reason,
-                    backup=backup,
-                    created_at=now,
-                )
-            )
+            record(Notification(channel="sms", target=target))
             queued += 1
     for target in email_targets:
         if outbox.enqueue(
@@ -141,17 +142,7 @@ def escalate(
                 "body": text,
             },
         ):
-            session.add(
-                Notification(
-                    business_id=business.id,
-                    lead_id=lead.id,
-                    channel="email",
-                    target=target,
-                    reason=reason,
-                    backup=backup,
-                    created_at=now,
-                )
-            )
+            record(Notification(channel="email", target=target))
             queued += 1
     if esc.webhook_url and not backup:
         if outbox.enqueue(
@@ -163,17 +154,7 @@ def escalate(
             lead_id=lead.id,
             payload={"url": esc.webhook_url, "text": text, "reason": reason, "lead_id": lead.id},
         ):
-            session.add(
-                Notification(
-                    business_id=business.id,
-                    lead_id=lead.id,
-                    channel="webhook",
-                    target="chat",
-                    reason=reason,
-                    backup=backup,
-                    created_at=now,
-                )
-            )
+            record(Notification(channel="webhook", target="chat"))
             queued += 1
     if queued:
         leads.add_entry(session, lead.id, "escalation", at=now, reason=reason, backup=backup, notified=queued)
