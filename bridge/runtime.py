@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bridge import metrics
@@ -21,15 +24,18 @@ from connectors.twilio.sms import TwilioGateway
 from core import connector_state
 from core.config import Config
 from core.conversation import ConversationJob, FollowUpJob
+from core.crm import Capability, Remote
 from core.db import make_engine, require_migrated, session_factory
 from core.errors import ConfigError, RateLimited
 from core.escalation import SlaJob
-from core.models import ConnectorInstall
+from core.models import ConnectorInstall, ConnectorState, utcnow
 from core.outbox import Outbox
 from core.secrets import SecretBox
 from core.sending import SmsJob
 from core.sync import SyncJob
 from core.worker import Handler, Worker
+
+log = logging.getLogger("textback.runtime")
 
 
 def worker_id() -> str:
@@ -61,6 +67,7 @@ class Connectors:
         self.config = config
         self.factory = factory
         self._cache: dict[tuple[str, str], _Cached] = {}
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="crm-lookup")
         self._lock = threading.Lock()
         self._box: SecretBox | None = None
 
@@ -88,6 +95,13 @@ class Connectors:
         factory = self.factory
 
         def throttle(cost: int = 1, *scopes: str) -> None:
+            # A vendor's 429 pauses the connector for every worker at once, jobs in progress too.
+            with factory() as session:
+                state = session.get(ConnectorState, (business_id, connector_id))
+            if state and state.paused_until and (state.pause_reason or "").startswith("rate limited"):
+                left = (state.paused_until - utcnow()).total_seconds()
+                if left > 0:
+                    raise RateLimited(f"{connector_id} is paused after a rate limit", retry_after=left)
             for i, (name, limit) in enumerate(limits):
                 if name in scoped and name not in scopes:
                     continue  # an endpoint's own budget (HubSpot search): only the calls that name it
@@ -106,6 +120,45 @@ class Connectors:
             throttle=throttle,
         )
         return loaded.cls(config, context)
+
+    def find_contact(self, business_id: str, phone: str, budget: float) -> tuple[str, Remote] | None:
+        """The caller as a CRM contact, asked of every installed CRM that can look people up.
+
+        Gives up after ``budget`` seconds (the first text must not wait for a slow CRM); a lookup
+        still running then finishes in the background and is ignored.
+        """
+        with self.factory() as session:
+            installed = [
+                i.connector_id
+                for i in session.scalars(
+                    select(ConnectorInstall).where(
+                        ConnectorInstall.business_id == business_id, ConnectorInstall.enabled.is_(True)
+                    )
+                )
+            ]
+        candidates = [
+            c for c in installed if Capability.FIND_CONTACT in registry.load(c).manifest.capabilities
+        ]
+        if not candidates:
+            return None
+
+        def look() -> tuple[str, Remote] | None:
+            for connector_id in candidates:
+                try:
+                    found = self.resolve(business_id, connector_id).find_contact(phone)  # type: ignore[attr-defined]
+                except Exception as exc:  # a CRM problem must never hold up or fail the text
+                    log.info(
+                        "caller lookup failed", extra={"connector": connector_id, "error": type(exc).__name__}
+                    )
+                    continue
+                if found is not None:
+                    return connector_id, found
+            return None
+
+        try:
+            return self._pool.submit(look).result(timeout=budget)
+        except FutureTimeout:
+            return None
 
     def resolve(self, business_id: str, connector_id: str) -> Connector:
         with self.factory() as session:
@@ -130,7 +183,7 @@ def build_worker(config: Config, engine: Engine | None = None) -> Worker:
     outbox = Outbox(factory, worker_id(), w.lease_seconds, w.backoff_initial, w.backoff_max, w.max_attempts)
     connectors = Connectors(config, factory)
     handlers: dict[str, Handler] = {
-        "sms.send": SmsJob(config, factory, twilio_gateway(config)),
+        "sms.send": SmsJob(config, factory, twilio_gateway(config), find_contact=connectors.find_contact),
         "crm.sync": SyncJob(config, factory, connectors.resolve, on_rate_limited=metrics.crm_rate_limited),
         "convo.reply": ConversationJob(config, factory, connectors.resolve),
         "convo.follow_up": FollowUpJob(config, factory),

@@ -369,7 +369,10 @@ def recording() -> Response:
 def transcription() -> Response:
     call_sid = sid_field("CallSid")
     recording_sid = sid_field("RecordingSid", required=False)
-    key = field("TranscriptionSid", required=False, max_len=64) or recording_sid or call_sid
+    field("TranscriptionSid", required=False, max_len=64)
+    # Keyed on the (required) CallSid: one voicemail, one transcription per call. An optional field
+    # could go missing from a replay that still verifies (Twilio's signature has no separators).
+    key = call_sid
     text = field("TranscriptionText", required=False, max_len=8000)
     status = field("TranscriptionStatus", required=False, max_len=20)
     with transaction(state().factory) as session:

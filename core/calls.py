@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -88,6 +88,12 @@ def conclude(
             Decision(call.decision_outcome, call.decision_reason or ""), call.lead_id, None, False
         )
     caller = to_e164(call.from_number)
+    if caller and session.get_bind().dialect.name == "postgresql":
+        # Calls from one caller are decided one at a time, so the cooldown sees the text another
+        # call just queued (SQLite's BEGIN IMMEDIATE already serialises every transaction).
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"{business.id}:{caller}"}
+        )
     lead = leads.find(session, business.id, caller) if caller else None
     line = session.get(LineType, caller) if caller else None
     facts = CallFacts(

@@ -51,6 +51,7 @@ class Policy:
     lookup_line_type: bool = False
     voicemail: bool = True
     follow_up_after_hours: float = 0.0  # 0: no follow-up when the caller never answers
+    crm_lookup_budget_ms: int = 800  # the first text never waits longer for the CRM; 0: no lookup
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class TwilioSettings:
 class WorkerSettings:
     poll_interval: float = 0.2
     lease_seconds: float = 60.0
-    max_attempts: int = 8
+    max_attempts: int = 16  # a cap: a job keeps its own smaller budget (sms.send: 8; crm.sync: 16)
     batch_size: int = 10
     threads: int = 2
     backoff_initial: float = 2.0
@@ -377,6 +378,7 @@ def _build_business(raw: dict[str, Any], source: str, at: str, warnings: list[st
         lookup_line_type=bool(policy_raw.get("lookup_line_type", False)),
         voicemail=bool(policy_raw.get("voicemail", True)),
         follow_up_after_hours=float(policy_raw.get("follow_up_after_hours", 0)),
+        crm_lookup_budget_ms=int(policy_raw.get("crm_lookup_budget_ms", 800)),
     )
     for key in ("numbers", "staff_phones"):
         for i, number in enumerate(raw.get(key, [])):

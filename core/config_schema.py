@@ -39,6 +39,7 @@ POLICY: dict[str, Any] = {
         "blocklist": {"type": "array", "items": {"type": "string"}},
         "lookup_line_type": {"type": "boolean"},
         "follow_up_after_hours": {"type": "number", "minimum": 0, "maximum": 168},
+        "crm_lookup_budget_ms": {"type": "integer", "minimum": 0, "maximum": 5000},
         "voicemail": {"type": "boolean"},
     },
 }

@@ -46,6 +46,7 @@ class Remote:
     url: str | None = None
     kind: str = ""
     created: bool | None = None  # True/False when the vendor says whether the upsert created it
+    name: str | None = None  # the person's name as the vendor has it (find_contact)
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,10 @@ def add_entry(session: Session, lead_id: str, type_: str, at: datetime | None = 
     session.add(TimelineEntry(lead_id=lead_id, type=type_, at=at or utcnow(), data=data))
 
 
+def entries(session: Session, lead_id: str) -> list[TimelineEntry]:
+    return list(session.scalars(select(TimelineEntry).where(TimelineEntry.lead_id == lead_id)))
+
+
 def set_status(lead: Lead, status: str, only_from: tuple[str, ...] | None = None) -> None:
     if only_from is None or lead.status in only_from:
         lead.status = status

@@ -42,6 +42,7 @@ class Job:
     claim_token: str
     lead_id: str | None
     business_id: str | None
+    priority: int = DEFAULT_PRIORITY
 
 
 class Deferred(Exception):
@@ -151,6 +152,7 @@ class Outbox:
                 OutboxJob.max_attempts,
                 OutboxJob.lead_id,
                 OutboxJob.business_id,
+                OutboxJob.priority,
             )
             .execution_options(synchronize_session=False)
         )
@@ -167,10 +169,12 @@ class Outbox:
                 token,
                 r.lead_id,
                 r.business_id,
+                r.priority,
             )
             for r in rows
         ]
-        return sorted(jobs, key=lambda j: j.id)
+        # Run them in priority order too: a caller's text goes before the CRM work claimed with it.
+        return sorted(jobs, key=lambda j: (j.priority, j.id))
 
     def _guarded(self, job: Job) -> Any:
         return and_(

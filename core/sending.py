@@ -8,6 +8,7 @@ whether the message exists, and adopts it if it does.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import leads, outbox, sync, texting
 from core.config import Config
+from core.crm import Remote
 from core.db import transaction
 from core.errors import AuthError, Rejected, TransientError
 from core.hours import next_send_time
@@ -52,13 +54,24 @@ class SmsGateway(Protocol):
     def line_type(self, phone: str) -> str | None: ...
 
 
+# (business id, phone, budget in seconds) -> (connector id, the contact) or None
+ContactLookup = Callable[[str, str, float], "tuple[str, Remote] | None"]
+
+
 class SmsJob:
     """Handler for ``sms.send`` jobs, bound to a config, a session factory and a gateway."""
 
-    def __init__(self, config: Config, factory: sessionmaker[Session], gateway: SmsGateway) -> None:
+    def __init__(
+        self,
+        config: Config,
+        factory: sessionmaker[Session],
+        gateway: SmsGateway,
+        find_contact: ContactLookup | None = None,
+    ) -> None:
         self.config = config
         self.factory = factory
         self.gateway = gateway
+        self.find_contact = find_contact
 
     def status_callback(self, message_id: str) -> str | None:
         if not self.config.public_url:
@@ -113,6 +126,12 @@ class SmsJob:
                 if self._cached_line_type(session, message.to_number) == "landline":
                     self._cancel(session, message, lead, "landline")
                     return {"canceled": "landline"}
+        if started is None and message.kind == "first_text" and self.find_contact is not None:
+            self._personalise(message_id)
+            with self.factory() as session:
+                refreshed = session.get(Message, message_id)
+                assert refreshed is not None
+                message = refreshed
         if started is not None:
             found = self.gateway.find_sent(
                 to=message.to_number, from_=message.from_number, body=message.body, since=started - LOOKBACK
@@ -149,6 +168,36 @@ class SmsJob:
             extra={"message_id": message_id, "lead_id": job.lead_id, "to": mask(message.to_number)},
         )
         return {"sid": sent.sid}
+
+    def _personalise(self, message_id: str) -> None:
+        """Caller lookup before the first text, within a strict budget so the text is never late.
+
+        A caller the CRM already knows gets the existing-customer template and their first name.
+        """
+        with self.factory() as session:
+            message = session.get(Message, message_id)
+            assert message is not None
+            business = self.config.business(message.business_id)
+            lead = session.get(Lead, message.lead_id)
+            done = lead is None or any(e.type == "crm_match" for e in leads.entries(session, lead.id))
+        budget = business.policy.crm_lookup_budget_ms / 1000 if business else 0
+        if business is None or lead is None or done or budget <= 0 or self.find_contact is None:
+            return
+        match = self.find_contact(business.id, message.to_number, budget)
+        with transaction(self.factory) as session:
+            message = session.get(Message, message_id)
+            lead = session.get(Lead, message.lead_id) if message else None
+            assert message is not None and lead is not None
+            if match is None:
+                leads.add_entry(session, lead.id, "crm_match", found=False)
+                return
+            connector_id, remote = match
+            if remote.name and not lead.name:
+                lead.name = remote.name
+            leads.add_entry(
+                session, lead.id, "crm_match", found=True, connector=connector_id, remote_id=remote.id
+            )
+            message.body = texting.first_text_body(business, lead, utcnow(), existing_customer=True)
 
     def _blocked_reason(self, session: Session, message: Message) -> str | None:
         reasons = leads.suppressions(session, message.business_id, message.to_number)

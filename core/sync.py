@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import connector_state, outbox
@@ -140,6 +140,16 @@ class SyncJob:
                 continue
             try:
                 pushed += self._prepare_group(business_id, connector_id, group)
+            except RateLimited as exc:
+                # A 429 binds every call: pause the connector now, or each job would retry at once.
+                until = utcnow() + timedelta(seconds=max(float(exc.retry_after or 1.0), 0.5))
+                with transaction(self.factory) as session:
+                    connector_state.pause(session, business_id, connector_id, until, f"rate limited: {exc}")
+                    connector_state.record_error(
+                        session, business_id, connector_id, str(exc), 1, rate_limited=exc.code is not None
+                    )
+                if self.on_rate_limited and exc.code is not None:
+                    self.on_rate_limited(connector_id)
             except Exception as exc:  # the jobs themselves will report it properly
                 log.info(
                     "batch contact push skipped",
@@ -168,7 +178,27 @@ class SyncJob:
             _Run(self.factory, connector, connector_id, lead, SyncSettings.from_dict(install.sync), group[0])
             for lead in leads_json.values()
         ]
-        remotes = connector.upsert_contacts([(run.contact_data(), run.known("contact")) for run in runs])
+        items = [(run.contact_data(), run.known("contact")) for run in runs]
+        # As in _Run.contact: an intent first, so a retry never takes the contact this call creates
+        # for an existing customer's, even when its job is deferred (a 429 on its next call) or dies.
+        fresh = [run for run in runs if run._ledger("contact") is None]
+        for run in fresh:
+            run._save("contact", None, intent=True)
+        try:
+            remotes = connector.upsert_contacts(items)
+        except (RateLimited, AuthError):
+            _forget_intents(self.factory, connector_id, fresh)  # refused: nothing was created
+            raise
+        crash_point("after_vendor_call")  # test hook: inert unless $TEXTBACK_CRASH_AT is set
+        for run, remote in zip(runs, remotes, strict=True):
+            if remote.created:
+                run._save("contact", remote)
+        # A contact the CRM already had: no intent left behind, so the job judges "existing customer".
+        _forget_intents(
+            self.factory,
+            connector_id,
+            [r for r, m in zip(runs, remotes, strict=True) if r in fresh and not m.created],
+        )
         with self._fresh_lock:
             for run, remote in zip(runs, remotes, strict=True):
                 # Saved to the ledger by the job itself, which also judges "existing customer".
@@ -262,6 +292,21 @@ class SyncJob:
         return result
 
 
+def _forget_intents(factory: sessionmaker[Session], connector_id: str, runs: list[_Run]) -> None:
+    """Drop the bare contact intents (no remote id) that ``runs`` wrote."""
+    if not runs:
+        return
+    with transaction(factory) as session:
+        session.execute(
+            delete(SyncLedger).where(
+                SyncLedger.lead_id.in_([run.lead["id"] for run in runs]),
+                SyncLedger.connector_id == connector_id,
+                SyncLedger.key == "contact",
+                SyncLedger.remote_id.is_(None),
+            )
+        )
+
+
 class _Run:
     """One event pushed to one connector."""
 
@@ -352,6 +397,10 @@ class _Run:
                 self._save("contact", fresh)
             return fresh
         data = self.contact_data()
+        signature = _signature(data)
+        pushed = self.known("contact_sig")
+        if existing is not None and pushed is not None and pushed.id == signature:
+            return existing  # nothing about the person changed since the last push: no API call
         if existing is None and self._ledger("contact") is None:
             # Remember that we are about to create it: if this attempt dies after the vendor made
             # the contact, the retry must not mistake our own contact for an existing customer's.
@@ -360,6 +409,7 @@ class _Run:
         crash_point("after_vendor_call")  # test hook: inert unless $TEXTBACK_CRASH_AT is set
         if existing is None or existing.id != remote.id or existing.url != remote.url:
             self._save("contact", remote)
+        self._save("contact_sig", Remote(signature))
         return remote
 
     def deal(self, contact: Remote | None, stage_key: str = "new") -> Remote | None:
@@ -527,3 +577,10 @@ def _parse_at(value: str | None) -> datetime:
     if not value:
         return utcnow()
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _signature(data: ContactData) -> str:
+    """What was last pushed about a person, so an unchanged contact is not pushed again."""
+    import hashlib
+
+    return hashlib.sha256(repr(data).encode()).hexdigest()[:32]

@@ -409,19 +409,19 @@ def test_missed_calls_land_once_linked_and_replays_change_nothing(
     assert by_type(after) == by_type(before)
     assert after["associations"] == before["associations"]
 
-    # A new lead, now that the properties exist: contact + call + task are 3 calls (+1 for the deal),
-    # and the "texted" event adds the contact upsert and the note.
+    # A new lead, now that the properties exist. Before the first text, one GET looks the caller up
+    # (the 800 ms budget). The missed-call job then takes contact + call + task = 3 calls (+1 for the
+    # deal); the "texted" event adds only the note: the contact has not changed, so it is not pushed.
     seen = len(hub.requests())
     stack.call("+13125550143", "no-answer")
     stack.drain()
     made = [f"{r['method']} {r['path']}" for r in hub.requests()[seen:]]
     upsert = f"POST {paths.contacts_batch_upsert()}"
     objects = "POST /crm/v3/objects/"
-    # The missed-call job (the lead's jobs run in order): contact + deal + call + task. Its contact,
-    # call and task take 3 calls; nothing checks the properties again.
-    assert made[:4] == [upsert, objects + "deals", objects + "calls", objects + "tasks"]
-    assert len([m for m in made[:4] if not m.endswith("/deals")]) <= 3
-    assert made[4:] == [upsert, objects + "notes"]  # the "texted" event: the outgoing text as a note
+    assert made[0].startswith("GET /crm/v3/objects/contacts/+13125550143")
+    assert made[1:5] == [upsert, objects + "deals", objects + "calls", objects + "tasks"]
+    assert len([m for m in made[1:5] if not m.endswith("/deals")]) <= 3
+    assert made[5:] == [objects + "notes"]  # the "texted" event: the outgoing text as a note
 
     # A caller HubSpot already knows (by textback's phone property) is a customer: no new deal.
     known = "+13125550144"
@@ -449,7 +449,8 @@ def test_missed_calls_land_once_linked_and_replays_change_nothing(
 
 def test_a_hubspot_outage_loses_nothing(stack: Stack, hub: Hub, secret_key: str) -> None:
     install(stack, sandbox.settings(hub.url))
-    hub.fault(path="/crm", status=503, body={"status": "error", "message": "unavailable"}, count=3)
+    # Down for a while: the caller lookup before the text and the first sync attempts all fail.
+    hub.fault(path="/crm", status=503, body={"status": "error", "message": "unavailable"}, count=8)
     caller = "+13125550145"
     stack.call(caller, "busy")
     stack.drain(timeout=1)
@@ -483,7 +484,9 @@ def test_a_429_pauses_the_connector_for_every_worker(stack: Stack, hub: Hub, sec
     row = connector_state(stack)
     assert row is not None and row.paused_until is not None and row.rate_limited == 1
     paused_until = row.paused_until.replace(tzinfo=row.paused_until.tzinfo or UTC)
-    [limited] = hub.requests()[seen:]
+    # The caller lookup before the text is a GET; the one write so far is the refused upsert.
+    [limited] = [r for r in hub.requests()[seen:] if r["method"] != "GET"]
+    seen += len(hub.requests()[seen:]) - 1
     assert 1.9 <= paused_until.timestamp() - limited["at"] <= 3  # Retry-After: 2, for the connector
     # A second worker (another process, as far as the outbox knows) respects the same pause.
     other = build_worker(stack.config, stack.engine)
@@ -560,3 +563,58 @@ def test_queued_leads_share_one_batch_upsert(stack: Stack, hub: Hub, secret_key:
     for caller in callers:
         assert len([c for c in state["contacts"] if c["properties"].get(PHONE_PROP) == caller]) == 1
     assert len(state["calls"]) == len(callers) and len(state["tasks"]) == len(callers)
+
+
+def test_a_known_caller_gets_the_existing_customer_text_by_first_name(
+    stack: Stack, hub: Hub, secret_key: str
+) -> None:
+    install(stack, sandbox.settings(hub.url))
+    caller = "+13125550231"
+    hub.api(
+        "POST",
+        "/crm/v3/objects/contacts/batch/upsert",
+        {
+            "inputs": [
+                {
+                    "idProperty": PHONE_PROP,
+                    "id": caller,
+                    "properties": {"firstname": "Dana", "lastname": "Reyes"},
+                }
+            ]
+        },
+    )
+    stack.call(caller, "no-answer")
+    stack.drain()
+    [text] = [m["body"] for m in stack.sent(caller)]
+    assert text.startswith("Hi Dana, it's Bright Spark Electric. Sorry we missed you!")  # existing-customer
+    assert len(hub.state()["deals"]) == 0  # existing customers get no new deal
+    lead = stack.lead(caller)
+    assert lead is not None and lead["name"] == "Dana Reyes"
+
+
+def test_a_slow_crm_never_delays_the_first_text(stack: Stack, hub: Hub, secret_key: str) -> None:
+    install(stack, sandbox.settings(hub.url))
+    caller = "+13125550232"
+    hub.fault(
+        path="/crm/v3/objects/contacts/" + caller, method="GET", status=200, body={}, delay_ms=3000, count=1
+    )
+    hub.fault(
+        path="/crm/objects/2026-03/contacts/" + caller,
+        method="GET",
+        status=200,
+        body={},
+        delay_ms=3000,
+        count=1,
+    )
+    stack.call(caller, "no-answer")
+    stack.worker.run_once()
+    [text] = [m["body"] for m in stack.sent(caller)]
+    assert text.startswith("Hi there, it's Bright Spark Electric")  # sent without the CRM's answer
+    # The emulators' own clocks: the text left while HubSpot was still sitting on the lookup.
+    [lookup] = [r for r in hub.requests("/crm") if r["method"] == "GET" and caller in r["path"]]
+    twilio_log = requests.get(f"{stack.twilio_url}/_emulator/requests", timeout=5).json()["requests"]
+    [send] = [r for r in twilio_log if r["method"] == "POST" and r["path"].endswith("/Messages.json")]
+    assert send["at"] < lookup["at"] + 3.0
+    lead = stack.lead(caller)
+    assert lead is not None
+    assert any(e["type"] == "crm_match" and e["found"] is False for e in lead["timeline"])

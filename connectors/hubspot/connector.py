@@ -557,7 +557,11 @@ class HubSpotConnector(Connector):
         )
         if answer.status == 404:
             return None
-        return self._contact_remote(self._data(answer), None)
+        data = self._data(answer)
+        props = data.get("properties") or {}
+        name = " ".join(p for p in (props.get("firstname"), props.get("lastname")) if p) or None
+        remote = self._contact_remote(data, None)
+        return Remote(remote.id, remote.url, remote.kind, None, name)
 
     def upsert_contact(self, contact: ContactData, existing: Remote | None) -> Remote:
         if not contact.phone.startswith("+"):

@@ -213,8 +213,11 @@ class PipedriveConnector(Connector):
 
     def find_contact(self, phone: str) -> Remote | None:
         e164 = mappers.e164(phone)
-        found = self._lookup(e164)
-        return self._person_remote(found[0], None) if found else None
+        item = self._search(e164)
+        if item is None:
+            return None
+        remote = self._person_remote(int(item["id"]), None)
+        return Remote(remote.id, remote.url, remote.kind, None, str(item.get("name") or "") or None)
 
     def _complete(self, pid: int, person: Mapping[str, Any] | None, contact: ContactData, phone: str) -> bool:
         """Fill what the person lacks (never overwrite). False when the person no longer exists."""
