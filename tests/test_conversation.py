@@ -66,8 +66,6 @@ def chat() -> Iterator[tuple[list[dict[str, Any]], str]]:
     server.stop()
 
 
-
-
 def make_stack(
     tmp_path: Path,
     db_url: str,
@@ -410,3 +408,50 @@ def test_one_follow_up_when_the_caller_never_answers(
         assert not any("just checking in" in b for b in texts_to(stack, talker))
     finally:
         stack.close()
+
+
+@pytest.mark.parametrize("word", ["START", "unstop", "Yes"])
+def test_resubscribe_after_an_opt_out(convo: Stack, word: str) -> None:
+    start(convo)
+    assert "unsubscribed" in say(convo, "STOP")[0]
+    back = say(convo, word)
+    assert len(back) == 1 and "resubscribed" in back[0]
+    lead = convo.lead(CALLER)
+    assert lead is not None and lead["opted_out"] is False
+    convo.call(CALLER, "no-answer", to=BUSINESS_NUMBER)  # within the cooldown: still no second first-text
+    convo.drain()
+    assert say(convo, "what are your hours?") != []  # answers flow again
+
+
+def test_yes_is_only_an_answer_when_not_opted_out(convo: Stack) -> None:
+    start(convo)
+    replies = say(convo, "yes")
+    assert not any("resubscribed" in r for r in replies)
+
+
+@pytest.mark.parametrize("word", ["HELP", "info"])
+def test_help_and_info_name_the_business_and_how_to_reach_it(convo: Stack, word: str) -> None:
+    start(convo)
+    [answer] = say(convo, word)
+    assert "Bright Spark Electric" in answer and BUSINESS_NUMBER in answer and "STOP" in answer
+
+
+def test_twilio_advanced_opt_out_is_recorded_without_a_second_confirmation(convo: Stack) -> None:
+    start(convo)
+    before = len(convo.sent(CALLER))
+    convo.inbound_sms(CALLER, "STOP", opt_out_type="STOP")  # Twilio already confirmed it
+    convo.drain()
+    assert len(convo.sent(CALLER)) == before
+    lead = convo.lead(CALLER)
+    assert lead is not None and lead["opted_out"] is True
+    assert any(e["type"] == "opt_out" and e["source"] == "twilio" for e in lead["timeline"])
+
+
+def test_an_unclear_answer_to_the_question_goes_to_a_person(convo: Stack) -> None:
+    start(convo)
+    say(convo, "hello")  # the qualifying question
+    handoff = say(convo, "hmm not sure")
+    assert len(handoff) == 1 and "Someone from Bright Spark Electric will text you back" in handoff[0]
+    assert any("Needs a person" in t for t in texts_to(convo, STAFF_PHONE))
+    lead = convo.lead(CALLER)
+    assert lead is not None and lead["status"] == "handed_off"
