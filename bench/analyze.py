@@ -238,6 +238,11 @@ def keeps_up(entry: dict[str, Any]) -> bool:
     """Every call answered and texted, and the last quarter no slower than the first (plus slack)."""
     t = entry.get("trend") or {}
     web, sms = entry["webhooks"], entry["sms"]
+    if entry.get("sms_drain_s") == 0.0 and sms["missing"] == entry["calls"]:  # the bridge alone
+        first, last = t.get("web_p50_first_ms"), t.get("web_p50_last_ms")
+        return bool(
+            not web["calls_failed"] and first is not None and last is not None and last <= 1.5 * first + 50
+        )
     if web["calls_failed"] or sms["missing"] or not entry.get("sms_drained", True):
         return False
     values = [

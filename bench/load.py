@@ -27,14 +27,16 @@ from urllib.parse import urlencode, urlsplit
 
 from twilio.request_validator import RequestValidator
 
-# Chicago-area codes with the 555 exchange: 10 x 10,000 distinct, possible (not assigned) numbers.
+# Chicago-area codes with the 555 exchange, lines 1000-9999 (the businesses' own numbers and staff
+# phones are 555-0xxx, so a caller is never one of them): 90,000 distinct possible numbers.
 AREA_CODES = ("312", "773", "872", "630", "708", "847", "224", "331", "779", "815")
-MAX_CALLERS = len(AREA_CODES) * 10_000
+LINES = 9_000
+MAX_CALLERS = len(AREA_CODES) * LINES
 
 
 def caller_number(k: int) -> str:
     k %= MAX_CALLERS
-    return f"+1{AREA_CODES[k // 10_000]}555{k % 10_000:04d}"
+    return f"+1{AREA_CODES[k // LINES]}555{1000 + k % LINES:04d}"
 
 
 @dataclass

@@ -30,6 +30,7 @@ from typing import Any
 from bench import analyze
 from bench.load import Result, Signer, make_calls, run_phase
 from bench.stack import (
+    ROOT,
     NaiveStack,
     StackInfo,
     TextbackStack,
@@ -47,10 +48,24 @@ GOALS = {
     "hubspot_calls_per_lead": 3,
     "bridge_worker_rss_mb": 120.0,
 }
-WARMUP_CALLS = 8  # 48 HubSpot calls: well inside one 10-second window of its 100-call budget
-WARMUP_RATE = 4.0
+# A short burst, so every gunicorn thread opens its database connection before anything is measured;
+# 8 calls are 48 HubSpot calls, well inside one 10-second window of the connector's 100-call budget.
+WARMUP_CALLS = 8
+WARMUP_RATE = 40.0
 CRM_WINDOW_S = 10  # the HubSpot manifest's burst window (textback's limiter uses fixed windows)
 Phase = tuple[str, list[Result], dict[str, Any]]
+
+
+def product_version() -> dict[str, Any]:
+    """The commit the product code was at, and the files changed outside bench/ and docs/ (read-only git)."""
+
+    def git(*argv: str) -> str:
+        result = subprocess.run(["git", *argv], capture_output=True, text=True, check=False, cwd=str(ROOT))
+        return result.stdout.rstrip("\n")
+
+    changed = [line[3:] for line in git("status", "--porcelain").splitlines()
+               if not line[3:].startswith(("bench/", "docs/"))]  # fmt: skip
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "uncommitted": changed}
 
 
 def machine() -> dict[str, Any]:
@@ -102,6 +117,8 @@ class Driver:
 
 def wait_drained(stack: TextbackStack, kinds: tuple[str, ...], timeout: float) -> tuple[bool, float]:
     """Wait until no job of ``kinds`` is pending or running; (drained, seconds waited)."""
+    if stack.outbox_workers == 0:
+        return False, 0.0  # bridge only: nothing runs the outbox
     started = time.monotonic()
     while True:
         counts = stack.job_counts()
@@ -143,6 +160,7 @@ def run_textback_cell(args: argparse.Namespace, db: str, workers: int) -> dict[s
         "workdir": str(workdir),
     }
     cell["quiet_before"] = wait_quiet(args.wait_quiet)
+    cell["product_at_start"] = product_version()
     t0 = time.monotonic()
     stack = TextbackStack(
         workdir, db, workers, args.outbox_workers, args.crm, args.crm_latency_ms, mode=args.mode,
@@ -159,8 +177,16 @@ def run_textback_cell(args: argparse.Namespace, db: str, workers: int) -> dict[s
         every = ("sms.send", "crm.sync")
         warmup, _ = driver.phase(WARMUP_RATE, WARMUP_CALLS / WARMUP_RATE)
         wait_drained(stack, every, 30)
-        # Start the CRM phase in a fresh rate window, so the warm-up's calls do not count against it.
-        time.sleep(CRM_WINDOW_S - time.time() % CRM_WINDOW_S + 0.05)
+        if args.idle_seconds > 0:
+            # No traffic at all: what the processes cost while waiting (outbox polling, gunicorn).
+            before = cpu_sample(stack.procs.roles())
+            time.sleep(args.idle_seconds)
+            idle = cpu_share(before, cpu_sample(stack.procs.roles()))
+            cell["idle_cpu"] = {**idle, "seconds": args.idle_seconds}
+            print("idle CPU (% of the machine):", idle)
+        if args.crm and args.crm_duration > 0:
+            # Start the CRM phase in a fresh rate window, so the warm-up's calls do not count against it.
+            time.sleep(CRM_WINDOW_S - time.time() % CRM_WINDOW_S + 0.05)
         if args.crm_duration > 0:
             results, meta = driver.phase(args.crm_rate, args.crm_duration)
             meta["drained"], meta["drain_s"] = wait_drained(stack, every, args.drain_timeout)
@@ -185,6 +211,7 @@ def run_textback_cell(args: argparse.Namespace, db: str, workers: int) -> dict[s
         stack.stop()
         done_with(workdir, args, ok)
     cell["wall_s"] = round(time.monotonic() - t0, 1)
+    cell["product_at_end"] = product_version()
     sms_at = analyze.sms_requests(twilio_log)
     phones = {r.caller for _, results, _ in phases for r in results} | {r.caller for r in warmup}
     complete = {c: analyze.complete_leads(lead_jobs, c) for c in args.crm}
@@ -292,9 +319,19 @@ def run_naive_cell(args: argparse.Namespace, workers: int) -> dict[str, Any]:
 # -- verdicts and the printed report --------------------------------------------------------------
 
 
+def bridge_only(entry: dict[str, Any]) -> bool:
+    return (
+        "sms_drained" in entry
+        and entry.get("sms_drain_s") == 0.0
+        and entry["sms"]["missing"] == entry["calls"]
+    )
+
+
 def step_ok(entry: dict[str, Any]) -> bool:
     """A step is sustained when the texting path meets its goals and no text piles up."""
     web, sms = entry["webhooks"], entry["sms"]
+    if bridge_only(entry):  # --outbox-workers 0: only the webhook answers count
+        return bool(web["calls_failed"] == 0 and (web["p99_ms"] or 1e9) <= GOALS["webhook_p99_ms"])
     pending_sms = entry.get("backlog_at_end", {}).get("sms.send", 0)
     return bool(
         web["calls_failed"] == 0
@@ -436,7 +473,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--db", choices=["sqlite", "postgres"], default="sqlite")
     add("--workers", type=int, default=2, help="bridge (gunicorn) workers")
     add("--threads", type=int, default=4, help="threads per gunicorn worker (serve's default)")
-    add("--outbox-workers", type=int, default=2, help="`textback worker` processes")
+    add("--outbox-workers", type=int, default=2, help="`textback worker` processes (0: the bridge alone)")
     add("--batch-size", type=int, default=10, help="worker.batch_size (product default)")
     add("--poll-interval", type=float, default=0.2, help="worker.poll_interval (product default)")
     add("--rate", type=float, default=200.0, help="the webhook goal's rate, calls/s")
@@ -457,6 +494,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--drain-timeout", type=float, default=20.0, help="max wait for a text backlog to drain")
     add("--naive-ramp", default="10,25", help="extra naive step rates below ours, to find where it holds")
     add("--no-naive", action="store_true", help="skip the naive baseline")
+    add("--idle-seconds", type=float, default=0.0, help="measure CPU with no traffic for this long first")
     add(
         "--matrix",
         action="store_true",
@@ -488,8 +526,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     total = sum(args.naive_steps) * args.duration + args.crm_rate * args.crm_duration
     if any(s <= 0 for s in args.naive_steps) or args.duration <= 0 or args.crm_rate <= 0 or total > 200_000:
         p.error("rates and durations must be positive, and a cell may send at most 200,000 calls")
-    if not 1 <= args.workers <= 16 or not 1 <= args.outbox_workers <= 32 or not 1 <= args.businesses <= 50:
-        p.error("--workers must be 1..16, --outbox-workers 1..32 and --businesses 1..50")
+    if not 1 <= args.workers <= 16 or not 0 <= args.outbox_workers <= 32 or not 1 <= args.businesses <= 50:
+        p.error("--workers must be 1..16, --outbox-workers 0..32 and --businesses 1..50")
+    if args.outbox_workers == 0:
+        args.crm, args.crm_duration = [], 0.0  # bridge only: webhook answers, nothing else
     return args
 
 
@@ -497,6 +537,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     report: dict[str, Any] = {
         "machine": machine(),
+        "product": product_version(),
         "command": "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv),
         "goals": GOALS,
         "cells": [],

@@ -635,8 +635,10 @@ def cpu_share(before: CpuSample, after: CpuSample, calls: int = 0) -> dict[str, 
     busy = (after.busy - before.busy) / capacity * 100
     roles = {r: after.roles.get(r, 0) - before.roles.get(r, 0) for r in after.roles}
     ours = sum(roles.values()) / capacity * 100
-    pg = (after.postgres - before.postgres) / capacity * 100
+    # Backends that exit between the samples take their ticks with them: clip at zero (approximate).
+    pg = max(0, after.postgres - before.postgres) / capacity * 100
     out: dict[str, Any] = {
+        "roles_pct": {r: round(t / capacity * 100, 2) for r, t in roles.items()},
         "machine_busy_pct": round(busy, 1),
         "benchmark_pct": round(ours, 1),
         "postgres_pct": round(pg, 1),
@@ -644,7 +646,9 @@ def cpu_share(before: CpuSample, after: CpuSample, calls: int = 0) -> dict[str, 
     }
     if calls:
         per_call = {r: round(t * 1000 / CLK_TCK / calls, 2) for r, t in roles.items()}
-        per_call["postgres (all)"] = round((after.postgres - before.postgres) * 1000 / CLK_TCK / calls, 2)
+        per_call["postgres (all)"] = round(
+            max(0, after.postgres - before.postgres) * 1000 / CLK_TCK / calls, 2
+        )
         out["cpu_ms_per_call"] = per_call
     return out
 

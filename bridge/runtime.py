@@ -9,6 +9,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -25,7 +26,7 @@ from core import connector_state
 from core.config import Config
 from core.conversation import ConversationJob, FollowUpJob
 from core.crm import Capability, Remote
-from core.db import make_engine, require_migrated, session_factory
+from core.db import make_engine, require_migrated, session_factory, transaction
 from core.errors import ConfigError, RateLimited
 from core.escalation import SlaJob
 from core.models import ConnectorInstall, ConnectorState, utcnow
@@ -70,6 +71,7 @@ class Connectors:
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="crm-lookup")
         self._lock = threading.Lock()
         self._box: SecretBox | None = None
+        self._finders: dict[str, bool] = {}
 
     @property
     def box(self) -> SecretBox:
@@ -136,9 +138,7 @@ class Connectors:
                     )
                 )
             ]
-        candidates = [
-            c for c in installed if Capability.FIND_CONTACT in registry.load(c).manifest.capabilities
-        ]
+        candidates = [c for c in installed if self._finds_contacts(c)]
         if not candidates:
             return None
 
@@ -146,6 +146,14 @@ class Connectors:
             for connector_id in candidates:
                 try:
                     found = self.resolve(business_id, connector_id).find_contact(phone)  # type: ignore[attr-defined]
+                except RateLimited as exc:
+                    if exc.code is not None:  # the vendor's 429 pauses the connector for every worker
+                        until = utcnow() + timedelta(seconds=max(float(exc.retry_after or 1.0), 0.5))
+                        with transaction(self.factory) as session:
+                            connector_state.pause(
+                                session, business_id, connector_id, until, f"rate limited: {exc}"
+                            )
+                    continue
                 except Exception as exc:  # a CRM problem must never hold up or fail the text
                     log.info(
                         "caller lookup failed", extra={"connector": connector_id, "error": type(exc).__name__}
@@ -159,6 +167,13 @@ class Connectors:
             return self._pool.submit(look).result(timeout=budget)
         except FutureTimeout:
             return None
+
+    def _finds_contacts(self, connector_id: str) -> bool:
+        # registry.load reads the package metadata (~10 ms): once per process, not once per text.
+        if connector_id not in self._finders:
+            capabilities = registry.load(connector_id).manifest.capabilities
+            self._finders[connector_id] = Capability.FIND_CONTACT in capabilities
+        return self._finders[connector_id]
 
     def resolve(self, business_id: str, connector_id: str) -> Connector:
         with self.factory() as session:

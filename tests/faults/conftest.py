@@ -6,6 +6,7 @@ Every test here takes ``db_url`` (tests/conftest.py), so it runs on SQLite and o
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,14 @@ def fault_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultSes
     root = Path(os.environ.get("TEXTBACK_FAULTS_DIR") or tmp_path_factory.mktemp("faults"))
     session = FaultSession.create(root)
     session.capture_in_process_logs()
+    # Workers, emulators and the bridge share this process's GIL in many tests: a short switch
+    # interval keeps a thread waiting on the database from queueing 5 ms behind a busy one.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
     try:
         yield session
     finally:
+        sys.setswitchinterval(interval)
         session.close()
 
 

@@ -24,8 +24,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -194,6 +195,44 @@ class Zygote:
                 self.proc.wait(timeout=5)
 
 
+class SharedClock:
+    """time-machine in this process, followed by worker processes started with ``env()``.
+
+    Simulated time is real time plus an offset; every shift is written to a file the zygote's
+    children watch (tests/faults/zygote.py follow_clock), so all of them see the same minutes.
+    """
+
+    def __init__(self, path: Path, start: datetime) -> None:
+        import time_machine
+
+        self.path = path
+        self.offset = (start - datetime.now(UTC)).total_seconds()
+        self._write()
+        self.coordinates = time_machine.travel(start, tick=True)
+        self._started = self.coordinates.start()
+
+    def _write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(repr(self.offset), encoding="utf-8")
+        tmp.replace(self.path)
+
+    def env(self) -> dict[str, str]:
+        return {"FAULTS_CLOCK": str(self.path)}
+
+    def shift(self, delta: float | timedelta) -> None:
+        seconds = delta.total_seconds() if isinstance(delta, timedelta) else float(delta)
+        self._started.shift(seconds)
+        self.offset += seconds
+        self._write()
+        time.sleep(0.05)  # the other processes follow within ~10 ms
+
+    def move_to(self, moment: datetime) -> None:
+        self.shift((moment - datetime.now(UTC)).total_seconds())
+
+    def stop(self) -> None:
+        self.coordinates.stop()
+
+
 def gunicorn_workers(arbiter_pid: int) -> list[int]:
     """The pids of a ``textback serve`` process's gunicorn workers (its children)."""
     pids: list[int] = []
@@ -326,6 +365,7 @@ class World:
         self.name = name
         self.db_kind = "sqlite" if db_url.startswith("sqlite") else "postgresql"
         self.crms: dict[str, Crm] = {}
+        self.process_logs: dict[int, Path] = {}
         self.servers: list[ServerThread] = []
         self.closed = False
         self.twilio = TwilioEmulator(ACCOUNT_SID, AUTH_TOKEN, status_delay_ms=status_delay_ms)
@@ -424,11 +464,21 @@ class World:
         if check:
             result = Connectors(self.config, self.factory).build(business, name).check()
             assert result.ok, (name, result)
-        self.session.registry.add(
-            "secret",
-            *(str(v) for k, v in merged.items() if isinstance(v, str) and _secretish(k)),
-        )
+        from connectors import registry
+
+        secret_keys = registry.load(name).manifest.secret_keys  # what the connector declares secret
+        self.session.registry.add("secret", *(str(v) for k, v in merged.items() if k in secret_keys and v))
+        if "service_account_json" in merged:  # and the parts of it a leak would show
+            info = json.loads(merged["service_account_json"])
+            self.session.registry.add("secret", info["private_key"].split("\n")[1], info["private_key_id"])
         return crm
+
+    def reinstall(self, name: str, settings: dict[str, Any]) -> None:
+        """What ``textback connectors install`` does with new settings (a reconnect)."""
+        from bridge.installer import install
+
+        install(self.config, self.factory, name, self.config.businesses[0].id, settings, f"faults:{name}")
+        self.crms[name].settings = settings
 
     # -- signing and posting --------------------------------------------------------------------------
     def signed_url(self, path: str) -> str:
@@ -438,9 +488,7 @@ class World:
     def sign(url: str, params: Any, token: str = AUTH_TOKEN) -> str:
         return str(RequestValidator(token).compute_signature(url, params))
 
-    def post(
-        self, path: str, params: dict[str, str] | list[tuple[str, str]], token: str = AUTH_TOKEN
-    ) -> Any:
+    def post(self, path: str, params: dict[str, str] | list[tuple[str, str]], token: str = AUTH_TOKEN) -> Any:
         """A signed webhook through the Flask test client (no HTTP)."""
         multi = MultiDict(params)
         signature = self.sign(self.signed_url(path), multi, token)
@@ -462,7 +510,9 @@ class World:
             **kw,
         )
 
-    def voice_params(self, caller: str, to: str = BUSINESS_NUMBER, call_sid: str | None = None) -> dict[str, str]:
+    def voice_params(
+        self, caller: str, to: str = BUSINESS_NUMBER, call_sid: str | None = None
+    ) -> dict[str, str]:
         self.session.registry.add("number", caller)
         return {
             "CallSid": call_sid or sid("CA"),
@@ -476,7 +526,9 @@ class World:
             "ApiVersion": "2010-04-01",
         }
 
-    def sms_params(self, caller: str, body: str, to: str = BUSINESS_NUMBER, message_sid: str | None = None) -> dict[str, str]:
+    def sms_params(
+        self, caller: str, body: str, to: str = BUSINESS_NUMBER, message_sid: str | None = None
+    ) -> dict[str, str]:
         self.session.registry.add("number", caller)
         if len(body) >= 16:
             self.session.registry.add("body", body)
@@ -511,7 +563,6 @@ class World:
 
     def drain(self, worker: Worker | None = None, timeout: float = 30.0, horizon: float = 0.0) -> None:
         """Run a worker until no job is due within ``horizon`` seconds (waiting out short backoffs)."""
-        from datetime import timedelta
 
         worker = worker or self.worker()
         deadline = time.monotonic() + timeout
@@ -553,12 +604,30 @@ class World:
                 or 0
             )
 
+    def wait_done(self, timeout: float = 60.0, horizon: float = 5.0) -> dict[str, int]:
+        """Wait (for workers running elsewhere) until no job is running or due within ``horizon`` s.
+
+        Jobs scheduled further out (an SLA reminder, a quiet-hours text) are left alone; a dead job
+        fails the wait at once.
+        """
+
+        def check() -> bool:
+            summary = self.job_summary()
+            dead = {k: n for k, n in summary.items() if k.endswith(":dead")}
+            assert not dead, f"dead jobs: {summary}"
+            return not any(k.endswith(":running") for k in summary) and not self.due(horizon)
+
+        wait_for("every job to be done", check, timeout=timeout, every=0.1, diagnose=self.job_summary)
+        return self.job_summary()
+
     # -- observing --------------------------------------------------------------------------------------
     def sent(self, to: str | None = None) -> list[dict[str, Any]]:
         with self.twilio.lock:
             return [m.summary() for m in self.twilio.messages if to is None or m.to == to]
 
-    def twilio_requests(self, method: str | None = None, prefix: str = "/2010-04-01/") -> list[dict[str, Any]]:
+    def twilio_requests(
+        self, method: str | None = None, prefix: str = "/2010-04-01/"
+    ) -> list[dict[str, Any]]:
         with self.twilio.emulator.lock:
             got = list(self.twilio.emulator.requests)
         return [r for r in got if r["path"].startswith(prefix) and (method is None or r["method"] == method)]
@@ -573,9 +642,18 @@ class World:
     def job_summary(self) -> dict[str, int]:
         with self.factory() as s:
             rows = s.execute(
-                select(OutboxJob.kind, OutboxJob.status, func.count()).group_by(OutboxJob.kind, OutboxJob.status)
+                select(OutboxJob.kind, OutboxJob.status, func.count()).group_by(
+                    OutboxJob.kind, OutboxJob.status
+                )
             ).all()
         return {f"{k}:{st}": int(n) for k, st, n in rows}
+
+    def lead_timeline(self, phone: str) -> list[dict[str, Any]]:
+        from core import leads
+
+        with self.factory() as s:
+            row = leads.find(s, self.config.businesses[0].id, phone)
+            return list(leads.to_json(s, row)["timeline"]) if row else []
 
     def messages(self, to: str | None = None) -> list[Message]:
         query = select(Message).order_by(Message.created_at)
@@ -623,7 +701,9 @@ class World:
                 self._record_crm_secrets()
             with contextlib.suppress(Exception):
                 name = dump_name or f"{self.name}-{secrets.token_hex(4)}"
-                (self.session.dumps / f"{self.db_kind}-{name}.txt").write_text(self.raw_dump(), encoding="utf-8")
+                (self.session.dumps / f"{self.db_kind}-{name}.txt").write_text(
+                    self.raw_dump(), encoding="utf-8"
+                )
         finally:
             from tests.stack import stop_servers
 
@@ -655,10 +735,6 @@ def _record_answers(app: Any, answers: list[tuple[float, float, str, str, int]])
         return response
 
 
-def _secretish(key: str) -> bool:
-    return any(s in key.lower() for s in ("token", "secret", "password", "key", "service_account"))
-
-
 def run_threads(target: Callable[[int], Any], n: int, timeout: float = 60) -> list[Any]:
     """Run ``target(i)`` in ``n`` threads started together; returns their results (re-raises)."""
     barrier = threading.Barrier(n)
@@ -669,7 +745,7 @@ def run_threads(target: Callable[[int], Any], n: int, timeout: float = 60) -> li
         try:
             barrier.wait(timeout=timeout)
             results[i] = target(i)
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
@@ -683,7 +759,7 @@ def run_threads(target: Callable[[int], Any], n: int, timeout: float = 60) -> li
 
 
 @contextlib.contextmanager
-def worker_threads(world: World, n: int, stop_when: Callable[[], bool] | None = None) -> Iterator[list[Worker]]:
+def worker_threads(world: World, n: int) -> Iterator[list[Worker]]:
     """``n`` in-process workers (each its own Worker, like separate processes) running until exit."""
     stop = threading.Event()
     workers = [world.worker() for _ in range(n)]
@@ -703,8 +779,19 @@ def worker_threads(world: World, n: int, stop_when: Callable[[], bool] | None = 
 def serve(zygote: Zygote, world: World, name: str, port: int, workers: int = 2, threads: int = 4) -> int:
     """``textback serve`` (gunicorn) for ``world``, forked by the zygote; returns the arbiter's pid."""
     log = world.session.logs / f"{world.db_kind}-{name}-{port}.log"
-    argv = ["serve", "--config", str(world.config_path), "--host", "127.0.0.1", "--port", str(port),
-            "--workers", str(workers), "--threads", str(threads)]
+    argv = [
+        "serve",
+        "--config",
+        str(world.config_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+    ]
     pid = zygote.spawn(name, argv, log)
     url = f"http://127.0.0.1:{port}"
 
@@ -732,15 +819,16 @@ def stop_process(pid: int, timeout: float = 15) -> None:
 
 def spawn_worker(zygote: Zygote, world: World, name: str, env: dict[str, str] | None = None) -> int:
     log = world.session.logs / f"{world.db_kind}-{name}-{secrets.token_hex(3)}.log"
-    return zygote.spawn(name, ["worker", "--config", str(world.config_path)], log, env)
+    pid = zygote.spawn(name, ["worker", "--config", str(world.config_path)], log, env)
+    world.process_logs[pid] = log
+    return pid
 
 
-def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def log_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of a process's log (anything else it printed is left out)."""
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+    return out

@@ -11,8 +11,14 @@ JSON commands on stdin, one a line, and answers each with one JSON line on stdou
   "probability": {point: p}, "log_dir": DIR}`` -> keep W children alive: while fewer than K
   children have died of SIGKILL, new ones get ``TEXTBACK_CRASH_AT`` (one point each, round robin)
   and kill themselves there (core.worker.crash_point); after that, new children run clean;
+- ``{"cmd": "unsupervise"}`` -> stop replacing children;
 - ``{"cmd": "status"}`` -> what has exited (pid, name, signal, exit code) and the kills per point;
-- ``{"cmd": "exit"}`` -> SIGTERM every child, SIGKILL what is left after 10 s, and exit.
+- ``{"cmd": "stop", "grace": S}`` -> SIGTERM every child, SIGKILL what is left after S seconds;
+- ``{"cmd": "exit"}`` -> the same, then exit.
+
+Test-only environment a child understands (removed before textback runs): ``FAULTS_CLOCK=PATH``
+puts it on the test's simulated clock (follow_clock), ``FAULTS_NO_LOCAL_RATE_LIMIT=1`` turns off
+the shared rate limiter where a test is not about it.
 
 Children get PR_SET_PDEATHSIG, so nothing outlives the zygote. Only this process forks, and only
 from its single thread.
@@ -28,20 +34,23 @@ import select
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 
 def preload() -> None:
-    import bridge.app
-    import bridge.cli
-    import bridge.server
-    import bridge.twilio_routes
     import gunicorn.app.base
     import gunicorn.workers.gthread
     import gunicorn.workers.sync
     import psycopg
     import sqlalchemy.dialects.postgresql
     import sqlalchemy.dialects.sqlite
+    import time_machine
+
+    import bridge.app
+    import bridge.cli
+    import bridge.server
+    import bridge.twilio_routes
     from connectors import registry
 
     for connector_id in registry.available():
@@ -52,8 +61,52 @@ def preload() -> None:
     import core.sending
     import core.sync  # noqa: F401
 
+    # What the SDKs import lazily on first use, so a fresh worker does not pay for it every time.
+    with contextlib.suppress(Exception):
+        from twilio.rest import Client
+
+        client = Client("AC" + "0" * 32, "preload")
+        _ = (client.api.v2010.account.messages, client.lookups.v2.phone_numbers)
+    with contextlib.suppress(Exception):
+        from hubspot import HubSpot
+
+        _ = HubSpot(access_token="preload", retry=False).crm.objects.basic_api.api_client
     assert "prometheus_client" not in sys.modules, "serve children must import prometheus_client"
-    del bridge, gunicorn, psycopg, sqlalchemy
+    del bridge, gunicorn, psycopg, sqlalchemy, time_machine
+
+
+def follow_clock(path: str) -> None:
+    """Run this process on the test's simulated clock: real time plus the offset in ``path``.
+
+    The test (tests/faults/harness.py SharedClock) writes the offset whenever it moves its own clock
+    with time-machine; a thread here follows within ~10 ms, so backoffs, leases and pauses of every
+    worker process see the same simulated minutes.
+    """
+    import threading
+    from datetime import UTC, datetime, timedelta
+
+    import time_machine
+
+    def offset() -> float:
+        try:
+            return float(Path(path).read_text().strip() or 0)
+        except (OSError, ValueError):
+            return current
+
+    current = 0.0
+    current = offset()
+    coordinates = time_machine.travel(datetime.now(UTC) + timedelta(seconds=current), tick=True).start()
+
+    def follow() -> None:
+        nonlocal current
+        while True:
+            time.sleep(0.01)
+            wanted = offset()
+            if wanted != current:
+                coordinates.shift(wanted - current)
+                current = wanted
+
+    threading.Thread(target=follow, name="faults-clock", daemon=True).start()
 
 
 class Zygote:
@@ -81,8 +134,16 @@ class Zygote:
                 null = os.open(os.devnull, os.O_RDONLY)
                 os.dup2(null, 0)
                 os.close(null)
-                sys.stdin = open(0, closefd=False)  # noqa: SIM115
+                sys.stdin = open(0, closefd=False)
                 os.environ.update(env)
+                clock_file = os.environ.pop("FAULTS_CLOCK", None)
+                if clock_file:
+                    follow_clock(clock_file)
+                if os.environ.pop("FAULTS_NO_LOCAL_RATE_LIMIT", None) == "1":
+                    # Test tuning: the shared rate limiter has its own tests; here it would only slow.
+                    from core import connector_state
+
+                    connector_state.acquire = lambda *_a, **_k: 0.0
                 from bridge.cli import main
 
                 try:
@@ -90,7 +151,7 @@ class Zygote:
                     code = 0
                 except SystemExit as exc:
                     code = exc.code if isinstance(exc.code, int) else 1
-            except BaseException:  # noqa: BLE001 - the child must never return into the zygote
+            except BaseException:
                 import traceback
 
                 traceback.print_exc()
@@ -156,7 +217,9 @@ class Zygote:
 
     def status(self) -> dict[str, Any]:
         return {
-            "alive": [{"pid": c["pid"], "name": c["name"], "meta": c["meta"]} for c in self.children.values()],
+            "alive": [
+                {"pid": c["pid"], "name": c["name"], "meta": c["meta"]} for c in self.children.values()
+            ],
             "exited": self.exited,
             "kills": self.kills,
             "spawned": self.spawned,
@@ -171,6 +234,7 @@ class Zygote:
             return {"pid": pid}
         if kind == "supervise":
             self.plan = {**cmd, "next": 0}
+            self.kills, self.exited = {}, []
             self.supervise()
             return {"ok": True}
         if kind == "unsupervise":
