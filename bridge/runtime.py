@@ -153,6 +153,9 @@ class Connectors:
                             connector_state.pause(
                                 session, business_id, connector_id, until, f"rate limited: {exc}"
                             )
+                            connector_state.record_error(
+                                session, business_id, connector_id, str(exc), 1, rate_limited=True
+                            )
                     continue
                 except Exception as exc:  # a CRM problem must never hold up or fail the text
                     log.info(

@@ -224,7 +224,7 @@ def test_4_429_with_retry_after_pauses_the_connector_for_every_worker_and_nothin
     assert all(deferring), deferring
     with world.factory() as s:
         state = s.get(ConnectorState, (world.config.businesses[0].id, "hubspot"))
-        # Recorded by the pushes the pause stopped (a caller lookup before a text pauses without counting).
+        # The 429s, recorded by the pushes and lookups that met them (and the pushes the pause stopped).
         assert state is not None and state.rate_limited >= 1 and state.pause_reason.startswith("rate limited")
     assert sorted(hubspot_phones(world)) == sorted(callers)  # one contact each, after all that
     assert len(hub.state()["deals"]) == len(callers)
