@@ -64,7 +64,7 @@ def test_the_test_config_loads_with_defaults(tmp_path: Path) -> None:
     assert cfg.database_url == "sqlite:///textback.db"
     assert cfg.twilio.auth_token == SECRET
     window = cfg.businesses[0].policy.window
-    assert (window.start.isoformat(), window.end.isoformat()) == ("00:00:00", "23:59:00")
+    assert (window.start.isoformat(), window.end.isoformat()) == ("00:00:00", "00:00:00")  # all day
     biz = business()
     del biz["policy"]
     data["businesses"] = [biz]

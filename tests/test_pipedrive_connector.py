@@ -226,6 +226,7 @@ def test_rate_limit_pauses_the_connector_for_every_worker(stack: Stack, pd: str,
     fault(
         pd,
         path="/api/v2/persons",
+        method="POST",  # the sync's create, not the caller lookup's search before the first text
         status=429,
         count=1,
         body={"success": False, "error": "Request over limit"},
@@ -257,8 +258,14 @@ def test_rate_limit_pauses_the_connector_for_every_worker(stack: Stack, pd: str,
 def test_html_502_from_a_proxy_is_classified_and_retried(stack: Stack, pd: str, secret_key: str) -> None:
     install(stack, pd)
     fault(
-        pd, path="/api/v2/persons", status=502, body=HTML_502, headers={"Content-Type": "text/html"}, count=1
-    )
+        pd,
+        path="/api/v2/persons",
+        method="POST",
+        status=502,
+        body=HTML_502,
+        headers={"Content-Type": "text/html"},
+        count=1,
+    )  # the create, not the caller lookup's search before the first text
     stack.call(CALLER, "no-answer")
     run_until(stack, tried(stack))
     [job] = [j for j in crm_jobs(stack) if j.payload["event"] == "missed_call"]
