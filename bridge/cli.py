@@ -288,10 +288,12 @@ from bridge.cli_connectors import connectors  # noqa: E402
 from bridge.cli_console import console  # noqa: E402
 from bridge.cli_leads import leads  # noqa: E402
 from bridge.cli_reports import replay_calls, report, with_metrics_port  # noqa: E402
+from bridge.cli_secrets import secrets  # noqa: E402
 
 main.add_command(console)
 
 main.add_command(leads)
+main.add_command(secrets)
 main.add_command(connectors)
 main.add_command(report)
 main.add_command(replay_calls)
