@@ -11,10 +11,11 @@ from bridge.runtime import Connectors
 from connectors import manifest as manifest_mod
 from connectors import registry
 from connectors.manifest import Manifest
+from core import connector_state
 from core.config import Config
 from core.db import transaction
 from core.errors import ConfigError
-from core.models import ConnectorInstall
+from core.models import ConnectorInstall, ConnectorState
 from core.sync import SYNC_SCHEMA
 
 
@@ -45,4 +46,8 @@ def install(
             row = ConnectorInstall(business_id=business_id, connector_id=man.id)
             session.add(row)
         row.version, row.config, row.secrets, row.sync, row.enabled = man.version, plain, sealed, sync, True
+        # New settings are the admin's answer to an auth alert: the paused jobs resume now.
+        state = session.get(ConnectorState, (business_id, man.id))
+        if state is not None and (state.pause_reason or "").startswith("auth"):
+            connector_state.resume(session, business_id, man.id)
     return man, sorted(secrets)
