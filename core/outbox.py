@@ -192,6 +192,19 @@ class Outbox:
         with self.factory() as session, session.begin():
             return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
 
+    def renew(self, job: Job, now: datetime | None = None) -> bool:
+        """Extend the lease before starting a job. False: it expired and someone else owns the job.
+
+        A worker claims several jobs at once; by the time it reaches the last, the lease may have run
+        out and another worker may have re-claimed it. Renewing first means it never runs twice.
+        """
+        now = now or utcnow()
+        stmt = (
+            update(OutboxJob).where(self._guarded(job)).values(locked_until=now + self.lease, updated_at=now)
+        )
+        with self.factory() as session, session.begin():
+            return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+
     def defer(self, job: Job, until: datetime, reason: str) -> bool:
         """Put the job back until ``until``; the attempt it just used is given back."""
         stmt = (

@@ -93,6 +93,9 @@ class Worker:
             status = self.outbox.fail(job, JobError("gave up: the job's worker died on every attempt"))
             log.error("job dead", extra={**fields, "reason": "lease expired too often"})
             return status
+        if not self.outbox.renew(job):
+            log.warning("job lease lost before it started", extra=fields)
+            return "lost"
         handler = self.handlers.get(job.kind)
         if handler is None:
             status = self.outbox.fail(job, JobError(f"no handler for job kind {job.kind!r}"))

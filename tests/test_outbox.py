@@ -348,3 +348,22 @@ def test_purge_keeps_dead_jobs_unless_asked(factory: sessionmaker[Session]) -> N
         counts = outbox.purge(s, timedelta(days=7), include_dead=True)
     assert counts == {"done": 0, "dead": 1}
     assert {r.dedupe_key for r in all_rows(factory)} == {"new-done", "pending"}
+
+
+def test_a_worker_never_starts_a_job_whose_lease_another_took(factory: sessionmaker[Session]) -> None:
+    from datetime import timedelta
+
+    from core.models import utcnow
+    from core.outbox import Outbox
+    from core.worker import Worker
+
+    add(factory, "slowpoke")
+    first = Outbox(factory, "first", lease_seconds=1)
+    [job] = first.claim(now=utcnow() - timedelta(seconds=30))  # claimed long ago: the lease ran out
+    [again] = Outbox(factory, "second", lease_seconds=60).claim()
+    assert again.id == job.id
+    ran: list[int] = []
+    worker = Worker(first, {"test.job": lambda j: ran.append(j.id) or None})
+    assert worker.process(job) == "lost"
+    assert ran == []  # the first worker never ran it: no second send, no second CRM push
+    assert row(factory, job.id).locked_by == "second"
