@@ -359,8 +359,9 @@ def test_a_worker_never_starts_a_job_whose_lease_another_took(factory: sessionma
 
     add(factory, "slowpoke")
     first = Outbox(factory, "first", lease_seconds=1)
-    [job] = first.claim(now=utcnow() - timedelta(seconds=30))  # claimed long ago: the lease ran out
-    [again] = Outbox(factory, "second", lease_seconds=60).claim()
+    [job] = first.claim()
+    # Seconds later the first worker's 1 s lease has run out, and another worker takes the job.
+    [again] = Outbox(factory, "second", lease_seconds=60).claim(now=utcnow() + timedelta(seconds=5))
     assert again.id == job.id
     ran: list[int] = []
     worker = Worker(first, {"test.job": lambda j: ran.append(j.id) or None})
