@@ -154,6 +154,7 @@ def run_textback_cell(args: argparse.Namespace, db: str, workers: int) -> dict[s
         "outbox_workers": args.outbox_workers,
         "worker_batch_size": args.batch_size,
         "worker_poll_interval": args.poll_interval,
+        "worker_nice": args.worker_nice,
         "mode": args.mode,
         "crm": args.crm,
         "crm_latency_ms": args.crm_latency_ms,
@@ -165,7 +166,7 @@ def run_textback_cell(args: argparse.Namespace, db: str, workers: int) -> dict[s
     stack = TextbackStack(
         workdir, db, workers, args.outbox_workers, args.crm, args.crm_latency_ms, mode=args.mode,
         threads=args.threads, poll_interval=args.poll_interval, batch_size=args.batch_size,
-        businesses=args.businesses,
+        businesses=args.businesses, worker_nice=args.worker_nice,
     )  # fmt: skip
     phases: list[Phase] = []
     warmup: list[Result] = []
@@ -262,7 +263,7 @@ def run_naive_cell(args: argparse.Namespace, workers: int) -> dict[str, Any]:
     }
     cell["quiet_before"] = wait_quiet(args.wait_quiet)
     t0 = time.monotonic()
-    stack = NaiveStack(workdir, workers, args.crm_latency_ms, threads=args.threads, mode=args.mode)
+    stack = NaiveStack(workdir, workers, args.crm_latency_ms, threads=args.threads or 4, mode=args.mode)
     phases: list[Phase] = []
     warmup: list[Result] = []
     ok = False
@@ -472,10 +473,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add = p.add_argument
     add("--db", choices=["sqlite", "postgres"], default="sqlite")
     add("--workers", type=int, default=2, help="bridge (gunicorn) workers")
-    add("--threads", type=int, default=4, help="threads per gunicorn worker (serve's default)")
+    add("--threads", type=int, default=None, help="threads per gunicorn worker (default: serve's)")
     add("--outbox-workers", type=int, default=2, help="`textback worker` processes (0: the bridge alone)")
-    add("--batch-size", type=int, default=10, help="worker.batch_size (product default)")
-    add("--poll-interval", type=float, default=0.2, help="worker.poll_interval (product default)")
+    add("--batch-size", type=int, default=None, help="worker.batch_size (default: the product's)")
+    add("--poll-interval", type=float, default=None, help="worker.poll_interval (default: the product's)")
+    add("--worker-nice", type=int, default=0, help="run the outbox workers under `nice -n N` (0: not)")
     add("--rate", type=float, default=200.0, help="the webhook goal's rate, calls/s")
     add("--sms-rate", type=float, default=100.0, help="the SMS goal's rate, calls/s")
     add("--ramp", default="", help="more step rates, comma-separated (the two goal rates are always run)")

@@ -287,11 +287,12 @@ class TextbackStack:
         crms: list[str],
         crm_latency_ms: int,
         mode: str = "forward",
-        threads: int = 4,
-        poll_interval: float = 0.2,
-        batch_size: int = 10,
+        threads: int | None = None,
+        poll_interval: float | None = None,
+        batch_size: int | None = None,
         businesses: int = 1,
         log_level: str = "INFO",
+        worker_nice: int = 0,
     ) -> None:
         from core.secrets import generate_key
 
@@ -308,6 +309,7 @@ class TextbackStack:
         self.batch_size = batch_size
         self.businesses = businesses
         self.log_level = log_level
+        self.worker_nice = worker_nice
         self.procs = Processes(self.dir, env={"TEXTBACK_SECRET_KEY": generate_key()})
         self.config_path = self.dir / "textback.yaml"
         self.bridge: Proc | None = None
@@ -324,10 +326,11 @@ class TextbackStack:
                 "api_base_url": twilio_url,
                 "timeout_seconds": 5,
             },
+            # Only what a flag overrides: otherwise the product's own defaults are measured.
             "worker": {
-                "poll_interval": self.poll_interval,
-                "batch_size": self.batch_size,
                 "lease_seconds": 30,
+                **({"poll_interval": self.poll_interval} if self.poll_interval is not None else {}),
+                **({"batch_size": self.batch_size} if self.batch_size is not None else {}),
             },
             "logging": {"level": self.log_level},
             "businesses": [business(i, self.mode) for i in range(self.businesses)],
@@ -394,11 +397,14 @@ class TextbackStack:
             str(bridge_port),
             "--workers",
             str(self.bridge_workers),
-            "--threads",
-            str(self.threads),
+            *(["--threads", str(self.threads)] if self.threads is not None else []),
         )
+        # A niced worker yields the CPU to the bridge, as deploy.md suggests for a shared machine.
+        nice = ["nice", "-n", str(self.worker_nice)] if self.worker_nice else []
         self.workers = [
-            self.procs.textback(f"worker-{i + 1}", "worker", "--config", src)
+            self.procs.spawn(
+                f"worker-{i + 1}", [*nice, sys.executable, "-m", "bridge.cli", "worker", "--config", src]
+            )
             for i in range(self.outbox_workers)
         ]
         self.procs.wait_http([f"{public_url}/healthz"])
