@@ -22,6 +22,9 @@ class Capability(StrEnum):
     FREE_BUSY = "free_busy"
     BOOKING = "booking"  # create, move and cancel
     EVENTS = "events"  # receives every lead event with the whole lead record (webhooks)
+    # Optional batch forms, for jobs that queue up together: one request for many leads.
+    FIND_CONTACTS = "find_contacts"  # many callers looked up in one request
+    BATCH_CREATE = "batch_create"  # deals, tasks and activities of many leads, one request per kind
 
 
 # The method(s) whose presence means a capability is implemented.
@@ -35,6 +38,8 @@ CAPABILITY_METHODS: dict[Capability, tuple[str, ...]] = {
     Capability.FREE_BUSY: ("free_busy",),
     Capability.BOOKING: ("create_booking", "move_booking", "cancel_booking"),
     Capability.EVENTS: ("on_event",),
+    Capability.FIND_CONTACTS: ("find_contacts",),
+    Capability.BATCH_CREATE: ("create_records",),
 }
 
 
@@ -89,6 +94,18 @@ class ActivityData:
     to_number: str | None = None
     recording_url: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NewRecord:
+    """One record to create in a batch (``create_records``): what ``upsert_deal`` (with no existing
+    deal), ``create_task`` or ``log_activity`` (with no existing activity) would create alone."""
+
+    kind: str  # "deal", "task", or an activity kind ("call", "sms", "note")
+    marker: str
+    data: DealData | TaskData | ActivityData
+    contact: Remote | None
+    deal: Remote | None = None
 
 
 @dataclass(frozen=True)

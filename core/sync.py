@@ -19,11 +19,11 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import connector_state, outbox
+from core import connector_state, outbox, sync_batch
 from core.config import Config
-from core.crm import ActivityData, Capability, ContactData, DealData, Remote, TaskData
+from core.crm import ActivityData, Capability, ContactData, DealData, NewRecord, Remote, TaskData
 from core.db import transaction
-from core.errors import AuthError, RateLimited
+from core.errors import AuthError, JobError, RateLimited, TransientError
 from core.leads import to_json
 from core.models import ConnectorInstall, Lead, SyncLedger, utcnow
 from core.outbox import Deferred, Job
@@ -119,16 +119,21 @@ class SyncJob:
         self.factory = factory
         self.resolve = resolve
         self.on_rate_limited = on_rate_limited
-        # Contacts already pushed by a batch call for jobs claimed together (see ``prepare``).
-        self._fresh: dict[tuple[str, str], Remote] = {}
+        # Contacts already pushed by a batch call for jobs claimed together (see ``prepare``), with
+        # the signature of what was pushed.
+        self._fresh: dict[tuple[str, str], tuple[Remote, str]] = {}
+        # Ledger keys (lead, connector, key) whose records a batch call just created for those jobs.
+        self._made: set[tuple[str, str, str]] = set()
         self._fresh_lock = threading.Lock()
 
     def prepare(self, jobs: list[Job]) -> int:
-        """Push the contacts of jobs claimed together in one batch call per connector.
+        """Push the records of jobs claimed together in one batch call per connector and kind.
 
-        A connector that offers ``upsert_contacts`` gets one request for a whole queue of leads
-        instead of one each; the jobs then find their contact already pushed. Any failure here
-        is left to the jobs themselves, which map and retry it one by one.
+        A connector that offers ``upsert_contacts`` gets one request for a whole queue of leads'
+        contacts instead of one each, and one with ``batch_create`` one request per kind for their
+        deals, then their calls, tasks and notes (see core.sync_batch); the jobs then find their
+        records already made. Any failure here is left to the jobs themselves, which map and retry
+        it one by one.
         """
         groups: dict[tuple[str, str], list[Job]] = {}
         for job in jobs:
@@ -172,12 +177,21 @@ class SyncJob:
                 if lead is not None and lead.id not in leads_json:
                     leads_json[lead.id] = to_json(session, lead)
         connector = self.resolve(business_id, connector_id)
-        if not callable(getattr(connector, "upsert_contacts", None)):
-            return 0
+        settings = SyncSettings.from_dict(install.sync)
         runs = [
-            _Run(self.factory, connector, connector_id, lead, SyncSettings.from_dict(install.sync), group[0])
-            for lead in leads_json.values()
+            _Run(self.factory, connector, connector_id, leads_json[job.lead_id], settings, job)
+            for job in group
+            if job.lead_id in leads_json
         ]
+        by_lead = {run.lead["id"]: run for run in runs}
+        pushed = self._push_contacts(connector_id, connector, [r for r in by_lead.values() if r.needs_push()])
+        if Capability.BATCH_CREATE in set(getattr(connector, "capabilities", set())):
+            pushed += self._create_batched(connector_id, connector, runs)
+        return pushed
+
+    def _push_contacts(self, connector_id: str, connector: Any, runs: list[_Run]) -> int:
+        if len(runs) < 2 or not callable(getattr(connector, "upsert_contacts", None)):
+            return 0
         items = [(run.contact_data(), run.known("contact")) for run in runs]
         # As in _Run.contact: an intent first, so a retry never takes the contact this call creates
         # for an existing customer's, even when its job is deferred (a 429 on its next call) or dies.
@@ -200,14 +214,69 @@ class SyncJob:
             [r for r, m in zip(runs, remotes, strict=True) if r in fresh and not m.created],
         )
         with self._fresh_lock:
-            for run, remote in zip(runs, remotes, strict=True):
+            for run, remote, (data, _) in zip(runs, remotes, items, strict=True):
                 # Saved to the ledger by the job itself, which also judges "existing customer".
-                self._fresh[(run.lead["id"], connector_id)] = remote
+                self._fresh[(run.lead["id"], connector_id)] = (remote, _signature(data))
         return len(remotes)
 
-    def take_fresh(self, lead_id: str, connector_id: str) -> Remote | None:
+    def _create_batched(self, connector_id: str, connector: Any, runs: list[_Run]) -> int:
+        """Deals first (the other records link to them), then calls, tasks and notes together."""
+        with self._fresh_lock:
+            for run in runs:
+                run.fresh = self._fresh.get((run.lead["id"], connector_id))
+        plans = [(run, run.plan()) for run in runs]
+        deals = [(r, k, n) for r, p in plans for k, n in p if n.kind == "deal"]
+        made = self._create(connector_id, connector, deals)
+        later: list[tuple[_Run, str, NewRecord]] = []
+        for run in runs:
+            plan = run.plan()
+            if not any(n.kind == "deal" for _, n in plan):  # a deal not made yet: the job does it all
+                later.extend((run, k, n) for k, n in plan)
+        return made + self._create(connector_id, connector, later)
+
+    def _create(self, connector_id: str, connector: Any, todo: list[tuple[_Run, str, NewRecord]]) -> int:
+        keys = [(run.lead["id"], key) for run, key, _ in todo]
+        # Only records never tried before: one with an intent left may exist, and its job looks first.
+        fresh = sync_batch.untouched(self.factory, connector_id, keys)
+        todo = [t for t, k in zip(todo, keys, strict=True) if k in fresh]
+        if len(todo) < 2:
+            return 0
+        keys = [(run.lead["id"], key) for run, key, _ in todo]
+        sync_batch.mark_intents(self.factory, connector_id, keys)
+        try:
+            answers = connector.create_records([record for _, _, record in todo])
+        except (RateLimited, AuthError):
+            sync_batch.forget_intents(self.factory, connector_id, keys)  # refused: nothing was created
+            raise
+        except TransientError:
+            raise  # some may exist: the intents stay, so each job looks before it creates
+        except JobError:
+            sync_batch.forget_intents(self.factory, connector_id, keys)
+            raise
+        crash_point("after_vendor_call")  # test hook: inert unless $TEXTBACK_CRASH_AT is set
+        done: list[tuple[str, str, Remote]] = []
+        refused: list[tuple[str, str]] = []
+        for (run, key, _), answer in zip(todo, answers, strict=True):
+            if isinstance(answer, Remote):
+                done.append((run.lead["id"], key, answer))
+                done.extend((run.lead["id"], k, answer) for k in run.folds.get(key, ()))
+            elif not isinstance(answer, TransientError):
+                refused.append((run.lead["id"], key))
+        sync_batch.record(self.factory, connector_id, done)
+        sync_batch.forget_intents(self.factory, connector_id, refused)
+        with self._fresh_lock:
+            self._made.update((lead_id, connector_id, key) for lead_id, key, _ in done)
+        return len(done)
+
+    def take_fresh(self, lead_id: str, connector_id: str) -> tuple[Remote, str] | None:
         with self._fresh_lock:
             return self._fresh.pop((lead_id, connector_id), None)
+
+    def take_made(self, lead_id: str, connector_id: str) -> set[str]:
+        with self._fresh_lock:
+            keys = {m for m in self._made if m[0] == lead_id and m[1] == connector_id}
+            self._made -= keys
+        return {key for _, _, key in keys}
 
     def __call__(self, job: Job) -> dict[str, Any]:
         try:
@@ -237,7 +306,8 @@ class SyncJob:
         run = _Run(
             self.factory, connector, connector_id, lead_json, SyncSettings.from_dict(install.sync), job
         )
-        run.fresh_contact = self.take_fresh(lead_json["id"], connector_id)
+        run.fresh = self.take_fresh(lead_json["id"], connector_id)
+        run.made_now = self.take_made(lead_json["id"], connector_id)
         try:
             result = run.apply(job.payload["event"], job.payload.get("data") or {})
         except RateLimited as exc:
@@ -326,7 +396,32 @@ class _Run:
         self.s = settings
         self.job = job
         self.caps: set[Capability] = set(getattr(connector, "capabilities", set()))
-        self.fresh_contact: Remote | None = None
+        # The contact a batch call pushed moments ago for this claim, and the signature pushed.
+        self.fresh: tuple[Remote, str] | None = None
+        # Ledger keys whose records a batch call made moments ago with this very data: no update.
+        self.made_now: set[str] = set()
+        # A call activity's key -> the ledger keys of texts written into it (no note of their own).
+        self.folds: dict[str, list[str]] = {}
+        self.planner: sync_batch.Planner | None = None  # set while only working out what to create
+
+    def plan(self) -> list[tuple[str, NewRecord]]:
+        """The records this job's event would create now, worked out without calling the CRM."""
+        real, self.planner = self.c, sync_batch.Planner()
+        self.c, self.folds = self.planner, {}
+        try:
+            self.apply(self.job.payload["event"], self.job.payload.get("data") or {})
+        except sync_batch.Unplanned:
+            pass  # what was noted before it still stands: the job would create those first
+        finally:
+            records, self.c, self.planner = self.planner.records, real, None
+        return records
+
+    def needs_push(self) -> bool:
+        """The contact is not in the CRM yet, or changed since it was last pushed."""
+        if not self.has(Capability.UPSERT_CONTACT):
+            return False
+        pushed = self.known("contact_sig")
+        return self.known("contact") is None or pushed is None or pushed.id != _signature(self.contact_data())
 
     def has(self, cap: Capability) -> bool:
         return cap in self.caps
@@ -337,6 +432,8 @@ class _Run:
             return session.get(SyncLedger, (self.lead["id"], self.cid, key))
 
     def _save(self, key: str, remote: Remote | None, intent: bool = False) -> None:
+        if self.planner is not None:
+            return  # planning writes nothing
         with transaction(self.factory) as session:
             row = session.get(SyncLedger, (self.lead["id"], self.cid, key))
             if row is None:
@@ -358,6 +455,11 @@ class _Run:
         row = self._ledger(key)
         if row and row.remote_id:
             return Remote(row.remote_id, row.remote_url, kind)
+        if self.planner is not None:
+            if row is not None:
+                raise sync_batch.Unplanned("an earlier try may have made it: the job looks first")
+            self.planner.key = key
+            return create()
         if row and row.intent_at and hasattr(self.c, "find_record"):
             found = self.c.find_record(kind, self.marker(key))
             if found is not None:
@@ -391,16 +493,19 @@ class _Run:
         if not self.has(Capability.UPSERT_CONTACT):
             return None
         existing = self.known("contact")
-        if self.fresh_contact is not None:
-            fresh = self.fresh_contact  # pushed moments ago by the batch call for this claim
+        if self.fresh is not None:
+            fresh, pushed_sig = self.fresh  # pushed moments ago by the batch call for this claim
             if existing is None or existing.id != fresh.id or existing.url != fresh.url:
                 self._save("contact", fresh)
+            self._save("contact_sig", Remote(pushed_sig))
             return fresh
         data = self.contact_data()
         signature = _signature(data)
         pushed = self.known("contact_sig")
         if existing is not None and pushed is not None and pushed.id == signature:
             return existing  # nothing about the person changed since the last push: no API call
+        if self.planner is not None:
+            raise sync_batch.Unplanned("contact push")
         if existing is None and self._ledger("contact") is None:
             # Remember that we are about to create it: if this attempt dies after the vendor made
             # the contact, the retry must not mistake our own contact for an existing customer's.
@@ -423,6 +528,8 @@ class _Run:
             pipeline=self.s.pipeline,
             owner=self.s.owner,
         )
+        if existing is None and self.planner is not None and stage_key != "new":
+            raise sync_batch.Unplanned("a deal made at a later stage")
         if existing is not None:
             # Stages only move forward: a repeat call or a late "qualified" never undoes "booked".
             reached = self.known("deal_stage")
@@ -441,6 +548,8 @@ class _Run:
             return None
         deal = self.known("deal")
         existing = self.known(key)
+        if existing is not None and key in self.made_now:
+            return existing  # a batch call made it from this same data moments ago
         if existing is not None:
             return self.c.log_activity(self.marker(key), data, contact, deal, existing)
         return self.ensure(
@@ -468,7 +577,16 @@ class _Run:
             self.deal(contact)
         call_sid = data.get("call_sid", "")
         if self.s.log_calls:
-            self.activity(f"call:{call_sid}", self._call_activity(call_sid), contact)
+            key = f"call:{call_sid}"
+            # The first text, when already sent, goes into the call activity rather than a note of
+            # its own; only for a call never tried before (a retry cannot tell what the try wrote).
+            fold = self.s.log_messages and self._ledger(key) is None
+            texts = self._first_texts(logged=False) if fold else []
+            self.folds[key] = [f"msg:{m['message_id']}" for m in texts]
+            call = self.activity(key, self._call_activity(call_sid, texts), contact)
+            if call is not None and self.folds[key] and key not in self.made_now:
+                for folded in self.folds[key]:
+                    self._save(folded, call)
         if self.s.create_task and self.has(Capability.CREATE_TASK) and not data.get("repeat"):
             task = TaskData(
                 subject=f"Call back {self.lead.get('name') or national(self.lead['phone'])}",
@@ -485,7 +603,30 @@ class _Run:
             )
         return {"contact": contact.id if contact else None, "existing_customer": existing_customer}
 
-    def _call_activity(self, call_sid: str) -> ActivityData:
+    def _first_texts(self, logged: bool) -> list[dict[str, Any]]:
+        """The lead's sent first texts: those already in the CRM (``logged``) or those not yet."""
+        sent = [
+            e
+            for e in self.lead["timeline"]
+            if e.get("type") == "message"
+            and e.get("direction") == "outbound"
+            and e.get("kind") == "first_text"
+            and e.get("sid")
+        ]
+        return [m for m in sent if (self._ledger(f"msg:{m['message_id']}") is not None) == logged]
+
+    def _folded_texts(self, call_sid: str) -> list[dict[str, Any]]:
+        """The texts written into this call activity when it was made (kept when it is updated)."""
+        call = self.known(f"call:{call_sid}")
+        if call is None:
+            return []
+        return [
+            m
+            for m in self._first_texts(logged=True)
+            if (row := self.known(f"msg:{m['message_id']}")) is not None and row.id == call.id
+        ]
+
+    def _call_activity(self, call_sid: str, texts: list[dict[str, Any]] | None = None) -> ActivityData:
         entries = [e for e in self.lead["timeline"] if e.get("call_sid") == call_sid]
         empty: dict[str, Any] = {}
         call = next((e for e in entries if e["type"] == "call"), empty)
@@ -497,6 +638,8 @@ class _Run:
             lines.append(f"Voicemail: {voicemail['recording_url']}")
         if transcript.get("text"):
             lines.append(f"Transcript: {transcript['text']}")
+        for text in self._folded_texts(call_sid) if texts is None else texts:
+            lines.append(f"Texted back to {text.get('to') or 'the caller'}:\n{text.get('body') or ''}")
         return ActivityData(
             kind="call",
             at=at,
@@ -520,7 +663,8 @@ class _Run:
 
     def _message(self, data: dict[str, Any], direction: str) -> dict[str, Any]:
         contact = self.contact()
-        if self.s.log_messages:
+        if self.s.log_messages and self.known(f"msg:{data.get('message_id')}") is None:
+            # Already in the CRM: its own note, or written into the missed call's activity.
             msg = next(
                 (e for e in self.lead["timeline"] if e.get("message_id") == data.get("message_id")), None
             )

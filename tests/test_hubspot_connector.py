@@ -151,6 +151,17 @@ def by_type(state: dict[str, Any]) -> dict[str, int]:
     return {t: len(state[t]) for t in ("contacts", "deals", "calls", "tasks", "notes")}
 
 
+def first_text_logged(state: dict[str, Any]) -> int:
+    """Where the first text landed: a note of its own, or written into the missed call's activity."""
+    notes = [n for n in state["notes"] if "Text sent to" in n["properties"].get("hs_note_body", "")]
+    calls = [c for c in state["calls"] if "Texted back to" in c["properties"].get("hs_call_body", "")]
+    return len(notes) + len(calls)
+
+
+def synced(stack: Stack, hub: Hub) -> bool:
+    return first_text_logged(hub.state()) == 1 and all(j.status == "done" for j in jobs(stack))
+
+
 # -- HubSpot specifics, against the emulator (no database) -------------------------------------------
 def test_check_creates_the_properties_and_explains_failures(hub: Hub) -> None:
     result = connector(hub.url).check()
@@ -379,8 +390,10 @@ def test_missed_calls_land_once_linked_and_replays_change_nothing(
     [contact] = hub.contacts(caller)
     assert contact["properties"]["phone"] == caller and contact["properties"]["hs_lead_status"] == "NEW"
     assert contact["properties"]["leadsource"] == "Missed call"
-    assert by_type(state) == {"contacts": 1, "deals": 1, "calls": 1, "tasks": 1, "notes": 1}
-    deal, call, task, note = state["deals"][0], state["calls"][0], state["tasks"][0], state["notes"][0]
+    # The first text was sent before the call was pushed: it is written into the call activity,
+    # not a note of its own (and the voicemail's later updates of the call keep it).
+    assert by_type(state) == {"contacts": 1, "deals": 1, "calls": 1, "tasks": 1, "notes": 0}
+    deal, call, task = state["deals"][0], state["calls"][0], state["tasks"][0]
     assert deal["properties"]["dealstage"] == "appointmentscheduled"
     assert deal["properties"]["pipeline"] == "default"
     assert call["properties"]["hs_call_status"] == "NO_ANSWER"
@@ -391,14 +404,14 @@ def test_missed_calls_land_once_linked_and_replays_change_nothing(
         task["properties"]["hs_task_status"] == "NOT_STARTED" and task["properties"]["hs_task_type"] == "CALL"
     )
     assert "Ref: tb-" in task["properties"]["hs_task_body"]
-    assert "Text sent to" in note["properties"]["hs_note_body"]  # the "texted" event
+    assert f"Texted back to {caller}" in call["properties"]["hs_call_body"]  # the "texted" event
+    assert "Ref: tb-" in call["properties"]["hs_call_body"]
     cid = contact["id"]
     assert hub.linked(state, "deals", deal["id"], "contacts") == {cid: 3}
     assert hub.linked(state, "calls", call["id"], "contacts") == {cid: 194}
     assert hub.linked(state, "calls", call["id"], "deals") == {deal["id"]: 206}
     assert hub.linked(state, "tasks", task["id"], "contacts") == {cid: 204}
     assert hub.linked(state, "tasks", task["id"], "deals") == {deal["id"]: 216}
-    assert hub.linked(state, "notes", note["id"], "contacts") == {cid: 202}
 
     # Replaying the call's webhooks ten times changes nothing in HubSpot.
     before = hub.state()
@@ -411,7 +424,8 @@ def test_missed_calls_land_once_linked_and_replays_change_nothing(
 
     # A new lead, now that the properties exist. Before the first text, one GET looks the caller up
     # (the 800 ms budget). The missed-call job then takes contact + call + task = 3 calls (+1 for the
-    # deal); the "texted" event adds only the note: the contact has not changed, so it is not pushed.
+    # deal); the "texted" event adds nothing: the text is in the call activity already, and the
+    # contact has not changed, so it is not pushed.
     seen = len(hub.requests())
     stack.call("+13125550143", "no-answer")
     stack.drain()
@@ -421,7 +435,9 @@ def test_missed_calls_land_once_linked_and_replays_change_nothing(
     assert made[0].startswith("GET /crm/v3/objects/contacts/+13125550143")
     assert made[1:5] == [upsert, objects + "deals", objects + "calls", objects + "tasks"]
     assert len([m for m in made[1:5] if not m.endswith("/deals")]) <= 3
-    assert made[5:] == [objects + "notes"]  # the "texted" event: the outgoing text as a note
+    assert made[5:] == []  # the "texted" event: the outgoing text is in the call activity
+    newest = max(hub.state()["calls"], key=lambda c: int(c["id"]))
+    assert "Texted back to +13125550143" in newest["properties"]["hs_call_body"]
 
     # A caller HubSpot already knows (by textback's phone property) is a customer: no new deal.
     known = "+13125550144"
@@ -457,9 +473,15 @@ def test_a_hubspot_outage_loses_nothing(stack: Stack, hub: Hub, secret_key: str)
     assert hub.contacts(caller) == []  # HubSpot is down: nothing landed, nothing was dropped
     assert any(j.attempts for j in jobs(stack)) and not any(j.status == "dead" for j in jobs(stack))
     assert len(stack.sent(caller)) == 1  # texts are unaffected by the CRM outage
-    settle_all(stack, lambda: len(hub.state()["notes"]) == 1)
+    settle_all(stack, lambda: synced(stack, hub))
     state = hub.state()
-    assert by_type(state) == {"contacts": 1, "deals": 1, "calls": 1, "tasks": 1, "notes": 1}
+    assert {k: v for k, v in by_type(state).items() if k != "notes"} == {
+        "contacts": 1,
+        "deals": 1,
+        "calls": 1,
+        "tasks": 1,
+    }
+    assert first_text_logged(state) == 1 and len(state["notes"]) <= 1  # the text, once
     assert all(j.status == "done" for j in jobs(stack))
 
 
@@ -491,7 +513,7 @@ def test_a_429_pauses_the_connector_for_every_worker(stack: Stack, hub: Hub, sec
     # A second worker (another process, as far as the outbox knows) respects the same pause.
     other = build_worker(stack.config, stack.engine)
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and len(hub.state()["notes"]) < 1:
+    while time.monotonic() < deadline and not synced(stack, hub):
         other.run_once()
         stack.worker.run_once()
         time.sleep(0.05)
@@ -501,7 +523,9 @@ def test_a_429_pauses_the_connector_for_every_worker(stack: Stack, hub: Hub, sec
     first = min(r["at"] for r in later)
     assert first >= paused_until.timestamp() - 0.05
     assert first - limited["at"] >= 1.9
-    assert by_type(hub.state()) == {"contacts": 1, "deals": 1, "calls": 1, "tasks": 1, "notes": 1}
+    state = hub.state()
+    assert by_type(state) == {"contacts": 1, "deals": 1, "calls": 1, "tasks": 1, "notes": 0}
+    assert first_text_logged(state) == 1  # in the call activity: the text went out before the push
 
 
 def test_oauth_refreshes_once_across_workers_and_a_revoked_token_pauses(

@@ -46,9 +46,9 @@ from hubspot import HubSpot
 from connectors import http_errors
 from connectors import manifest as manifest_mod
 from connectors.base import Connector, ConnectorContext
-from connectors.hubspot import mappers, paths
+from connectors.hubspot import batch, mappers, paths
 from core.connector_state import Token
-from core.crm import ActivityData, CheckResult, ContactData, DealData, Remote, TaskData
+from core.crm import ActivityData, CheckResult, ContactData, DealData, NewRecord, Remote, TaskData
 from core.errors import (
     AuthError,
     ConnectorConfigError,
@@ -563,6 +563,35 @@ class HubSpotConnector(Connector):
         remote = self._contact_remote(data, None)
         return Remote(remote.id, remote.url, remote.kind, None, name)
 
+    def find_contacts(self, phones: list[str]) -> dict[str, Remote]:
+        """Many callers in one contacts search (an IN filter, up to 100 numbers per request).
+
+        For texts claimed together: one request instead of one lookup each. HubSpot's search index
+        lags its writes by a few seconds, so a contact created moments ago may not be found yet.
+        """
+        wanted = sorted({p for p in phones if p.startswith("+")})
+        if not wanted:
+            return {}
+        self._contact_schema()
+        found: dict[str, Remote] = {}
+        for part in batch.chunks(wanted):
+            data = self._do(
+                "POST",
+                paths.SEARCH,
+                params={"objectType": "contacts"},
+                body=batch.lookup_body(self.phone_property, part),
+                search=True,
+            )
+            for row in data.get("results") or []:
+                props = row.get("properties") or {}
+                phone = str(props.get(self.phone_property) or "")
+                if phone not in part:
+                    continue
+                name = " ".join(p for p in (props.get("firstname"), props.get("lastname")) if p) or None
+                remote = self._contact_remote(row, None)
+                found[phone] = Remote(remote.id, remote.url, remote.kind, None, name)
+        return found
+
     def upsert_contact(self, contact: ContactData, existing: Remote | None) -> Remote:
         if not contact.phone.startswith("+"):
             raise Rejected("the contact's phone is not in E.164 form")
@@ -780,6 +809,70 @@ class HubSpotConnector(Connector):
         }
         data = self._do("POST", paths.OBJECT, params={"objectType": object_type}, body=body)
         return Remote(str(data["id"]), None, activity.kind, True)
+
+    def create_records(self, records: list[NewRecord]) -> list[Remote | JobError]:
+        """Deals, tasks, calls and notes of many leads: one ``batch/create`` per object type.
+
+        Each answer lines up with ``records``: the created record, or the error that kept it from
+        being created (a 207's failed inputs). An error for the whole request is raised; a
+        ``TransientError`` then means some records may exist (look them up by marker).
+        """
+        out: dict[int, Remote | JobError] = {}
+        by_type: dict[str, list[int]] = {}
+        for i, record in enumerate(records):
+            by_type.setdefault(batch.object_type(record), []).append(i)
+        if "deals" in by_type:
+            self._deal_schema()
+        for otype, indexes in by_type.items():
+            for part in batch.chunks(indexes):
+                out.update(self._create_batch(otype, [(i, records[i]) for i in part]))
+        return [out[i] for i in range(len(records))]
+
+    def _batch_deal_properties(self, record: NewRecord, deal: DealData) -> dict[str, str]:
+        pipeline = deal.pipeline or self.pipeline
+        self._check_stage(pipeline, deal.stage)
+        owner = deal.owner or self.owner_id
+        return mappers.deal_properties(deal, record.marker, pipeline, owner, create=True)
+
+    def _create_batch(self, otype: str, items: list[tuple[int, NewRecord]]) -> dict[int, Remote | JobError]:
+        inputs = [batch.create_input(r, self._batch_deal_properties, self.owner_id) for _, r in items]
+        answer = self._call("POST", paths.BATCH_CREATE, params={"objectType": otype}, body={"inputs": inputs})
+        if answer.status == 207:
+            data = mappers.parse_json(answer.body)
+            data = data if isinstance(data, dict) else {}
+        else:
+            data = self._data(answer)
+        markers = {r.marker for _, r in items}
+        made: dict[str, str] = {}
+        for row in data.get("results") or []:
+            marker = batch.marker_of(otype, row, markers)
+            if marker is not None and row.get("id") is not None:
+                made[marker] = str(row["id"])
+        refused: dict[str, JobError] = {}
+        for error in data.get("errors") or []:
+            if not isinstance(error, dict):
+                continue
+            message = mappers.clean_message(str(error.get("message") or "refused"))
+            category = str(error.get("category") or "") or None
+            context = error.get("context") or {}
+            traces = [error.get("objectWriteTraceId"), *(context.get("objectWriteTraceId") or [])]
+            for trace in traces:
+                if isinstance(trace, str) and trace in markers:
+                    refused[trace] = Rejected(
+                        f"{VENDOR} did not create the {otype[:-1]}: {message}", code=category
+                    )
+        out: dict[int, Remote | JobError] = {}
+        for i, record in items:
+            oid = made.get(record.marker)
+            if oid is not None:
+                url = mappers.record_url(self.portal_id, mappers.DEAL_TYPE_ID, oid)
+                out[i] = Remote(oid, url if otype == "deals" else None, record.kind, True)
+            elif answer.status == 207 and record.marker in refused:
+                out[i] = refused[record.marker]
+            else:
+                # Not in the answer and not named as refused: it may exist; the caller looks it up.
+                out[i] = TransientError(f"{VENDOR} did not say whether the {otype[:-1]} was created")
+        return out
 
     def find_record(self, kind: str, marker: str) -> Remote | None:
         """The record an interrupted create may have left, by its marker (used only after one)."""

@@ -195,7 +195,12 @@ class ObjectRoutes:
             if len(seen) != len(set(seen)):
                 raise ApiError(409, f"Duplicate values for unique property {name} in batch input", "CONFLICT")
         created = [self._commit_create(kind, values, links) for values, links in plans]
-        return _batch_answer([o.to_json() for o in created], [], started, 201)
+        # HubSpot echoes each input's objectWriteTraceId in its result; results have no promised order.
+        traces = [item.get("objectWriteTraceId") if isinstance(item, dict) else None
+                  for item in body["inputs"]]
+        results = [{**o.to_json(), **({"objectWriteTraceId": str(t)} if t else {})}
+                   for o, t in zip(created, traces, strict=True)]
+        return _batch_answer(results, [], started, 201)
 
     def _lookup(self, kind: ObjectType, inputs: list[Any], id_property: str | None
                 ) -> tuple[list[tuple[Any, CrmObject]], list[str]]:

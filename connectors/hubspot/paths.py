@@ -23,6 +23,7 @@ ASSOCIATIONS = "/crm/v4/objects"
 OBJECT = OBJECTS + "/{objectType}"
 OBJECT_BY_ID = OBJECTS + "/{objectType}/{objectId}"
 BATCH_UPSERT = OBJECTS + "/{objectType}/batch/upsert"
+BATCH_CREATE = OBJECTS + "/{objectType}/batch/create"  # up to 100 inputs, inline associations
 SEARCH = OBJECTS + "/{objectType}/search"
 
 # Properties (schema).
