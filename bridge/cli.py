@@ -78,8 +78,11 @@ def serve(
 
 @main.command()
 @CONFIG_OPTION
-@click.option("--threads", type=int, default=None, help="Job threads (default: worker.threads, 2).")
-def worker(config_path: str | None, threads: int | None) -> None:
+@click.option("--threads", type=int, default=None, help="General job threads (default: worker.threads, 2).")
+@click.option(
+    "--text-threads", type=int, default=None, help="Threads for texts only (default: worker.text_threads, 8)."
+)
+def worker(config_path: str | None, threads: int | None, text_threads: int | None) -> None:
     """Run an outbox worker. Run as many as you like, on as many machines as share the database."""
     from bridge.runtime import build_worker
     from core import logs
@@ -90,14 +93,7 @@ def worker(config_path: str | None, threads: int | None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    # Threads share the handlers; each claim has its own claim token, so they never share a job.
-    count = max(1, threads or cfg.worker.threads)
-    pool = [threading.Thread(target=w.run, args=(stop,), name=f"worker-{i}") for i in range(count - 1)]
-    for t in pool:
-        t.start()
-    w.run(stop)
-    for t in pool:
-        t.join()
+    w.serve(stop, threads, text_threads)
 
 
 @main.group()

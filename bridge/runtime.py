@@ -64,14 +64,15 @@ class _Cached:
 class Connectors:
     """Instantiates installed connectors (lazily, one per business and id) for this process."""
 
-    def __init__(self, config: Config, factory: sessionmaker[Session]) -> None:
+    def __init__(self, config: Config, factory: sessionmaker[Session], lookup_threads: int = 4) -> None:
         self.config = config
         self.factory = factory
         self._cache: dict[tuple[str, str], _Cached] = {}
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="crm-lookup")
+        # One lookup per job thread at once, or texts queue here behind each other's lookups.
+        self._pool = ThreadPoolExecutor(max_workers=max(4, lookup_threads), thread_name_prefix="crm-lookup")
         self._lock = threading.Lock()
         self._box: SecretBox | None = None
-        self._finders: dict[str, bool] = {}
+        self._finders: dict[str, set[Capability]] = {}
 
     @property
     def box(self) -> SecretBox:
@@ -147,15 +148,7 @@ class Connectors:
                 try:
                     found = self.resolve(business_id, connector_id).find_contact(phone)  # type: ignore[attr-defined]
                 except RateLimited as exc:
-                    if exc.code is not None:  # the vendor's 429 pauses the connector for every worker
-                        until = utcnow() + timedelta(seconds=max(float(exc.retry_after or 1.0), 0.5))
-                        with transaction(self.factory) as session:
-                            connector_state.pause(
-                                session, business_id, connector_id, until, f"rate limited: {exc}"
-                            )
-                            connector_state.record_error(
-                                session, business_id, connector_id, str(exc), 1, rate_limited=True
-                            )
+                    self._rate_limited(business_id, connector_id, exc)
                     continue
                 except Exception as exc:  # a CRM problem must never hold up or fail the text
                     log.info(
@@ -171,12 +164,72 @@ class Connectors:
         except FutureTimeout:
             return None
 
-    def _finds_contacts(self, connector_id: str) -> bool:
+    def find_contacts(
+        self, business_id: str, phones: list[str], budget: float
+    ) -> dict[str, tuple[str, Remote] | None] | None:
+        """Many callers at once (texts claimed together), within one ``budget``: phone -> match.
+
+        Only when every CRM installed that looks people up can look up many in one request
+        (``find_contacts``); otherwise None, and each text looks its caller up alone. A phone whose
+        answer did not come within the budget counts as not found, as after a single lookup.
+        """
+        with self.factory() as session:
+            installed = [
+                i.connector_id
+                for i in session.scalars(
+                    select(ConnectorInstall).where(
+                        ConnectorInstall.business_id == business_id, ConnectorInstall.enabled.is_(True)
+                    )
+                )
+            ]
+        candidates = [c for c in installed if self._finds_contacts(c)]
+        if not all(self._finds_contacts(c, Capability.FIND_CONTACTS) for c in candidates):
+            return None
+        nobody: dict[str, tuple[str, Remote] | None] = dict.fromkeys(phones)
+
+        def look() -> dict[str, tuple[str, Remote] | None]:
+            found = dict(nobody)
+            for connector_id in candidates:
+                left = [p for p in phones if found[p] is None]
+                if not left:
+                    break
+                try:
+                    connector: Any = self.resolve(business_id, connector_id)
+                    hits = connector.find_contacts(left)
+                except RateLimited as exc:
+                    self._rate_limited(business_id, connector_id, exc)
+                    continue
+                except Exception as exc:  # a CRM problem must never hold up or fail the texts
+                    log.info(
+                        "caller lookup failed", extra={"connector": connector_id, "error": type(exc).__name__}
+                    )
+                    continue
+                for phone, remote in hits.items():
+                    if phone in found:
+                        found[phone] = (connector_id, remote)
+            return found
+
+        if not candidates:
+            return nobody
+        try:
+            return self._pool.submit(look).result(timeout=budget)
+        except FutureTimeout:
+            return nobody
+
+    def _rate_limited(self, business_id: str, connector_id: str, exc: RateLimited) -> None:
+        if exc.code is not None:  # the vendor's 429 pauses the connector for every worker
+            until = utcnow() + timedelta(seconds=max(float(exc.retry_after or 1.0), 0.5))
+            with transaction(self.factory) as session:
+                connector_state.pause(session, business_id, connector_id, until, f"rate limited: {exc}")
+                connector_state.record_error(
+                    session, business_id, connector_id, str(exc), 1, rate_limited=True
+                )
+
+    def _finds_contacts(self, connector_id: str, capability: Capability = Capability.FIND_CONTACT) -> bool:
         # registry.load reads the package metadata (~10 ms): once per process, not once per text.
         if connector_id not in self._finders:
-            capabilities = registry.load(connector_id).manifest.capabilities
-            self._finders[connector_id] = Capability.FIND_CONTACT in capabilities
-        return self._finders[connector_id]
+            self._finders[connector_id] = set(registry.load(connector_id).manifest.capabilities)
+        return capability in self._finders[connector_id]
 
     def resolve(self, business_id: str, connector_id: str) -> Connector:
         with self.factory() as session:
@@ -194,12 +247,19 @@ class Connectors:
 
 
 def build_worker(config: Config, engine: Engine | None = None) -> Worker:
-    engine = engine or make_engine(config.database_url)
+    w = config.worker
+    job_threads = w.threads + w.text_threads
+    if engine is None:
+        pool: dict[str, Any] = {}
+        if not config.database_url.startswith("sqlite"):
+            # A connection per job thread, plus the lookups running beside them (core.db's default
+            # of 5 + 10 would make text threads queue for a connection at 100 texts/s).
+            pool = {"pool_size": job_threads, "max_overflow": job_threads + 2}
+        engine = make_engine(config.database_url, **pool)
     require_migrated(engine, config.source)
     factory = session_factory(engine)
-    w = config.worker
     outbox = Outbox(factory, worker_id(), w.lease_seconds, w.backoff_initial, w.backoff_max, w.max_attempts)
-    connectors = Connectors(config, factory)
+    connectors = Connectors(config, factory, lookup_threads=job_threads)
     handlers: dict[str, Handler] = {
         "sms.send": SmsJob(config, factory, twilio_gateway(config), find_contact=connectors.find_contact),
         "crm.sync": SyncJob(config, factory, connectors.resolve, on_rate_limited=metrics.crm_rate_limited),
@@ -215,4 +275,7 @@ def build_worker(config: Config, engine: Engine | None = None) -> Worker:
         poll_interval=w.poll_interval,
         batch_size=w.batch_size,
         on_outcome=metrics.job_outcome,
+        threads=w.threads,
+        text_threads=w.text_threads,
+        probe_interval=w.probe_interval,
     )

@@ -103,6 +103,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
                 "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
                 "batch_size": {"type": "integer", "minimum": 1, "maximum": 500},
                 "threads": {"type": "integer", "minimum": 1, "maximum": 32},
+                "text_threads": {"type": "integer", "minimum": 0, "maximum": 64},
+                "probe_interval": {"type": "number", "exclusiveMinimum": 0, "maximum": 60},
                 "backoff_initial": {"type": "number", "exclusiveMinimum": 0},
                 "backoff_max": {"type": "number", "exclusiveMinimum": 0},
             },

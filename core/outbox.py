@@ -7,6 +7,9 @@ becomes claimable again when its lease runs out, and completion is guarded by th
 so a stale worker can never finish a job somebody else has re-claimed.
 
 Jobs sharing an ``ordering_key`` (a lead and a target) run one at a time, oldest first.
+
+On PostgreSQL, queueing a job that is due now also sends ``NOTIFY textback_outbox`` (delivered at
+commit), so idle workers wake at once instead of at their next poll (see core.wakeup).
 """
 
 from __future__ import annotations
@@ -16,19 +19,23 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy import and_, delete, exists, func, literal_column, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased, sessionmaker
 from tenacity import RetryCallState, wait_exponential_jitter
 
 from core.errors import JobError, TransientError
-from core.models import OutboxJob, utcnow
+from core.models import ConnectorState, OutboxJob, utcnow
 
 ACTIVE = ("pending", "running")
 
 # Texts to callers first, then the conversation, then everything else (CRM sync, notifications).
 PRIORITIES = {"sms.send": 0, "convo.reply": 1, "notify.email": 3, "notify.webhook": 3, "escalation.sla": 3}
 DEFAULT_PRIORITY = 5
+# Texts to callers and conversation replies: the jobs a caller is waiting for (the text lane).
+TEXT_PRIORITY = 1
+# The NOTIFY channel; the payload is "text" for a text-lane job and "job" for anything else.
+CHANNEL = "textback_outbox"
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,22 @@ class Job:
     lead_id: str | None
     business_id: str | None
     priority: int = DEFAULT_PRIORITY
+    lease_seconds: float = 60.0
+
+
+class LeaseLost(Exception):
+    """Raised by a handler that renewed its own lease (see :func:`renew_in`) and found it taken."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Returned by a handler that marked its job done itself, in its last transaction.
+
+    ``owned`` is False when the lease was lost (another worker owns the job now).
+    """
+
+    result: dict[str, Any] | None
+    owned: bool
 
 
 class Deferred(Exception):
@@ -68,6 +91,7 @@ def enqueue(
     max_attempts: int = 8,
 ) -> bool:
     """Add a job inside the caller's transaction. Returns False when ``dedupe_key`` exists."""
+    priority = PRIORITIES.get(kind, DEFAULT_PRIORITY)
     values = {
         "kind": kind,
         "target": target,
@@ -77,7 +101,7 @@ def enqueue(
         "lead_id": lead_id,
         "payload": payload or {},
         "status": "pending",
-        "priority": PRIORITIES.get(kind, DEFAULT_PRIORITY),
+        "priority": priority,
         "attempts": 0,
         "max_attempts": max_attempts,
         "next_attempt_at": run_at or utcnow(),
@@ -87,8 +111,50 @@ def enqueue(
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = insert(OutboxJob).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    if dialect == "postgresql" and run_at is None:
+        # The NOTIFY rides on the INSERT (no extra round trip), only when a row went in, and
+        # PostgreSQL delivers it at commit: a woken worker always finds the job.
+        lane = "text" if priority <= TEXT_PRIORITY else "job"
+        notify: Any = literal_column(f"pg_notify('{CHANNEL}', '{lane}')")
+        return session.execute(stmt.returning(OutboxJob.id, notify)).first() is not None
     result = session.execute(stmt)
     return bool(getattr(result, "rowcount", 0))
+
+
+def _guarded(job: Job) -> Any:
+    return and_(
+        OutboxJob.id == job.id, OutboxJob.claim_token == job.claim_token, OutboxJob.status == "running"
+    )
+
+
+def renew_in(session: Session, job: Job, now: datetime | None = None) -> None:
+    """Renew the lease inside a handler's own first transaction: one round trip fewer per job.
+
+    Raises :class:`LeaseLost` when another worker re-claimed the job; the caller's transaction
+    then rolls back, so nothing of the job ran.
+    """
+    now = now or utcnow()
+    stmt = (
+        update(OutboxJob)
+        .where(_guarded(job))
+        .values(locked_until=now + timedelta(seconds=job.lease_seconds), updated_at=now)
+    )
+    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+        raise LeaseLost(f"job {job.id}")
+
+
+def complete_in(
+    session: Session, job: Job, result: dict[str, Any] | None = None, now: datetime | None = None
+) -> Finished:
+    """Mark the job done inside the handler's last transaction, with the work it records."""
+    now = now or utcnow()
+    stmt = (
+        update(OutboxJob)
+        .where(_guarded(job))
+        .values(status="done", result=result, finished_at=now, locked_until=None, updated_at=now)
+    )
+    owned = session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+    return Finished(result, owned)
 
 
 class Outbox:
@@ -110,7 +176,10 @@ class Outbox:
             multiplier=backoff_initial, max=backoff_max, jitter=backoff_initial
         )
 
-    def claim(self, limit: int = 10, now: datetime | None = None) -> list[Job]:
+    def claim(
+        self, limit: int = 10, now: datetime | None = None, max_priority: int | None = None
+    ) -> list[Job]:
+        """Claim up to ``limit`` ready jobs; ``max_priority`` restricts it to urgent kinds (a lane)."""
         now = now or utcnow()
         token = str(uuid.uuid4())
         earlier = aliased(OutboxJob)
@@ -125,9 +194,10 @@ class Outbox:
             and_(OutboxJob.status == "pending", OutboxJob.next_attempt_at <= now),
             and_(OutboxJob.status == "running", OutboxJob.locked_until < now),
         )
+        lane = [] if max_priority is None else [OutboxJob.priority <= max_priority]
         candidates = (
             select(OutboxJob.id)
-            .where(ready, ~blocked)
+            .where(ready, ~blocked, *lane)
             .order_by(OutboxJob.priority, OutboxJob.next_attempt_at, OutboxJob.id)
             .limit(limit)
             .with_for_update(skip_locked=True, of=OutboxJob)
@@ -170,6 +240,7 @@ class Outbox:
                 r.lead_id,
                 r.business_id,
                 r.priority,
+                self.lease.total_seconds(),
             )
             for r in rows
         ]
@@ -177,9 +248,7 @@ class Outbox:
         return sorted(jobs, key=lambda j: (j.priority, j.id))
 
     def _guarded(self, job: Job) -> Any:
-        return and_(
-            OutboxJob.id == job.id, OutboxJob.claim_token == job.claim_token, OutboxJob.status == "running"
-        )
+        return _guarded(job)
 
     def complete(self, job: Job, result: dict[str, Any] | None = None, now: datetime | None = None) -> bool:
         """Mark done. False means the lease was lost: another worker owns the job now."""
@@ -206,7 +275,12 @@ class Outbox:
             return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
 
     def defer(self, job: Job, until: datetime, reason: str) -> bool:
-        """Put the job back until ``until``; the attempt it just used is given back."""
+        """Put the job back until ``until``; the attempt it just used is given back.
+
+        When the job's target is a connector paused by a rate limit, its other pending jobs move to
+        the same time in the same UPDATE: otherwise every worker would claim each of them, find the
+        pause and defer it, one by one, for as long as the pause lasts.
+        """
         stmt = (
             update(OutboxJob)
             .where(self._guarded(job))
@@ -220,7 +294,10 @@ class Outbox:
             )
         )
         with self.factory() as session, session.begin():
-            return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+            owned = session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+            if job.business_id:
+                _defer_paused_siblings(session, job, until)
+            return owned
 
     def backoff(self, attempt: int) -> float:
         state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
@@ -260,6 +337,32 @@ class Outbox:
             if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
                 return "lost"
         return status
+
+
+def _defer_paused_siblings(session: Session, job: Job, until: datetime) -> None:
+    state = session.get(ConnectorState, (job.business_id, job.target))
+    if (
+        state is None
+        or state.paused_until is None
+        or not (state.pause_reason or "").startswith("rate limited")
+    ):
+        return  # an auth pause ends when an admin reinstalls: jobs not yet tried resume at once then
+    now = utcnow()
+    if state.paused_until <= now:
+        return
+    wake = min(until, state.paused_until)
+    session.execute(
+        update(OutboxJob)
+        .where(
+            OutboxJob.status == "pending",
+            OutboxJob.business_id == job.business_id,
+            OutboxJob.target == job.target,
+            OutboxJob.kind == job.kind,
+            OutboxJob.next_attempt_at < wake,
+        )
+        .values(next_attempt_at=wake, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
 
 
 # -- administration ----------------------------------------------------------------------------

@@ -59,7 +59,14 @@ ContactLookup = Callable[[str, str, float], "tuple[str, Remote] | None"]
 
 
 class SmsJob:
-    """Handler for ``sms.send`` jobs, bound to a config, a session factory and a gateway."""
+    """Handler for ``sms.send`` jobs, bound to a config, a session factory and a gateway.
+
+    A text takes as few transactions as its safety allows: the lease is renewed in the first one
+    (which also records the attempt when nothing needs looking up first), and the sent text is
+    recorded in the same transaction that marks the job done.
+    """
+
+    renews_lease = True  # see core.outbox.renew_in
 
     def __init__(
         self,
@@ -78,10 +85,11 @@ class SmsJob:
             return None
         return f"{self.config.public_url}/twilio/message-status?m={message_id}"
 
-    def __call__(self, job: Job) -> dict[str, Any]:
+    def __call__(self, job: Job) -> dict[str, Any] | outbox.Finished:
         now = utcnow()
         message_id = job.payload["message_id"]
         with transaction(self.factory) as session:
+            outbox.renew_in(session, job, now)
             message = session.get(Message, message_id)
             if message is None:
                 raise Rejected(f"message {message_id} does not exist")
@@ -117,6 +125,11 @@ class SmsJob:
                 and not self._cached_line_type(session, message.to_number)
             )
             started = message.attempt_started_at
+            personalise = started is None and message.kind == "first_text" and self.find_contact is not None
+            # Nothing to look up first: the attempt is on record with this commit, before the send.
+            recorded = started is None and not needs_lookup and not personalise
+            if recorded:
+                message.attempt_started_at = now
         if needs_lookup:
             self._lookup(message.to_number)
             with transaction(self.factory) as session:
@@ -126,23 +139,21 @@ class SmsJob:
                 if self._cached_line_type(session, message.to_number) == "landline":
                     self._cancel(session, message, lead, "landline")
                     return {"canceled": "landline"}
-        if started is None and message.kind == "first_text" and self.find_contact is not None:
+        if personalise:
             self._personalise(message_id)
-            with self.factory() as session:
-                refreshed = session.get(Message, message_id)
-                assert refreshed is not None
-                message = refreshed
         if started is not None:
             found = self.gateway.find_sent(
                 to=message.to_number, from_=message.from_number, body=message.body, since=started - LOOKBACK
             )
             if found is not None:
-                self._store_sent(message_id, found, now)
-                return {"sid": found.sid, "note": "adopted after an ambiguous attempt"}
-        with transaction(self.factory) as session:
-            row = session.get(Message, message_id)
-            assert row is not None
-            row.attempt_started_at = now
+                adopted = {"sid": found.sid, "note": "adopted after an ambiguous attempt"}
+                return self._store_sent(message_id, found, now, job, adopted)
+        if not recorded:
+            with transaction(self.factory) as session:
+                row = session.get(Message, message_id)
+                assert row is not None
+                row.attempt_started_at = now
+                message = row  # as personalised
         try:
             sent = self.gateway.send(
                 to=message.to_number,
@@ -162,12 +173,14 @@ class SmsJob:
             self._rejected(message_id, exc)
             raise
         crash_point("after_vendor_call")  # test hook: inert unless $TEXTBACK_CRASH_AT is set
-        self._store_sent(message_id, sent, now)
+        # The text's record and the job's completion commit together: this is the job's last commit.
+        crash_point("before_commit")
+        finished = self._store_sent(message_id, sent, now, job, {"sid": sent.sid})
         log.info(
             "sms sent",
             extra={"message_id": message_id, "lead_id": job.lead_id, "to": mask(message.to_number)},
         )
-        return {"sid": sent.sid}
+        return finished
 
     def _personalise(self, message_id: str) -> None:
         """Caller lookup before the first text, within a strict budget so the text is never late.
@@ -244,7 +257,9 @@ class SmsJob:
             leads.set_status(lead, "closed")
         message.updated_at = utcnow()
 
-    def _store_sent(self, message_id: str, sent: SentMessage, now: datetime) -> None:
+    def _store_sent(
+        self, message_id: str, sent: SentMessage, now: datetime, job: Job, result: dict[str, Any]
+    ) -> outbox.Finished:
         with transaction(self.factory) as session:
             message = session.get(Message, message_id)
             assert message is not None
@@ -273,6 +288,7 @@ class SmsJob:
                 sync.emit(
                     session, message.business_id, lead.id, "texted", message.id, {"message_id": message.id}
                 )
+            return outbox.complete_in(session, job, result)
 
     def _rejected(self, message_id: str, exc: Rejected) -> None:
         code = (

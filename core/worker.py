@@ -1,4 +1,10 @@
-"""The outbox worker loop: claim, run the handler for the job's kind, record the outcome."""
+"""The outbox worker loop: claim, run the handler for the job's kind, record the outcome.
+
+A worker process runs two lanes of threads (:meth:`Worker.serve`): text threads claim only texts
+and conversation replies, one at a time, so a caller's text never waits behind a batch of CRM
+pushes; general threads claim batches of anything. Idle threads sleep until core.wakeup says a job
+arrived, or until the next poll.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +19,13 @@ from typing import Any
 
 from core import logs
 from core.errors import JobError, TransientError
-from core.outbox import Deferred, Job, Outbox
+from core.outbox import TEXT_PRIORITY, Deferred, Finished, Job, LeaseLost, Outbox
+from core.wakeup import Waker
 
 log = logging.getLogger("textback.worker")
 
-Handler = Callable[[Job], "dict[str, Any] | None"]
+# A handler may return Finished when it marked its job done in its own last transaction.
+Handler = Callable[[Job], "dict[str, Any] | Finished | None"]
 # Told every job's outcome: done, retry, deferred, dead or lost (the bridge counts them in metrics).
 OutcomeHook = Callable[[Job, str], None]
 
@@ -46,15 +54,21 @@ class Worker:
         poll_interval: float = 0.2,
         batch_size: int = 10,
         on_outcome: OutcomeHook | None = None,
+        threads: int = 2,
+        text_threads: int = 8,
+        probe_interval: float = 0.01,
     ) -> None:
         self.outbox = outbox
         self.handlers = dict(handlers)
         self.poll_interval = poll_interval
         self.batch_size = batch_size
         self.on_outcome = on_outcome
+        self.threads = threads
+        self.text_threads = text_threads
+        self.probe_interval = probe_interval
 
-    def run_once(self) -> int:
-        jobs = self.outbox.claim(self.batch_size)
+    def run_once(self, limit: int | None = None, max_priority: int | None = None) -> int:
+        jobs = self.outbox.claim(limit or self.batch_size, max_priority=max_priority)
         if jobs:
             crash_point("after_claim")
         self._prepare(jobs)
@@ -93,16 +107,20 @@ class Worker:
             status = self.outbox.fail(job, JobError("gave up: the job's worker died on every attempt"))
             log.error("job dead", extra={**fields, "reason": "lease expired too often"})
             return status
-        if not self.outbox.renew(job):
+        handler = self.handlers.get(job.kind)
+        # A handler that renews the lease in its own first transaction saves a round trip per job.
+        if not getattr(handler, "renews_lease", False) and not self.outbox.renew(job):
             log.warning("job lease lost before it started", extra=fields)
             return "lost"
-        handler = self.handlers.get(job.kind)
         if handler is None:
             status = self.outbox.fail(job, JobError(f"no handler for job kind {job.kind!r}"))
             log.error("job dead", extra={**fields, "reason": "no handler"})
             return status
         try:
             result = handler(job)
+        except LeaseLost:
+            log.warning("job lease lost before it started", extra=fields)
+            return "lost"
         except Deferred as deferred:
             self.outbox.defer(job, deferred.until, deferred.reason)
             log.info(
@@ -125,6 +143,13 @@ class Worker:
             frames = "".join(traceback.format_tb(exc.__traceback__, limit=6))
             log.error("job crashed", extra={**fields, "error": type(exc).__name__, "trace": frames})
             return self.outbox.fail(job, TransientError(f"unexpected {type(exc).__name__}"))
+        if isinstance(result, Finished):
+            # The handler recorded its work and the job's completion in one transaction.
+            if not result.owned:
+                log.warning("job lease lost before completion", extra=fields)
+                return "lost"
+            log.info("job done", extra=fields)
+            return "done"
         crash_point("before_commit")
         if not self.outbox.complete(job, result or None):
             log.warning("job lease lost before completion", extra=fields)
@@ -132,15 +157,54 @@ class Worker:
         log.info("job done", extra=fields)
         return "done"
 
-    def run(self, stop: threading.Event) -> None:
-        log.info("worker started", extra={"worker": self.outbox.worker_id})
+    def run(self, stop: threading.Event, waker: Waker | None = None, lane: str = "job") -> None:
+        """Claim and run jobs until ``stop``; ``lane`` "text" takes only texts and replies."""
+        text = lane == "text"
+        limit, max_priority = (1, TEXT_PRIORITY) if text else (self.batch_size, None)
+        log.info("worker started", extra={"worker": self.outbox.worker_id, "lane": lane})
         while not stop.is_set():
             try:
-                busy = self.run_once()
+                busy = self.run_once(limit, max_priority)
             except Exception as exc:
                 # The database may be restarting; keep the loop alive and try again shortly.
                 log.error("claim failed", extra={"error": type(exc).__name__})
-                busy = 0
-            if not busy:
                 stop.wait(self.poll_interval)
-        log.info("worker stopped", extra={"worker": self.outbox.worker_id})
+                continue
+            if waker is None:
+                if not busy:
+                    stop.wait(self.poll_interval)
+                continue
+            if busy >= limit and (not text or not waker.live):
+                # A full batch: there may be more, found by polling rather than a wake-up each.
+                waker.notify(lane)
+            if not busy:
+                waker.wait(lane, max(10 * self.poll_interval, 1.0))
+        log.info("worker stopped", extra={"worker": self.outbox.worker_id, "lane": lane})
+
+    def serve(
+        self, stop: threading.Event, threads: int | None = None, text_threads: int | None = None
+    ) -> None:
+        """Run this process's lanes (``threads`` general and ``text_threads`` text threads) until ``stop``."""
+        general = max(1, self.threads if threads is None else threads)
+        texts = max(0, self.text_threads if text_threads is None else text_threads)
+        factory_bind = self.outbox.factory.kw.get("bind")
+        waker = (
+            Waker(factory_bind, self.poll_interval, self.probe_interval, self.outbox.worker_id)
+            if factory_bind is not None
+            else None
+        )
+        if waker is not None:
+            waker.start()
+        # Threads share the handlers; each claim has its own claim token, so they never share a job.
+        pool = [
+            threading.Thread(target=self.run, args=(stop, waker, lane), name=f"worker-{lane}-{i}")
+            for lane, count in (("text", texts), ("job", general))
+            for i in range(count)
+        ]
+        for t in pool:
+            t.start()
+        stop.wait()
+        if waker is not None:
+            waker.stop()
+        for t in pool:
+            t.join()
