@@ -33,6 +33,8 @@ def main() -> None:
     p.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     p.add_argument("--calls", type=int, default=300)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--dump", help="also write the cProfile stats to this file (for pstats/snakeviz)")
+    p.add_argument("--sort", default="cumulative", help="pstats sort key: cumulative, tottime, ...")
     p.add_argument("--log-level", default="INFO", help="logging.level in the config (INFO is the default)")
     args = p.parse_args()
     if not 10 <= args.calls <= 5000:
@@ -99,13 +101,15 @@ def run(args: argparse.Namespace, workdir: Path, db: Database) -> None:
     profiler.enable()
     send(measured[args.calls // 2 :])
     profiler.disable()
+    if args.dump:
+        profiler.dump_stats(args.dump)
     n = args.calls // 2
     print(
         f"db={args.db} calls={n}: wall {wall / n * 1000:.2f} ms/webhook, CPU {cpu / n * 1000:.2f} ms/webhook "
         f"(this process), {per_call_statements:.1f} SQL statements/webhook"
     )
     out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(args.top)
+    pstats.Stats(profiler, stream=out).sort_stats(args.sort).print_stats(args.top)
     print(out.getvalue())
 
 

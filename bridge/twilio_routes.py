@@ -154,6 +154,19 @@ def voicemail_twiml(business: Business) -> VoiceResponse:
     return vr
 
 
+# Business configs are immutable: each one's voicemail TwiML is rendered once, keyed by identity
+# (the object is kept alongside so a reloaded config never reuses another's answer).
+_VOICEMAIL: dict[int, tuple[Business, bytes]] = {}
+
+
+def voicemail_response(business: Business) -> Response:
+    cached = _VOICEMAIL.get(id(business))
+    if cached is None or cached[0] is not business:
+        cached = (business, str(voicemail_twiml(business)).encode())
+        _VOICEMAIL[id(business)] = cached
+    return Response(cached[1], status=200, mimetype="application/xml")
+
+
 def _log_decision(business: Business, call_sid: str, concluded: calls.Concluded) -> None:
     if concluded.new:
         g.decision = concluded.decision  # counted by bridge.metrics once the response is sent
@@ -182,15 +195,15 @@ def voice() -> Response:
 
     def run() -> Response:
         with transaction(st.factory) as session:
-            calls.first_delivery(session, "voice.incoming", call_sid)
-            call = calls.record_incoming(session, business, call_sid, caller, called, direction)
+            first = calls.first_delivery(session, "voice.incoming", call_sid)
             if business.mode == "forward":
                 # The carrier only forwards calls nobody answered: every call here is a miss.
-                concluded = calls.conclude(
-                    session, business, call, answered=False, miss_reason="missed_forwarded"
+                concluded = calls.conclude_forwarded(
+                    session, business, call_sid, caller, called, direction, redelivered=not first
                 )
                 _log_decision(business, call_sid, concluded)
-                return twiml(voicemail_twiml(business))
+                return voicemail_response(business)
+            calls.record_incoming(session, business, call_sid, caller, called, direction)
         vr = VoiceResponse()
         dial = Dial(
             action="/twilio/dial-result", method="POST", timeout=business.ring_timeout, answer_on_bridge=True
@@ -275,7 +288,7 @@ def dial_result() -> Response:
                 vr = VoiceResponse()
                 vr.hangup()
                 return twiml(vr)
-            return twiml(voicemail_twiml(business))
+            return voicemail_response(business)
 
     return with_retry(run)
 

@@ -7,14 +7,16 @@ nothing.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import select, text, update
+from sqlalchemy import Insert, Table, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from core import escalation, leads, sync, texting
+from core import call_intake, escalation, leads, sync, texting
 from core.config import Business
 from core.models import Call, Lead, LineType, WebhookEvent, utcnow
 from core.phones import to_e164
@@ -23,14 +25,44 @@ from core.policy import CallFacts, Decision, decide
 
 def first_delivery(session: Session, kind: str, key: str) -> bool:
     """Claim a webhook's dedupe key. False means it was processed before: do nothing."""
-    dialect = session.get_bind().dialect.name
+    conn = session.connection()
+    params = {"kind": kind, "key": key[:160], "received_at": utcnow()}
+    return bool(conn.execute(_dedupe_insert(conn.dialect.name), params).rowcount)
+
+
+@functools.cache
+def _dedupe_insert(dialect: str) -> Insert:
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = (
-        insert(WebhookEvent)
-        .values(kind=kind, key=key[:160], received_at=utcnow())
-        .on_conflict_do_nothing(index_elements=["kind", "key"])
+    return insert(cast(Table, WebhookEvent.__table__)).on_conflict_do_nothing(index_elements=["kind", "key"])
+
+
+def conclude_forwarded(
+    session: Session,
+    business: Business,
+    call_sid: str,
+    caller: str | None,
+    called: str | None,
+    direction: str | None,
+    miss_reason: str = "missed_forwarded",
+    redelivered: bool = False,
+) -> Concluded:
+    """Record and decide a call nobody answered (forward mode), in as few statements as it takes.
+
+    ``redelivered``: the webhook was seen before, so the call is stored; skip the new-call path.
+    """
+    new = call_intake.NewCall(
+        call_sid=call_sid,
+        from_number=(caller or "")[:40],
+        to_number=(called or "")[:40],
+        direction=(direction or "inbound")[:20],
+        miss_reason=miss_reason,
     )
-    return bool(getattr(session.execute(stmt), "rowcount", 0))
+    fast = None if redelivered else call_intake.conclude_new(session, business, new)
+    if fast is not None:
+        decision, lead_id, message_id = fast
+        return Concluded(decision, lead_id, message_id, True)
+    call = record_incoming(session, business, call_sid, caller, called, direction)
+    return conclude(session, business, call, answered=False, miss_reason=miss_reason)
 
 
 def record_incoming(

@@ -3,8 +3,10 @@ and applying Twilio's delivery-status callbacks."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
@@ -51,21 +53,37 @@ AUTOMATED_REPLY_KINDS = ("reply", "follow_up")
 STAFF_KINDS = ("staff_alert",)
 
 
+@functools.lru_cache(maxsize=4096)
+def _zone_names(phone: str) -> tuple[str, ...]:
+    # phonenumbers parses the number on every lookup; a caller's zones never change.
+    return tuple(time_zones(phone))
+
+
 def caller_zones(phone: str, business: Business) -> list[ZoneInfo]:
-    zones = time_zones(phone)
+    zones = _zone_names(phone)
     return [ZoneInfo(z) for z in zones] if zones else [business.tz]
 
 
 def first_text_body(business: Business, lead: Lead, now: datetime, existing_customer: bool = False) -> str:
+    return first_text_for(business, lead.name, now, existing_customer)
+
+
+def first_text_for(
+    business: Business, name: str | None, now: datetime, existing_customer: bool = False
+) -> str:
+    """The first text for a lead called ``name`` (None when unknown)."""
     if existing_customer:
-        name = "existing_customer"
+        template = "existing_customer"
     elif is_open(now, business.tz, business.hours, business.holidays):
-        name = "business_hours"
+        template = "business_hours"
     else:
-        name = "after_hours"
-    first = (lead.name or "").split(" ")[0] or None
+        template = "after_hours"
+    first = (name or "").split(" ")[0] or None
     return tpl.render(
-        business.templates[name], business=business.name, first_name=first, booking_link=business.booking_link
+        business.templates[template],
+        business=business.name,
+        first_name=first,
+        booking_link=business.booking_link,
     )
 
 
@@ -87,39 +105,82 @@ def queue_text(
     Automated kinds are held until the sending window opens in the caller's time zone(s).
     Returns None when a text with this dedupe key was already queued.
     """
-    now = now or utcnow()
+    values = enqueue_text(
+        session,
+        business,
+        lead.id,
+        lead.phone,
+        kind=kind,
+        body=body,
+        dedupe_key=dedupe_key,
+        now=now,
+        from_number=from_number,
+        delay_seconds=delay_seconds,
+        to_number=to_number,
+    )
+    if values is None:
+        return None
+    message = Message(**values)
+    session.add(message)
+    return message
+
+
+def planned_status(
+    business: Business, phone: str, kind: str, now: datetime, delay_seconds: float = 0.0
+) -> tuple[datetime, str]:
+    """When a text queued ``now`` may go out, and the status it is stored with."""
     send_at = now + timedelta(seconds=delay_seconds)
     if kind in AUTOMATED_KINDS:
-        send_at = next_send_time(send_at, caller_zones(lead.phone, business), business.policy.window)
-    message = Message(
-        id=str(uuid.uuid4()),
-        lead_id=lead.id,
-        business_id=business.id,
-        direction="outbound",
-        kind=kind,
-        from_number=from_number or business.numbers[0],
-        to_number=to_number or lead.phone,
-        body=body,
-        status="scheduled" if send_at > now + timedelta(seconds=1) else "pending",
-        send_after=send_at,
-        created_at=now,
-        updated_at=now,
-    )
+        send_at = next_send_time(send_at, caller_zones(phone, business), business.policy.window)
+    return send_at, "scheduled" if send_at > now + timedelta(seconds=1) else "pending"
+
+
+def enqueue_text(
+    session: Session,
+    business: Business,
+    lead_id: str,
+    phone: str,
+    *,
+    kind: str,
+    body: str,
+    dedupe_key: str,
+    now: datetime | None = None,
+    from_number: str | None = None,
+    delay_seconds: float = 0.0,
+    to_number: str | None = None,
+) -> dict[str, Any] | None:
+    """Queue the send job for a text; the ``messages`` row values for the caller to store.
+
+    None when a text with this dedupe key was already queued (store nothing then).
+    """
+    now = now or utcnow()
+    send_at, status = planned_status(business, phone, kind, now, delay_seconds)
+    values: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "lead_id": lead_id,
+        "business_id": business.id,
+        "direction": "outbound",
+        "kind": kind,
+        "from_number": from_number or business.numbers[0],
+        "to_number": to_number or phone,
+        "body": body,
+        "status": status,
+        "send_after": send_at,
+        "created_at": now,
+        "updated_at": now,
+    }
     queued = outbox.enqueue(
         session,
         kind="sms.send",
         target="twilio",
         dedupe_key=dedupe_key,
-        ordering_key=f"sms:{business.id}:{to_number or lead.phone}",
+        ordering_key=f"sms:{business.id}:{to_number or phone}",
         business_id=business.id,
-        lead_id=lead.id,
-        payload={"message_id": message.id},
+        lead_id=lead_id,
+        payload={"message_id": values["id"]},
         run_at=send_at,
     )
-    if not queued:
-        return None
-    session.add(message)
-    return message
+    return values if queued else None
 
 
 def suppress(session: Session, business_id: str, phone: str, reason: str, source: str) -> None:

@@ -1,0 +1,304 @@
+"""A new call's decision in a handful of prebuilt statements (the forwarded-call webhook's hot path).
+
+:func:`core.calls.conclude` decides any call through the ORM; this module does the same for a
+call the store has never seen, with one read for every fact the policy needs and Core statements
+built once per dialect, because Twilio waits on this answer. It steps aside (returns None, having
+written nothing) whenever the call already exists or the rarer branches apply (a repeat caller to
+escalate), and the caller then runs the ORM path, which keeps the guarded decision.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import (
+    Connection,
+    Insert,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal_column,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import Select, Update
+
+from core import sync, texting
+from core.config import Business
+from core.models import Call, ConnectorInstall, Lead, LineType, Message, Suppression, TimelineEntry, utcnow
+from core.phones import to_e164
+from core.policy import CallFacts, Decision, decide
+
+
+@dataclass(frozen=True)
+class Statements:
+    facts: Select[Any]
+    lock: Any
+    insert_lead: Insert
+    insert_call: Insert
+    insert_entries: Insert
+    insert_message: Insert
+    texted: Update
+    untexted: Update
+    lead_by_phone: Select[Any]
+
+
+@functools.cache
+def statements(dialect: str) -> Statements:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    calls, leads, entries = _table(Call), _table(Lead), _table(TimelineEntry)
+    b: Any = bindparam("business_id")
+    p: Any = bindparam("phone")
+    one = select(literal_column("1").label("one")).subquery("one")
+
+    def suppressed(reason: str) -> Any:
+        s = _table(Suppression)
+        return exists().where(s.c.business_id == b, s.c.phone == p, s.c.reason == reason)
+
+    missed_before = (
+        select(func.count())
+        .select_from(calls)
+        .where(
+            calls.c.business_id == b,
+            calls.c.from_number == bindparam("from_number"),
+            calls.c.started_at >= bindparam("since", type_=calls.c.started_at.type),
+            calls.c.decision_reason.is_not(None),
+            calls.c.decision_reason != "answered",
+        )
+        .scalar_subquery()
+    )
+    installs = _table(ConnectorInstall)
+    facts = select(
+        exists().where(calls.c.call_sid == bindparam("call_sid")).label("call_exists"),
+        leads.c.id,
+        leads.c.name,
+        leads.c.status,
+        leads.c.last_text_at,
+        suppressed("opted_out").label("opted_out"),
+        suppressed("undeliverable").label("undeliverable"),
+        select(_table(LineType).c.line_type)
+        .where(_table(LineType).c.phone == p)
+        .scalar_subquery()
+        .label("line_type"),
+        missed_before.label("missed_before"),
+        exists()
+        .where(installs.c.business_id == b, installs.c.enabled.is_(True))
+        .label("has_connectors"),
+    ).select_from(one.outerjoin(leads, and_(leads.c.business_id == b, leads.c.phone == p)))
+    lead_id: Any = bindparam("lead_id")
+    return Statements(
+        facts=facts,
+        lock=text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+        insert_lead=insert(leads).on_conflict_do_nothing(index_elements=["business_id", "phone"]),
+        insert_call=insert(calls),
+        # Executed with both rows at once (executemany): a multi-VALUES insert has no cache key.
+        insert_entries=insert(entries),
+        insert_message=insert(_table(Message)),
+        # The SET list follows the parameters given (last_text_at, updated_at, maybe status).
+        texted=update(leads).where(leads.c.id == lead_id),
+        untexted=update(leads)
+        .where(leads.c.id == lead_id)
+        .values(last_text_at=None, status="new", updated_at=leads.c.created_at),
+        lead_by_phone=select(leads.c.id, leads.c.name, leads.c.status).where(
+            leads.c.business_id == b, leads.c.phone == p
+        ),
+    )
+
+
+def _table(model: type[Any]) -> Table:
+    return cast(Table, model.__table__)
+
+
+@dataclass(frozen=True)
+class NewCall:
+    """A missed call the store has not seen yet, as the webhook delivered it."""
+
+    call_sid: str
+    from_number: str
+    to_number: str
+    direction: str
+    miss_reason: str
+
+
+def conclude_new(
+    session: Session, business: Business, call: NewCall
+) -> tuple[Decision, str | None, str | None] | None:
+    """Store ``call`` already decided, with its lead, timeline and first text.
+
+    Returns (decision, lead id, message id), or None when the call is not new or needs the
+    general path; None means nothing was written.
+    """
+    conn = session.connection()
+    st = statements(conn.dialect.name)
+    started_at = utcnow()
+    now = utcnow()
+    caller = to_e164(call.from_number)
+    if caller and conn.dialect.name == "postgresql":
+        # Same per-caller lock as core.calls.conclude: the cooldown must see a concurrent call's text.
+        conn.execute(st.lock, {"key": f"{business.id}:{caller}"})
+    esc = business.escalation
+    row = conn.execute(
+        st.facts,
+        {
+            "call_sid": call.call_sid,
+            "business_id": business.id,
+            "phone": caller,
+            "from_number": call.from_number,
+            "since": now - timedelta(hours=esc.repeat_window_hours),
+        },
+    ).one()
+    if row.call_exists:
+        return None
+    facts = CallFacts(
+        direction=call.direction,
+        caller_raw=call.from_number,
+        caller=caller,
+        answered=False,
+        miss_reason=call.miss_reason,
+        hung_up_ringing=False,
+        ring_seconds=None,
+        suppressions=frozenset(
+            reason
+            for reason, on in (("opted_out", row.opted_out), ("undeliverable", row.undeliverable))
+            if on
+        ),
+        line_type=row.line_type if caller else None,
+        last_text_at=row.last_text_at,
+        now=now,
+    )
+    decision = decide(facts, business)
+    will_have_lead = row.id is not None or (decision.texts and caller is not None)
+    if will_have_lead and (row.missed_before or 0) + 1 >= esc.repeat_calls:
+        return None  # a repeat caller: core.calls escalates it
+
+    lead_id: str | None = row.id
+    name: str | None = row.name
+    status: str | None = row.status
+    send_after: datetime | None = None
+    message_status = ""
+    new_lead = False
+    if decision.texts and caller:
+        send_after, message_status = texting.planned_status(
+            business, caller, "first_text", now, business.policy.send_delay_seconds
+        )
+        if lead_id is None:
+            lead_id, new_lead = _create_lead(conn, st, business, caller, now, message_status)
+            if not new_lead:  # created by a concurrent webhook since the read above
+                found = conn.execute(st.lead_by_phone, {"business_id": business.id, "phone": caller}).one()
+                lead_id, name, status = found.id, found.name, found.status
+
+    conn.execute(
+        st.insert_call,
+        {
+            "call_sid": call.call_sid,
+            "business_id": business.id,
+            "lead_id": lead_id,
+            "from_number": call.from_number,
+            "to_number": call.to_number,
+            "direction": call.direction,
+            "status": "ringing",
+            "dial_status": None,
+            "bridged": False,
+            "screen_accepted": False,
+            "ring_seconds": None,
+            "decision_outcome": decision.outcome,
+            "decision_reason": decision.reason,
+            "started_at": started_at,
+            "decided_at": now,
+        },
+    )
+    if lead_id is None:
+        return decision, None, None
+
+    to = to_e164(call.to_number)
+    repeat = decision.reason == "cooldown"
+    conn.execute(
+        st.insert_entries,
+        [
+            {
+                "lead_id": lead_id,
+                "at": started_at,
+                "type": "call",
+                "data": {
+                    "call_sid": call.call_sid,
+                    "status": "missed",
+                    "ring_seconds": None,
+                    "to": to or call.to_number,
+                    "repeat": repeat,
+                },
+            },
+            {
+                "lead_id": lead_id,
+                "at": now,
+                "type": "decision",
+                "data": {"outcome": decision.outcome, "reason": decision.reason, "call_sid": call.call_sid},
+            },
+        ],
+    )
+    if row.has_connectors:
+        sync.emit(
+            session,
+            business.id,
+            lead_id,
+            "missed_call",
+            call.call_sid,
+            {"call_sid": call.call_sid, "repeat": repeat},
+        )
+    if not (decision.texts and caller):
+        return decision, lead_id, None
+    assert send_after is not None
+    message = texting.enqueue_text(
+        session,
+        business,
+        lead_id,
+        caller,
+        kind="first_text",
+        body=texting.first_text_for(business, name, now),
+        dedupe_key=f"sms:first:{call.call_sid}",
+        now=now,
+        from_number=to or business.numbers[0],
+        delay_seconds=business.policy.send_delay_seconds,
+    )
+    if message is None:
+        if new_lead:  # it was stored as texted: put it back as get_or_create leaves it
+            conn.execute(st.untexted, {"lead_id": lead_id})
+        return decision, lead_id, None
+    conn.execute(st.insert_message, message)
+    if not new_lead:
+        values: dict[str, Any] = {"lead_id": lead_id, "last_text_at": now, "updated_at": utcnow()}
+        if message["status"] == "scheduled" and status == "new":
+            values["status"] = "scheduled"
+        conn.execute(st.texted, values)
+    return decision, lead_id, message["id"]
+
+
+def _create_lead(
+    conn: Connection, st: Statements, business: Business, phone: str, now: datetime, message_status: str
+) -> tuple[str, bool]:
+    """Insert the lead as it stands once its first text is queued. (id, False) if one exists."""
+    lead_id = str(uuid.uuid4())
+    created = utcnow()
+    result = conn.execute(
+        st.insert_lead,
+        {
+            "id": lead_id,
+            "business_id": business.id,
+            "phone": phone,
+            "status": "scheduled" if message_status == "scheduled" else "new",
+            "source": "missed_call",
+            "human_takeover": False,
+            "last_text_at": now,
+            "created_at": created,
+            "updated_at": created,
+        },
+    )
+    return lead_id, bool(result.rowcount)
