@@ -254,13 +254,21 @@ class Forwarder:
 # -- the subprocess side ---------------------------------------------------------------------------
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError, OSError):
+async def _pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: asyncio.StreamWriter
+) -> None:
+    """Relay ``reader`` (whose own writer is ``source``) to ``writer`` until EOF or a reset."""
+    try:
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()  # a half-close is passed on, not turned into a reset
+    except (ConnectionError, OSError):
+        # A reset is passed on as a reset, both ways: a process SIGKILLed mid-transaction must
+        # not leave its PostgreSQL session (and the row locks it holds) open behind the forwarder.
+        for side in (writer, source):
+            side.transport.abort()
 
 
 async def _forward(log: IO[str], specs: list[str]) -> None:
@@ -286,7 +294,7 @@ async def _forward(log: IO[str], specs: list[str]) -> None:
             except OSError:
                 writer.close()
                 return
-            await asyncio.gather(_pipe(reader, t_writer), _pipe(t_reader, writer))
+            await asyncio.gather(_pipe(reader, t_writer, writer), _pipe(t_reader, writer, t_writer))
             for w in (writer, t_writer):
                 w.close()
 
@@ -299,8 +307,8 @@ async def _forward(log: IO[str], specs: list[str]) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     await stop.wait()
-    for server in servers:
-        server.close()
+    for listening in servers:
+        listening.close()
 
 
 def _textback(argv: list[str]) -> None:
@@ -308,7 +316,7 @@ def _textback(argv: list[str]) -> None:
         # The same test tuning as tests/faults/zygote.py: the shared rate limiter has its own tests.
         from core import connector_state
 
-        connector_state.acquire = lambda *_a, **_k: 0.0  # type: ignore[assignment]
+        connector_state.acquire = lambda *_a, **_k: 0.0
     from bridge.cli import main
 
     main(argv, prog_name="textback")

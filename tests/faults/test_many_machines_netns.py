@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import secrets
 import signal
 import socket
@@ -26,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import requests
 import yaml
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from connectors.hubspot import mappers
 from core.models import Lead, OutboxJob
@@ -66,6 +67,22 @@ def _up(url: str, proc: netns.Process) -> bool:
     with contextlib.suppress(requests.RequestException):
         return requests.get(f"{url}/healthz", timeout=2).status_code == 200
     return False
+
+
+def _stuck(world: World) -> str:
+    """What a stuck outbox is waiting on: unfinished jobs and the sessions PostgreSQL holds open."""
+    with world.factory() as s:
+        jobs = [
+            (j.id, j.kind, j.status, j.locked_by, j.attempts, str(j.locked_until))
+            for j in s.scalars(select(OutboxJob).where(OutboxJob.status != "done"))
+        ]
+        sessions = s.execute(
+            text(
+                "SELECT pid, client_addr, state, wait_event_type, left(query, 80) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).all()
+    return f"unfinished jobs: {jobs}\nsessions: {[tuple(r) for r in sessions]}"
 
 
 def _started(proc: netns.Process) -> bool:
@@ -122,9 +139,7 @@ def test_many_machines_across_network_namespaces_one_worker_killed_lose_and_dupl
             proc = netns.start_in(machine, argv, logs / f"netns-{machine.name}-{secrets.token_hex(3)}.log")
             processes.append(proc)
         for proc, url in zip(processes, urls, strict=True):
-            wait_for(
-                f"{proc.name} on {url}", lambda url=url, proc=proc: _up(url, proc), timeout=90, every=0.2
-            )
+            wait_for(f"{proc.name} on {url}", functools.partial(_up, url, proc), timeout=90, every=0.2)
         env = {"FAULTS_NO_LOCAL_RATE_LIMIT": "1"}
         workers = [
             netns.start_in(
@@ -137,7 +152,7 @@ def test_many_machines_across_network_namespaces_one_worker_killed_lose_and_dupl
         ]
         processes += workers
         for proc in workers:
-            wait_for(f"{proc.name} to start", lambda proc=proc: _started(proc), timeout=90, every=0.2)
+            wait_for(f"{proc.name} to start", functools.partial(_started, proc), timeout=90, every=0.2)
         victim = workers[1]
         held = f"{socket.gethostname()}:{victim.pid}"
 
@@ -158,7 +173,10 @@ def test_many_machines_across_network_namespaces_one_worker_killed_lose_and_dupl
             victim.popen.send_signal(signal.SIGKILL)  # no goodbye, mid-job
             assert list(answers) == [200] * CALLS
         assert victim.popen.wait(timeout=30) == -signal.SIGKILL
-        world.wait_done(timeout=240)
+        try:
+            world.wait_done(timeout=240)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{_stuck(world)}") from None
 
         assert set(world.job_summary()) == {"sms.send:done", "crm.sync:done"}, world.job_summary()
         with world.factory() as s:
