@@ -24,7 +24,15 @@ engine derives from the lead and the record's key; write it into the record.
 
 Optional: ``upsert_contacts([(ContactData, Remote | None), ...]) -> list[Remote]`` pushes many
 contacts in one batch call; the worker uses it when several leads' jobs are claimed together
-(after an outage, or at busy times), and each job then finds its contact already pushed.
+(after an outage, or at busy times), and each job then finds its contact already pushed. Two
+optional capabilities do the same for lookups and creates (declare them like the others):
+
+===================  ============================================================================
+find_contacts        ``find_contacts(phones) -> dict[phone, Remote]`` (the found ones; one request)
+batch_create         ``create_records([NewRecord, ...]) -> list[Remote | JobError]`` (in order; an
+                     error for an input the vendor refused; raise for the whole request, a
+                     TransientError meaning some may exist: each carries its marker, as above)
+===================  ============================================================================
 
 Errors: raise only core.errors types (AuthError, RateLimited, TransientError, Rejected,
 ConnectorConfigError). Never sleep, never retry: the outbox does that.
@@ -60,6 +68,9 @@ class Connector:
     #: Manifest rate limits (by name) that bind only calls naming them, e.g. HubSpot's search budget:
     #: ``self.context.throttle(1, "search")``. Every other manifest limit binds every call.
     scoped_limits: ClassVar[frozenset[str]] = frozenset()
+    #: The sync engine may write a lead's first text into its missed-call activity (when the text
+    #: went out before the call was pushed) instead of logging it as an activity of its own.
+    folds_first_text: ClassVar[bool] = False
 
     def __init__(self, config: Mapping[str, Any], context: ConnectorContext) -> None:
         self.config = dict(config)

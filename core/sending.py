@@ -182,6 +182,49 @@ class SmsJob:
         )
         return finished
 
+    def prepare(self, jobs: list[Job]) -> int:
+        """Look up the callers of first texts claimed together: one CRM request per business.
+
+        Each text then finds its caller already looked up (``_personalise``). Used when the CRM
+        lookup wired in is the runtime's, which offers ``find_contacts``; within the same strict
+        budget as one lookup, and only for texts due now.
+        """
+        owner = getattr(self.find_contact, "__self__", None)
+        find_many = getattr(owner, "find_contacts", None)
+        if find_many is None:
+            return 0
+        now = utcnow()
+        due: dict[str, list[tuple[str, str]]] = {}  # business id -> [(message id, phone)]
+        with self.factory() as session:
+            for job in jobs:
+                message = session.get(Message, job.payload.get("message_id", ""))
+                if message is None or message.kind != "first_text" or message.sid:
+                    continue
+                if message.attempt_started_at is not None or message.status == "canceled":
+                    continue
+                business = self.config.business(message.business_id)
+                if business is None or business.policy.crm_lookup_budget_ms <= 0:
+                    continue
+                zones = texting.caller_zones(message.to_number, business)
+                if next_send_time(now, zones, business.policy.window) > now + timedelta(seconds=1):
+                    continue  # looked up when it is sent, as a single text would be
+                if any(e.type == "crm_match" for e in leads.entries(session, message.lead_id)):
+                    continue
+                due.setdefault(business.id, []).append((message.id, message.to_number))
+        looked_up = 0
+        for business_id, items in due.items():
+            business = self.config.business(business_id)
+            if business is None or len(items) < 2:
+                continue
+            budget = business.policy.crm_lookup_budget_ms / 1000
+            answers = find_many(business_id, sorted({phone for _, phone in items}), budget)
+            if answers is None:
+                continue  # a CRM that looks up one caller at a time: each text asks alone
+            for message_id, phone in items:
+                self._apply_match(message_id, answers.get(phone))
+                looked_up += 1
+        return looked_up
+
     def _personalise(self, message_id: str) -> None:
         """Caller lookup before the first text, within a strict budget so the text is never late.
 
@@ -196,11 +239,15 @@ class SmsJob:
         budget = business.policy.crm_lookup_budget_ms / 1000 if business else 0
         if business is None or lead is None or done or budget <= 0 or self.find_contact is None:
             return
-        match = self.find_contact(business.id, message.to_number, budget)
+        self._apply_match(message_id, self.find_contact(business.id, message.to_number, budget))
+
+    def _apply_match(self, message_id: str, match: tuple[str, Remote] | None) -> None:
+        """Record the lookup's answer on the lead; a known caller gets the existing-customer text."""
         with transaction(self.factory) as session:
             message = session.get(Message, message_id)
             lead = session.get(Lead, message.lead_id) if message else None
-            assert message is not None and lead is not None
+            business = self.config.business(message.business_id) if message else None
+            assert message is not None and lead is not None and business is not None
             if match is None:
                 leads.add_entry(session, lead.id, "crm_match", found=False)
                 return

@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -37,6 +37,12 @@ EVENTS = ("missed_call", "texted", "replied", "qualified", "booked", "opted_out"
 # A push outlives a CRM outage of about an hour at the default backoff (2 s doubling, at most 600 s
 # apart: 16 attempts span ~77 min); the outbox's default of 8 gives up after ~4 min.
 MAX_ATTEMPTS = 16
+
+# A missed call's push waits this long at most for the lead's first text (it usually goes out
+# within a second), checking every FOLD_STEP_S, so a connector that folds the text into the call
+# activity (``folds_first_text``) spends one request on both rather than two.
+FOLD_WAIT_S = 4.0
+FOLD_STEP_S = 0.25
 
 SYNC_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -124,6 +130,8 @@ class SyncJob:
         self._fresh: dict[tuple[str, str], tuple[Remote, str]] = {}
         # Ledger keys (lead, connector, key) whose records a batch call just created for those jobs.
         self._made: set[tuple[str, str, str]] = set()
+        # Jobs told to wait for their lead's first text when claimed (all wait, so they batch next).
+        self._waiting: dict[int, datetime] = {}  # job id -> when it comes back (the same for all)
         self._fresh_lock = threading.Lock()
 
     def prepare(self, jobs: list[Job]) -> int:
@@ -183,6 +191,13 @@ class SyncJob:
             for job in group
             if job.lead_id in leads_json
         ]
+        # A missed call whose first text is about to go out waits for it (see _Run.waits_for_text):
+        # all such jobs of this claim wait, so they come back together and batch then.
+        back = utcnow() + timedelta(seconds=FOLD_STEP_S)
+        waiting = {run.job.id for run in runs if run.waits_for_text()}
+        with self._fresh_lock:
+            self._waiting.update(dict.fromkeys(waiting, back))
+        runs = [run for run in runs if run.job.id not in waiting]
         by_lead = {run.lead["id"]: run for run in runs}
         pushed = self._push_contacts(connector_id, connector, [r for r in by_lead.values() if r.needs_push()])
         if Capability.BATCH_CREATE in set(getattr(connector, "capabilities", set())):
@@ -308,6 +323,12 @@ class SyncJob:
         )
         run.fresh = self.take_fresh(lead_json["id"], connector_id)
         run.made_now = self.take_made(lead_json["id"], connector_id)
+        with self._fresh_lock:
+            back = self._waiting.pop(job.id, None)
+        if back is None and run.waits_for_text():
+            back = utcnow() + timedelta(seconds=FOLD_STEP_S)
+        if back is not None:
+            raise Deferred(back, "waiting for the first text to go out")
         try:
             result = run.apply(job.payload["event"], job.payload.get("data") or {})
         except RateLimited as exc:
@@ -403,6 +424,24 @@ class _Run:
         # A call activity's key -> the ledger keys of texts written into it (no note of their own).
         self.folds: dict[str, list[str]] = {}
         self.planner: sync_batch.Planner | None = None  # set while only working out what to create
+        self.folds_texts = bool(getattr(connector, "folds_first_text", False)) and settings.log_messages
+
+    def waits_for_text(self) -> bool:
+        """A missed call whose first text is about to go out: pushed together, they cost one call."""
+        if self.job.payload.get("event") != "missed_call" or not self.folds_texts or not self.s.log_calls:
+            return False
+        if self._ledger(f"call:{(self.job.payload.get('data') or {}).get('call_sid', '')}") is not None:
+            return False
+        now = utcnow()
+        return any(
+            e.get("type") == "message"
+            and e.get("direction") == "outbound"
+            and e.get("kind") == "first_text"
+            and not e.get("sid")
+            and e.get("status") == "pending"
+            and now - _parse_at(e.get("at")) < timedelta(seconds=FOLD_WAIT_S)
+            for e in self.lead["timeline"]
+        )
 
     def plan(self) -> list[tuple[str, NewRecord]]:
         """The records this job's event would create now, worked out without calling the CRM."""
@@ -571,8 +610,12 @@ class _Run:
         row = self._ledger("contact")
         had_contact = row is not None  # a ledger row (even a bare intent) means we made or saw it
         contact = self.contact()
-        # A caller the CRM already knew is an existing customer: no new deal for them.
+        # A caller the CRM already knew is an existing customer: no new deal for them. Remembered,
+        # so a retry or a repeat call (which finds the contact in the ledger) judges the same.
         existing_customer = bool(contact is not None and not had_contact and contact.created is False)
+        if existing_customer:
+            self._save("existing_customer", Remote("yes"))
+        existing_customer = existing_customer or self.known("existing_customer") is not None
         if self.s.deal_on == "missed_call" and not existing_customer:
             self.deal(contact)
         call_sid = data.get("call_sid", "")
@@ -580,7 +623,7 @@ class _Run:
             key = f"call:{call_sid}"
             # The first text, when already sent, goes into the call activity rather than a note of
             # its own; only for a call never tried before (a retry cannot tell what the try wrote).
-            fold = self.s.log_messages and self._ledger(key) is None
+            fold = self.folds_texts and self._ledger(key) is None
             texts = self._first_texts(logged=False) if fold else []
             self.folds[key] = [f"msg:{m['message_id']}" for m in texts]
             call = self.activity(key, self._call_activity(call_sid, texts), contact)
@@ -720,7 +763,8 @@ class _Run:
 def _parse_at(value: str | None) -> datetime:
     if not value:
         return utcnow()
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def _signature(data: ContactData) -> str:

@@ -7,6 +7,7 @@ import logging
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -28,7 +29,7 @@ from connectors.hubspot.emulator import SANDBOX_OAUTH, SANDBOX_TOKEN, HubSpotEmu
 from connectors.hubspot.kit import HubSpotKit
 from connectors.testing import conformance_suite
 from core.connector_state import TokenStore
-from core.crm import ActivityData, ContactData, DealData, TaskData
+from core.crm import ActivityData, ContactData, DealData, NewRecord, Remote, TaskData
 from core.errors import AuthError, ConnectorConfigError, RateLimited, Rejected
 from core.models import Alert, ConnectorState, OutboxJob, utcnow
 from core.secrets import generate_key
@@ -642,3 +643,122 @@ def test_a_slow_crm_never_delays_the_first_text(stack: Stack, hub: Hub, secret_k
     lead = stack.lead(caller)
     assert lead is not None
     assert any(e["type"] == "crm_match" and e["found"] is False for e in lead["timeline"])
+
+
+# -- jobs claimed together: batch requests -----------------------------------------------------------
+
+
+def test_queued_leads_are_looked_up_and_created_in_batches(stack: Stack, hub: Hub, secret_key: str) -> None:
+    install(stack, sandbox.settings(hub.url))
+    known = "+13125550190"
+    hub.api("POST", "/crm/v3/objects/contacts", {"properties": {PHONE_PROP: known, "firstname": "Kim"}})
+    callers = [f"+131255501{n:02d}" for n in range(91, 95)]
+    seen = len(hub.requests())
+    for caller in [known, *callers]:  # the worker is not running: the jobs queue up
+        stack.call(caller, "no-answer")
+    settle_all(stack, lambda: all(j.status == "done" for j in jobs(stack)) and len(jobs(stack)) >= 10)
+    made = Counter(f"{r['method']} {r['path']}" for r in hub.requests()[seen:])
+    objects = "POST /crm/v3/objects/"
+    # One search looked up all five callers before their texts; no lookup one by one.
+    assert made[objects + "contacts/search"] == 1
+    assert not [m for m in made if m.startswith("GET /crm/v3/objects/contacts/")]
+    # Their pushes waited for the texts, then their deals, calls (the texts written into them) and
+    # tasks were each made in one batch request: five requests for five leads.
+    for kind in ("deals", "calls", "tasks"):
+        assert made[f"{objects}{kind}/batch/create"] == 1, made
+    assert not [m for m in made if m.startswith("POST /crm/v3/objects/notes")]
+    assert made[objects + "contacts/batch/upsert"] == 1
+    assert sum(made.values()) <= 3 * 5, made
+    # The known caller got the existing-customer text with their name, and no deal.
+    assert "Kim" in stack.sent(known)[0]["body"]
+    state = hub.state()
+    assert by_type(state) == {"contacts": 5, "deals": 4, "calls": 5, "tasks": 5, "notes": 0}
+    for caller in [known, *callers]:
+        [contact] = hub.contacts(caller)
+        cid = contact["id"]
+        [call] = [c for c in state["calls"] if cid in hub.linked(state, "calls", c["id"], "contacts")]
+        [task] = [t for t in state["tasks"] if cid in hub.linked(state, "tasks", t["id"], "contacts")]
+        assert call["properties"]["hs_call_status"] == "NO_ANSWER"
+        assert f"Texted back to {caller}" in call["properties"]["hs_call_body"]
+        deals = [d for d in state["deals"] if cid in hub.linked(state, "deals", d["id"], "contacts")]
+        assert len(deals) == (0 if caller == known else 1)
+        for record, kind in ((call, "calls"), (task, "tasks")):
+            assert hub.linked(state, kind, record["id"], "deals") == (
+                {} if caller == known else {deals[0]["id"]: {"calls": 206, "tasks": 216}[kind]}
+            )
+    # Replaying every job's events changes nothing: the ledger knows every record.
+    with stack.factory() as s:
+        for job in s.scalars(select(OutboxJob).where(OutboxJob.kind == "crm.sync")):
+            job.status, job.next_attempt_at = "pending", utcnow()
+        s.commit()
+    before = len(hub.requests())
+    settle_all(stack, lambda: all(j.status == "done" for j in jobs(stack)))
+    assert by_type(hub.state()) == by_type(state)
+    assert not [r for r in hub.requests()[before:] if r["method"] == "POST" and "batch/create" in r["path"]]
+
+
+def test_batch_create_and_lookup_against_the_emulator(hub: Hub) -> None:
+    c = HubSpotConnector(
+        {"access_token": SANDBOX_TOKEN, "api_base_url": hub.url, "portal_id": "4242"},
+        ConnectorContext("b", "hubspot"),
+    )
+    phones = ["+13125550181", "+13125550182"]
+    contacts = [c.upsert_contact(ContactData(phone=p, first_name=f"P{p[-1]}"), None) for p in phones]
+    seen = len(hub.requests())
+    found = c.find_contacts([*phones, "+13125550189"])
+    assert {p: r.id for p, r in found.items()} == {p: r.id for p, r in zip(phones, contacts, strict=True)}
+    assert found[phones[0]].name == "P1"
+    [search] = hub.requests()[seen:]
+    assert search["path"] == "/crm/v3/objects/contacts/search"
+    deals = c.create_records(
+        [
+            NewRecord(
+                "deal", f"tb-00000000d{n}", DealData(f"Missed call {n}", "appointmentscheduled"), contact
+            )
+            for n, contact in enumerate(contacts)
+        ]
+    )
+    assert all(isinstance(d, Remote) and d.created and d.url and "4242" in d.url for d in deals)
+    seen = len(hub.requests())
+    records = c.create_records(
+        [
+            NewRecord(
+                "task", "tb-00000000f1", TaskData("Call back", "Missed call", utcnow()), contacts[0], deals[0]
+            ),  # type: ignore[arg-type]
+            NewRecord(
+                "call",
+                "tb-00000000c1",
+                ActivityData("call", utcnow(), "Missed", from_number=phones[0], status="missed"),
+                contacts[0],
+                deals[0],  # type: ignore[arg-type]
+            ),
+            NewRecord(
+                "sms",
+                "tb-00000000e2",
+                ActivityData(
+                    "sms", utcnow(), "Sorry we missed you", direction="outbound", to_number=phones[1]
+                ),
+                contacts[1],
+                deals[1],  # type: ignore[arg-type]
+            ),
+            NewRecord(
+                "task", "tb-00000000f2", TaskData("Call back", "Missed call", utcnow()), contacts[1], None
+            ),
+        ]
+    )
+    paths_used = Counter(r["path"] for r in hub.requests()[seen:])
+    assert paths_used == {
+        "/crm/v3/objects/tasks/batch/create": 1,
+        "/crm/v3/objects/calls/batch/create": 1,
+        "/crm/v3/objects/notes/batch/create": 1,
+    }
+    assert [r.kind for r in records if isinstance(r, Remote)] == ["task", "call", "sms", "task"]
+    state = hub.state()
+    task1, call1, note2, task2 = (r.id for r in records if isinstance(r, Remote))
+    assert hub.linked(state, "tasks", task1, "deals") == {deals[0].id: 216}  # type: ignore[union-attr]
+    assert hub.linked(state, "tasks", task2, "contacts") == {contacts[1].id: 204}
+    assert hub.linked(state, "calls", call1, "contacts") == {contacts[0].id: 194}
+    assert hub.linked(state, "notes", note2, "deals") == {deals[1].id: 214}  # type: ignore[union-attr]
+    # Each record carries its marker, so an interrupted batch is found like an interrupted create.
+    assert c.find_record("call", "tb-00000000c1").id == call1  # type: ignore[union-attr]
+    assert c.find_record("deal", "tb-00000000d1").id == deals[1].id  # type: ignore[union-attr]
