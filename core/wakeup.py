@@ -14,6 +14,7 @@ import logging
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 from sqlalchemy import Engine
 
@@ -128,7 +129,8 @@ class Waker:
         database = self.engine.url.database
         if not database or database == ":memory:":
             return self._tick_only()
-        conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, isolation_level=None, timeout=1)
+        uri = Path(database).absolute().as_uri() + "?mode=ro"  # read-only: never the write lock
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=1)
         try:
             seen = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM outbox_jobs").fetchone()[0])
             self.live = True

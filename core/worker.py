@@ -203,7 +203,8 @@ class Worker:
         ]
         for t in pool:
             t.start()
-        stop.wait()
+        while not stop.wait(1.0):
+            pass  # a bounded wait, so the main thread's signal handlers (SIGTERM) always run
         if waker is not None:
             waker.stop()
         for t in pool:
