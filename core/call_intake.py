@@ -45,7 +45,7 @@ class Statements:
     lock: Any
     insert_lead: Insert
     insert_call: Insert
-    insert_entries: Insert
+    insert_entries: Any
     insert_message: Insert
     texted: Update
     untexted: Update
@@ -100,8 +100,17 @@ def statements(dialect: str) -> Statements:
         lock=text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
         insert_lead=insert(leads).on_conflict_do_nothing(index_elements=["business_id", "phone"]),
         insert_call=insert(calls),
-        # Executed with both rows at once (executemany): a multi-VALUES insert has no cache key.
-        insert_entries=insert(entries),
+        # Both rows in one statement; text, because a Core multi-VALUES insert is compiled anew on
+        # every call and executemany costs a pipeline round on psycopg.
+        insert_entries=text(
+            "INSERT INTO timeline (lead_id, at, type, data) "
+            "VALUES (:lead_id, :call_at, 'call', :call_data), (:lead_id, :decided_at, 'decision', :decision)"
+        ).bindparams(
+            bindparam("call_at", type_=entries.c.at.type),
+            bindparam("decided_at", type_=entries.c.at.type),
+            bindparam("call_data", type_=entries.c.data.type),
+            bindparam("decision", type_=entries.c.data.type),
+        ),
         insert_message=insert(_table(Message)),
         # The SET list follows the parameters given (last_text_at, updated_at, maybe status).
         texted=update(leads).where(leads.c.id == lead_id),
@@ -223,26 +232,19 @@ def conclude_new(
     repeat = decision.reason == "cooldown"
     conn.execute(
         st.insert_entries,
-        [
-            {
-                "lead_id": lead_id,
-                "at": started_at,
-                "type": "call",
-                "data": {
-                    "call_sid": call.call_sid,
-                    "status": "missed",
-                    "ring_seconds": None,
-                    "to": to or call.to_number,
-                    "repeat": repeat,
-                },
+        {
+            "lead_id": lead_id,
+            "call_at": started_at,
+            "call_data": {
+                "call_sid": call.call_sid,
+                "status": "missed",
+                "ring_seconds": None,
+                "to": to or call.to_number,
+                "repeat": repeat,
             },
-            {
-                "lead_id": lead_id,
-                "at": now,
-                "type": "decision",
-                "data": {"outcome": decision.outcome, "reason": decision.reason, "call_sid": call.call_sid},
-            },
-        ],
+            "decided_at": now,
+            "decision": {"outcome": decision.outcome, "reason": decision.reason, "call_sid": call.call_sid},
+        },
     )
     if row.has_connectors:
         sync.emit(
