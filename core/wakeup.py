@@ -27,33 +27,42 @@ RECONNECT_SECONDS = 1.0
 
 
 class Lane:
-    """Idle threads of one lane wait here; a wake-up releases one of them."""
+    """Idle threads of one lane wait here; a wake-up releases one of them.
+
+    A wake-up that finds no thread idle is kept (a few at most): a thread that found nothing just
+    before the job was queued, and is about to wait, must look once more instead of sleeping.
+    """
+
+    MAX_PENDING = 4
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._signals = 0
+        self._signals = 0  # released threads that have not run yet
+        self._pending = 0  # wake-ups that found nobody idle
         self.idle = 0
 
     def wait(self, timeout: float) -> None:
         with self._cond:
-            if self._signals == 0:
-                self.idle += 1
-                try:
-                    self._cond.wait_for(lambda: self._signals > 0, timeout)
-                finally:
-                    self.idle -= 1
+            if self._pending:
+                self._pending -= 1
+                return
+            self.idle += 1
+            try:
+                self._cond.wait_for(lambda: self._signals > 0, timeout)
+            finally:
+                self.idle -= 1
             if self._signals:
                 self._signals -= 1
 
     def wake(self, count: int = 1) -> bool:
         """Release up to ``count`` idle threads; False when none was idle."""
         with self._cond:
-            n = min(count, self.idle - self._signals)
-            if n <= 0:
-                return False
-            self._signals += n
-            self._cond.notify(n)
-            return True
+            woke = min(count, max(self.idle - self._signals, 0))
+            if woke:
+                self._signals += woke
+                self._cond.notify(woke)
+            self._pending = min(self._pending + count - woke, self.MAX_PENDING)
+            return woke > 0
 
 
 class Waker:
