@@ -123,6 +123,11 @@ def statements(dialect: str) -> Statements:
     )
 
 
+# The called number is one of a few business numbers, and callers call again: parsing a number
+# costs more than the rest of the decision.
+_e164 = functools.lru_cache(maxsize=4096)(to_e164)
+
+
 def _table(model: type[Any]) -> Table:
     return cast(Table, model.__table__)
 
@@ -150,7 +155,7 @@ def conclude_new(
     st = statements(conn.dialect.name)
     started_at = utcnow()
     now = utcnow()
-    caller = to_e164(call.from_number)
+    caller = _e164(call.from_number)
     if caller and conn.dialect.name == "postgresql":
         # Same per-caller lock as core.calls.conclude: the cooldown must see a concurrent call's text.
         conn.execute(st.lock, {"key": f"{business.id}:{caller}"})
@@ -228,7 +233,7 @@ def conclude_new(
     if lead_id is None:
         return decision, None, None
 
-    to = to_e164(call.to_number)
+    to = _e164(call.to_number)
     repeat = decision.reason == "cooldown"
     conn.execute(
         st.insert_entries,
