@@ -277,5 +277,6 @@ def build_worker(config: Config, engine: Engine | None = None) -> Worker:
         on_outcome=metrics.job_outcome,
         threads=w.threads,
         text_threads=w.text_threads,
+        text_batch_size=w.text_batch_size,
         probe_interval=w.probe_interval,
     )

@@ -104,6 +104,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
                 "batch_size": {"type": "integer", "minimum": 1, "maximum": 500},
                 "threads": {"type": "integer", "minimum": 1, "maximum": 32},
                 "text_threads": {"type": "integer", "minimum": 0, "maximum": 64},
+                "text_batch_size": {"type": "integer", "minimum": 1, "maximum": 100},
                 "probe_interval": {"type": "number", "exclusiveMinimum": 0, "maximum": 60},
                 "backoff_initial": {"type": "number", "exclusiveMinimum": 0},
                 "backoff_max": {"type": "number", "exclusiveMinimum": 0},

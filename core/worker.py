@@ -1,7 +1,7 @@
 """The outbox worker loop: claim, run the handler for the job's kind, record the outcome.
 
 A worker process runs two lanes of threads (:meth:`Worker.serve`): text threads claim only texts
-and conversation replies, one at a time, so a caller's text never waits behind a batch of CRM
+and conversation replies (a few at a time), so a caller's text never waits behind a batch of CRM
 pushes; general threads claim batches of anything. Idle threads sleep until core.wakeup says a job
 arrived, or until the next poll.
 """
@@ -57,6 +57,7 @@ class Worker:
         threads: int = 2,
         text_threads: int = 8,
         probe_interval: float = 0.01,
+        text_batch_size: int = 4,
     ) -> None:
         self.outbox = outbox
         self.handlers = dict(handlers)
@@ -65,6 +66,7 @@ class Worker:
         self.on_outcome = on_outcome
         self.threads = threads
         self.text_threads = text_threads
+        self.text_batch_size = text_batch_size
         self.probe_interval = probe_interval
 
     def run_once(self, limit: int | None = None, max_priority: int | None = None) -> int:
@@ -160,7 +162,7 @@ class Worker:
     def run(self, stop: threading.Event, waker: Waker | None = None, lane: str = "job") -> None:
         """Claim and run jobs until ``stop``; ``lane`` "text" takes only texts and replies."""
         text = lane == "text"
-        limit, max_priority = (1, TEXT_PRIORITY) if text else (self.batch_size, None)
+        limit, max_priority = (self.text_batch_size, TEXT_PRIORITY) if text else (self.batch_size, None)
         log.info("worker started", extra={"worker": self.outbox.worker_id, "lane": lane})
         while not stop.is_set():
             try:
@@ -174,8 +176,8 @@ class Worker:
                 if not busy:
                     stop.wait(self.poll_interval)
                 continue
-            if busy >= limit and (not text or not waker.live):
-                # A full batch: there may be more, found by polling rather than a wake-up each.
+            if busy >= limit:
+                # A full batch: there may be more than this thread can take, so wake another.
                 waker.notify(lane)
             if not busy:
                 waker.wait(lane, max(10 * self.poll_interval, 1.0))
