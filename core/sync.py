@@ -257,6 +257,8 @@ class SyncJob:
         if len(todo) < 2:
             return 0
         keys = [(run.lead["id"], key) for run, key, _ in todo]
+        # Texts folded into a call are marked with it, as a single create does (_Run._log_call).
+        keys += [(run.lead["id"], k) for run, key, _ in todo for k in run.folds.get(key, ())]
         sync_batch.mark_intents(self.factory, connector_id, keys)
         try:
             answers = connector.create_records([record for _, _, record in todo])
@@ -277,6 +279,7 @@ class SyncJob:
                 done.extend((run.lead["id"], k, answer) for k in run.folds.get(key, ()))
             elif not isinstance(answer, TransientError):
                 refused.append((run.lead["id"], key))
+                refused.extend((run.lead["id"], k) for k in run.folds.get(key, ()))
         sync_batch.record(self.factory, connector_id, done)
         sync_batch.forget_intents(self.factory, connector_id, refused)
         with self._fresh_lock:
@@ -620,16 +623,7 @@ class _Run:
             self.deal(contact)
         call_sid = data.get("call_sid", "")
         if self.s.log_calls:
-            key = f"call:{call_sid}"
-            # The first text, when already sent, goes into the call activity rather than a note of
-            # its own; only for a call never tried before (a retry cannot tell what the try wrote).
-            fold = self.folds_texts and self._ledger(key) is None
-            texts = self._first_texts(logged=False) if fold else []
-            self.folds[key] = [f"msg:{m['message_id']}" for m in texts]
-            call = self.activity(key, self._call_activity(call_sid, texts), contact)
-            if call is not None and self.folds[key] and key not in self.made_now:
-                for folded in self.folds[key]:
-                    self._save(folded, call)
+            self._log_call(call_sid, contact)
         if self.s.create_task and self.has(Capability.CREATE_TASK) and not data.get("repeat"):
             task = TaskData(
                 subject=f"Call back {self.lead.get('name') or national(self.lead['phone'])}",
@@ -646,8 +640,33 @@ class _Run:
             )
         return {"contact": contact.id if contact else None, "existing_customer": existing_customer}
 
-    def _first_texts(self, logged: bool) -> list[dict[str, Any]]:
-        """The lead's sent first texts: those already in the CRM (``logged``) or those not yet."""
+    def _log_call(self, call_sid: str, contact: Remote | None) -> None:
+        """The missed call as a call activity, with the first text written in when it is folded.
+
+        The texts folded into a call are marked in the ledger (a bare intent under their own key)
+        before the call is created, so a retry after a crash writes the same texts into it, and
+        then point at the call: their own "texted" push finds them logged and adds no note.
+        """
+        key = f"call:{call_sid}"
+        texts = self._folded_texts(key)
+        self.folds[key] = [f"msg:{m['message_id']}" for m in texts]
+        for folded in self.folds[key]:
+            if self._ledger(folded) is None:
+                self._save(folded, None, intent=True)
+        call = self.activity(key, self._call_activity(call_sid, texts), contact)
+        if call is not None and key not in self.made_now:
+            for folded in self.folds[key]:
+                if self.known(folded) != Remote(call.id, call.url, folded):
+                    self._save(folded, call)
+
+    def _folded_texts(self, key: str) -> list[dict[str, Any]]:
+        """The sent first texts that belong in the call activity under ``key``.
+
+        For a call never tried: those not in the CRM yet. Afterwards: those marked as folded into
+        it (a bare intent, from a try that died, or pointing at this call).
+        """
+        if not self.folds_texts:
+            return []
         sent = [
             e
             for e in self.lead["timeline"]
@@ -656,17 +675,15 @@ class _Run:
             and e.get("kind") == "first_text"
             and e.get("sid")
         ]
-        return [m for m in sent if (self._ledger(f"msg:{m['message_id']}") is not None) == logged]
-
-    def _folded_texts(self, call_sid: str) -> list[dict[str, Any]]:
-        """The texts written into this call activity when it was made (kept when it is updated)."""
-        call = self.known(f"call:{call_sid}")
+        call = self._ledger(key)
+        rows = {m["message_id"]: self._ledger(f"msg:{m['message_id']}") for m in sent}
         if call is None:
-            return []
+            return [m for m in sent if rows[m["message_id"]] is None]
         return [
             m
-            for m in self._first_texts(logged=True)
-            if (row := self.known(f"msg:{m['message_id']}")) is not None and row.id == call.id
+            for m in sent
+            if (row := rows[m["message_id"]]) is not None
+            and (row.remote_id is None or row.remote_id == call.remote_id)
         ]
 
     def _call_activity(self, call_sid: str, texts: list[dict[str, Any]] | None = None) -> ActivityData:
@@ -681,7 +698,7 @@ class _Run:
             lines.append(f"Voicemail: {voicemail['recording_url']}")
         if transcript.get("text"):
             lines.append(f"Transcript: {transcript['text']}")
-        for text in self._folded_texts(call_sid) if texts is None else texts:
+        for text in self._folded_texts(f"call:{call_sid}") if texts is None else texts:
             lines.append(f"Texted back to {text.get('to') or 'the caller'}:\n{text.get('body') or ''}")
         return ActivityData(
             kind="call",
@@ -699,9 +716,7 @@ class _Run:
     def on_voicemail(self, data: dict[str, Any]) -> dict[str, Any]:
         contact = self.contact()
         if self.s.log_calls:
-            self.activity(
-                f"call:{data.get('call_sid', '')}", self._call_activity(data.get("call_sid", "")), contact
-            )
+            self._log_call(data.get("call_sid", ""), contact)
         return {}
 
     def _message(self, data: dict[str, Any], direction: str) -> dict[str, Any]:
