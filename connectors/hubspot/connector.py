@@ -9,7 +9,9 @@ How it keeps HubSpot clean:
 - **One deal per lead.** Deals carry textback's marker in the unique deal property ``textback_key``;
   a create that already happened answers 409 and is looked up by that key instead of repeated.
 - **Tasks, calls and notes** carry ``Ref: <marker>`` in their body; ``find_record`` searches for it
-  after an interrupted create. They are created with inline associations (one call each).
+  after an interrupted create. They are created with inline associations: one call each, or, for
+  leads whose jobs were claimed together, one ``batch/create`` per object type (``create_records``).
+- **Callers of texts claimed together** are looked up in one contacts search (``find_contacts``).
 
 Every request goes through the SDK's generated ``ApiClient.call_api`` with a path from
 ``connectors.hubspot.paths`` (HubSpot is moving to date-versioned paths; the SDK's typed wrappers
@@ -18,8 +20,8 @@ outbox owns retries. Bodies are read raw (``_preload_content=False``), so an HTM
 never parsed as success, and the SDK never logs response bodies.
 
 The properties (and the deal pipelines) are checked once per process and created when missing, at
-``check()`` or on first use. Once they exist a new lead costs three calls for contact, call and task
-(plus one for the deal).
+``check()`` or on first use. Once they exist a lone new lead costs five calls: the lookup before
+the text, contact, deal, call (the first text written into it) and task.
 
 Auth: a private-app or service-key token (``access_token``), or OAuth (``client_id``,
 ``client_secret``, ``refresh_token``) with the access token kept in the shared TokenStore: refreshed

@@ -7,6 +7,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from flask import Flask
 from connectors import registry
 from connectors.base import Connector, ConnectorContext
 from connectors.emulator import serve_in_thread
-from core.crm import Capability, ContactData
+from core.crm import ActivityData, Capability, ContactData, NewRecord, Remote
 from core.errors import AuthError, JobError, RateLimited, Rejected, TransientError
 from core.phones import to_e164
 
@@ -180,6 +181,42 @@ def conformance_suite(kit: ConnectorKit) -> type:
             )
             with pytest.raises(JobError):
                 kit.push(connector, "+15550107004")
+
+        def test_find_contacts_finds_exactly_the_pushed_callers(self, emulator: str) -> None:
+            connector: Any = kit.build(emulator)
+            if Capability.FIND_CONTACTS not in connector.capabilities:
+                pytest.skip("find_contacts is not declared")
+            phones = ["+15550108001", "+15550108002"]
+            for phone in phones:
+                kit.push(connector, phone)
+            found = connector.find_contacts([*phones, "+15550108009"])
+            assert set(found) == set(phones)
+            if Capability.FIND_CONTACT in connector.capabilities:
+                for phone in phones:
+                    assert found[phone].id == connector.find_contact(phone).id
+
+        def test_batch_create_makes_each_record_once(self, emulator: str) -> None:
+            connector: Any = kit.build(emulator)
+            if Capability.BATCH_CREATE not in connector.capabilities:
+                pytest.skip("batch_create is not declared")
+            contact = None
+            if Capability.UPSERT_CONTACT in connector.capabilities:
+                contact = connector.upsert_contact(ContactData(phone="+15550108101", first_name="Kit"), None)
+            records = [
+                NewRecord(
+                    "note",
+                    f"tb-00000000ab{n:02d}",
+                    ActivityData("note", datetime.now(UTC), f"Kit note {n}"),
+                    contact,
+                )
+                for n in range(3)
+            ]
+            made = connector.create_records(records)
+            assert len(made) == len(records) and all(isinstance(r, Remote) and r.id for r in made)
+            assert len({r.id for r in made}) == len(records)
+            if callable(getattr(connector, "find_record", None)):
+                for record, remote in zip(records, made, strict=True):
+                    assert connector.find_record("note", record.marker).id == remote.id
 
         def test_secrets_never_leak(self, emulator: str, caplog: pytest.LogCaptureFixture) -> None:
             caplog.set_level(logging.DEBUG)
