@@ -30,7 +30,7 @@ from connectors.hubspot.kit import HubSpotKit
 from connectors.testing import conformance_suite
 from core.connector_state import TokenStore
 from core.crm import ActivityData, ContactData, DealData, NewRecord, Remote, TaskData
-from core.errors import AuthError, ConnectorConfigError, RateLimited, Rejected
+from core.errors import AuthError, ConnectorConfigError, RateLimited, Rejected, TransientError
 from core.models import Alert, ConnectorState, OutboxJob, utcnow
 from core.secrets import generate_key
 from tests.stack import Stack, stop_servers
@@ -762,3 +762,35 @@ def test_batch_create_and_lookup_against_the_emulator(hub: Hub) -> None:
     # Each record carries its marker, so an interrupted batch is found like an interrupted create.
     assert c.find_record("call", "tb-00000000c1").id == call1  # type: ignore[union-attr]
     assert c.find_record("deal", "tb-00000000d1").id == deals[1].id  # type: ignore[union-attr]
+
+
+def test_a_batch_answered_207_maps_each_input(hub: Hub) -> None:
+    c = HubSpotConnector(
+        {"access_token": SANDBOX_TOKEN, "api_base_url": hub.url}, ConnectorContext("b", "hubspot")
+    )
+    contact = c.upsert_contact(ContactData(phone="+13125550185"), None)
+    hub.fault(
+        path="/crm/v3/objects/tasks/batch/create",
+        status=207,
+        count=1,
+        body={
+            "status": "COMPLETE",
+            "results": [{"id": "777", "properties": {"hs_task_body": "Call back<br><br>Ref: tb-00000000f1"}}],
+            "numErrors": 1,
+            "errors": [
+                {
+                    "status": "error",
+                    "category": "VALIDATION_ERROR",
+                    "message": "Property values were not valid",
+                    "context": {"objectWriteTraceId": ["tb-00000000f2"]},
+                }
+            ],
+        },
+    )
+    task = TaskData("Call back", "Missed call", utcnow())
+    made, refused, unknown = c.create_records(
+        [NewRecord("task", f"tb-00000000f{n}", task, contact) for n in (1, 2, 3)]
+    )
+    assert isinstance(made, Remote) and made.id == "777"  # matched by its marker
+    assert isinstance(refused, Rejected)  # certainly not created: its job creates it alone
+    assert isinstance(unknown, TransientError)  # not accounted for: its job looks before creating

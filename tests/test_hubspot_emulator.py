@@ -615,3 +615,36 @@ def test_constructor_settings_show_in_config() -> None:
     unauthenticated = emulator.app.test_client().get("/crm/v3/objects/contacts",
                                                      headers={"Authorization": f"Bearer {SANDBOX_TOKEN}"})
     assert unauthenticated.status_code == 401
+
+
+def test_batch_create_with_inline_associations_through_the_sdk(hub: Hub) -> None:
+    client = hub.client()
+    lead = client.crm.contacts.basic_api.create(contact_input(firstname="Ann"))
+    # The SDK's own batch_api.create: inputs with inline associations and objectWriteTraceId.
+    inputs = [
+        {"properties": {"hs_timestamp": "2026-01-01T00:00:00Z", "hs_note_body": f"note {n}"},
+         "associations": [assoc(202, lead.id)], "objectWriteTraceId": f"trace-{n}"}
+        for n in range(3)
+    ]
+    answer = client.crm.objects.notes.batch_api.create({"inputs": inputs})
+    assert answer.status == "COMPLETE" and len(answer.results) == 3
+    assert {r.object_write_trace_id for r in answer.results} == {"trace-0", "trace-1", "trace-2"}
+    state = hub.state()
+    linked = {a["from_id"] for a in state["associations"] if a["from_type"] == "notes"}
+    assert linked == {r.id for r in answer.results}
+    # Over raw HTTP: 201, the batch envelope and the rate-limit headers every call carries.
+    raw = hub.http("POST", "/crm/v3/objects/calls/batch/create", json={"inputs": [
+        {"properties": {"hs_timestamp": "2026-01-01T00:00:00Z", "hs_call_body": "missed"},
+         "associations": [assoc(194, lead.id)]}]})
+    assert raw.status_code == 201
+    assert {"status", "results", "startedAt", "completedAt"} <= set(raw.json())
+    assert "X-HubSpot-RateLimit-Remaining" in raw.headers
+    # More than 100 inputs, or an input HubSpot refuses, fails the whole request: nothing is made.
+    too_many = hub.http("POST", "/crm/v3/objects/notes/batch/create",
+                        json={"inputs": [inputs[0]] * 101})
+    assert too_many.status_code == 400
+    bad = hub.http("POST", "/crm/v3/objects/notes/batch/create", json={"inputs": [
+        inputs[0], {"properties": {"hs_timestamp": "2026-01-01T00:00:00Z"},
+                    "associations": [assoc(202, "999999")]}]})
+    assert bad.status_code >= 400
+    assert len(hub.state()["notes"]) == 3
