@@ -5,6 +5,9 @@ becomes one ``crm.sync`` job per connector installed for the business, written i
 transaction as the event. The sync ledger maps the lead to each remote record, so every push is
 an upsert or an update. A create that may have happened (the worker died between the vendor's
 answer and our commit) is looked up by its key before it is tried again.
+
+Jobs claimed together share requests (``SyncJob.prepare``): one contact upsert for all their leads,
+then one batch create per record type (core.sync_batch), with the same intents and keys.
 """
 
 from __future__ import annotations
