@@ -150,6 +150,9 @@ class SmsJob:
                 return self._store_sent(message_id, found, now, job, adopted)
         if not recorded:
             with transaction(self.factory) as session:
+                # The lookups may have outlasted the lease and another worker may own the job now:
+                # only the lease holder records an attempt and sends (LeaseLost rolls this back).
+                outbox.renew_in(session, job)
                 row = session.get(Message, message_id)
                 assert row is not None
                 row.attempt_started_at = now
