@@ -242,12 +242,13 @@ class SyncJob:
         with self._fresh_lock:
             for run in runs:
                 run.fresh = self._fresh.get((run.lead["id"], connector_id))
-        plans = [(run, run.plan()) for run in runs]
+        plans = [(run, run.plan()) for run in runs if run.creates_anything()]
         deals = [(r, k, n) for r, p in plans for k, n in p if n.kind == "deal"]
         made = self._create(connector_id, connector, deals)
         later: list[tuple[_Run, str, NewRecord]] = []
-        for run in runs:
-            plan = run.plan()
+        for run, plan in plans:
+            if any(n.kind == "deal" for _, n in plan):
+                plan = run.plan()  # again, now that its deal is made (the rest links to it)
             if not any(n.kind == "deal" for _, n in plan):  # a deal not made yet: the job does it all
                 later.extend((run, k, n) for k, n in plan)
         return made + self._create(connector_id, connector, later)
@@ -460,6 +461,11 @@ class _Run:
         finally:
             records, self.c, self.planner = self.planner.records, real, None
         return records
+
+    def creates_anything(self) -> bool:
+        """Whether these settings ever create more than the contact (else there is nothing to plan)."""
+        s = self.s
+        return s.deal_on != "never" or s.create_task or s.log_calls or s.log_messages
 
     def needs_push(self) -> bool:
         """The contact is not in the CRM yet, or changed since it was last pushed."""
