@@ -103,9 +103,9 @@ class WorkerSettings:
     # Threads that take only texts and conversation replies, one at a time. Mostly waiting (the CRM
     # caller lookup, Twilio), so 8 per process carry ~60 texts/s with a 100 ms lookup each.
     text_threads: int = 8
-    # Texts a text thread claims at once: one CRM search for them all when a backlog builds up, at the
-    # cost of the last waiting for the others' sends.
-    text_batch_size: int = 4
+    # Texts a text thread claims at once: more means one CRM search for several in a backlog, but
+    # also more claimed-and-unstarted texts stranded (an attempt spent each) when a worker dies.
+    text_batch_size: int = 1
     probe_interval: float = 0.01  # SQLite: how often to look for new jobs (PostgreSQL: NOTIFY)
     backoff_initial: float = 2.0
     backoff_max: float = 600.0

@@ -58,7 +58,7 @@ class Worker:
         threads: int = 2,
         text_threads: int = 8,
         probe_interval: float = 0.01,
-        text_batch_size: int = 4,
+        text_batch_size: int = 1,
     ) -> None:
         self.outbox = outbox
         self.handlers = dict(handlers)
