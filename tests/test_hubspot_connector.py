@@ -662,29 +662,30 @@ def test_queued_leads_are_looked_up_and_created_in_batches(stack: Stack, hub: Hu
     # One search looked up all five callers before their texts; no lookup one by one.
     assert made[objects + "contacts/search"] == 1
     assert not [m for m in made if m.startswith("GET /crm/v3/objects/contacts/")]
-    # Their pushes waited for the texts, then their deals, calls (the texts written into them) and
-    # tasks were each made in one batch request: five requests for five leads.
-    for kind in ("deals", "calls", "tasks"):
+    # Their deals, calls, tasks and (the "texted" events, claimed together later) notes were each
+    # made in one batch request: six requests for five leads.
+    for kind in ("deals", "calls", "tasks", "notes"):
         assert made[f"{objects}{kind}/batch/create"] == 1, made
-    assert not [m for m in made if m.startswith("POST /crm/v3/objects/notes")]
+        assert made[f"{objects}{kind}"] == 0, made
     assert made[objects + "contacts/batch/upsert"] == 1
     assert sum(made.values()) <= 3 * 5, made
     # The known caller got the existing-customer text with their name, and no deal.
     assert "Kim" in stack.sent(known)[0]["body"]
     state = hub.state()
-    assert by_type(state) == {"contacts": 5, "deals": 4, "calls": 5, "tasks": 5, "notes": 0}
+    assert by_type(state) == {"contacts": 5, "deals": 4, "calls": 5, "tasks": 5, "notes": 5}
     for caller in [known, *callers]:
         [contact] = hub.contacts(caller)
         cid = contact["id"]
         [call] = [c for c in state["calls"] if cid in hub.linked(state, "calls", c["id"], "contacts")]
         [task] = [t for t in state["tasks"] if cid in hub.linked(state, "tasks", t["id"], "contacts")]
+        [note] = [n for n in state["notes"] if cid in hub.linked(state, "notes", n["id"], "contacts")]
         assert call["properties"]["hs_call_status"] == "NO_ANSWER"
-        assert f"Texted back to {caller}" in call["properties"]["hs_call_body"]
+        assert f"Text sent to {caller}" in note["properties"]["hs_note_body"]
         deals = [d for d in state["deals"] if cid in hub.linked(state, "deals", d["id"], "contacts")]
         assert len(deals) == (0 if caller == known else 1)
-        for record, kind in ((call, "calls"), (task, "tasks")):
+        for record, kind in ((call, "calls"), (task, "tasks"), (note, "notes")):
             assert hub.linked(state, kind, record["id"], "deals") == (
-                {} if caller == known else {deals[0]["id"]: {"calls": 206, "tasks": 216}[kind]}
+                {} if caller == known else {deals[0]["id"]: {"calls": 206, "tasks": 216, "notes": 214}[kind]}
             )
     # Replaying every job's events changes nothing: the ledger knows every record.
     with stack.factory() as s:
