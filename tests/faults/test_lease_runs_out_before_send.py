@@ -2,10 +2,11 @@
 
 Found by test_many_machines_netns.py on a loaded machine: worker c claimed a first text, stalled
 for longer than its lease before sending, worker e took the job over (attempt 2), and both asked
-Twilio to send it (c then logged "job lease lost before completion"). The lease is renewed at the
-start of the handler (core.outbox.renew_in), but nothing checks it again before the send, and the
-attempt (``attempt_started_at``) is recorded after the line-type lookup and the caller lookup,
-so the second worker, not seeing it, sends without looking for the first one's text.
+Twilio to send it (c then logged "job lease lost before completion"). The lease was renewed only at
+the start of the handler, and the attempt (``attempt_started_at``) was recorded after the line-type
+lookup and the caller lookup, so the second worker sent without looking for the first one's text.
+Now the transaction that records the attempt renews the lease first, and a worker that lost it
+stops there.
 
 Here the stall is made deterministic: Twilio's Lookup answers slowly, and while the first worker
 waits on it the clock moves past its lease (a GC pause, a starved CPU, a VM migration).
@@ -26,11 +27,6 @@ from tests.faults.harness import World, fault_business, wait_for
 pytestmark = pytest.mark.faults
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: an sms.send whose lease ran out before the send still sends (no lease check "
-    "between the handler's first transaction and the vendor call)",
-)
 def test_a_text_whose_lease_ran_out_before_the_send_goes_out_once(make_world: Callable[..., World]) -> None:
     world = make_world(businesses=[fault_business(policy={"lookup_line_type": True})])
     fault = {"method": "GET", "path": "/v2/PhoneNumbers/", "delay_ms": 1500}
