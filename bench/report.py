@@ -30,6 +30,14 @@ def cell_name(c: dict[str, Any]) -> str:
     return f"{c['db']}, {c['bridge_workers']} w"
 
 
+def phase_label(name: str, rate: float) -> str:
+    if name == "crm":
+        return f"CRM phase @ {rate:g}"
+    if name == "crm-burst":
+        return f"CRM burst @ {rate:g}"
+    return f"{rate:g}"
+
+
 def phases_table(cells: list[dict[str, Any]]) -> list[str]:
     out = [
         row(["cell", "phase (calls/s)", "calls", "webhook p50", "p99", "p99.9", "failed",
@@ -40,7 +48,7 @@ def phases_table(cells: list[dict[str, Any]]) -> list[str]:
         for name, e in c["phases"].items():
             w, s = e["webhooks"], e["sms"]
             crm = next(iter(e["crm"].values()), {})
-            label = f"CRM phase @ {e['rate']:g}" if name == "crm" else f"{e['rate']:g}"
+            label = phase_label(name, e["rate"])
             out.append(row([
                 cell_name(c), label, e["calls"], f(w["p50_ms"], " ms"), f(w["p99_ms"], " ms"),
                 f(w["p99.9_ms"], " ms"), w["calls_failed"], f(s["p50_ms"], " ms"), f(s["p99_ms"], " ms"),
@@ -54,24 +62,29 @@ def phases_table(cells: list[dict[str, Any]]) -> list[str]:
 def summary_table(cells: list[dict[str, Any]]) -> list[str]:
     out = [
         row(["cell", "sustained (goals)", "keeps up", "bridge worker RSS", "outbox worker RSS",
-             "bridge master RSS", "HubSpot calls/lead", "setup", "wall"]),
-        row(["---"] * 9),
+             "bridge master RSS", "HubSpot calls/lead alone", "HubSpot calls/lead queued", "setup",
+             "wall"]),
+        row(["---"] * 10),
     ]  # fmt: skip
     from bench.run import sustained
 
     for c in cells:
         c["sustained"] = sustained(c)  # recomputed, so every file is judged by the same rules
         rss = c["rss"]
-        crm = (c["phases"].get("crm") or {}).get("crm", {}).get("hubspot", {}).get("calls_per_lead", {})
-        calls = f"{crm['mean']} (max {crm['max']})" if crm.get("leads") else "n/a"
+        calls = [per_lead(c, "crm"), per_lead(c, "crm-burst")]
         out.append(row([
             cell_name(c), f"{c['sustained']['within_goals']:g}/s", f"{c['sustained']['keeps_up']:g}/s",
             f((rss.get("bridge worker") or {}).get("peak_mb_max"), " MB"),
             f((rss.get("outbox worker") or {}).get("peak_mb_max"), " MB"),
-            f((rss.get("bridge master") or {}).get("peak_mb_max"), " MB"), calls,
+            f((rss.get("bridge master") or {}).get("peak_mb_max"), " MB"), *calls,
             f(c.get("setup_s"), " s"), f(c.get("wall_s"), " s"),
         ]))  # fmt: skip
     return out
+
+
+def per_lead(c: dict[str, Any], phase: str) -> str:
+    cpl = (c["phases"].get(phase) or {}).get("crm", {}).get("hubspot", {}).get("calls_per_lead", {})
+    return f"{cpl['mean']} (max {cpl['max']}, {cpl['leads']} leads)" if cpl.get("leads") else "n/a"
 
 
 def cpu_table(cells: list[dict[str, Any]]) -> list[str]:
@@ -91,7 +104,7 @@ def cpu_table(cells: list[dict[str, Any]]) -> list[str]:
         for name, e in c["phases"].items():
             per = e.get("cpu", {}).get("cpu_ms_per_call", {})
             cells_ = [f(per.get(r)) for r in roles]
-            label = "CRM phase" if name == "crm" else f"{e['rate']:g}/s"
+            label = phase_label(name, e["rate"])
             out.append(row([cell_name(c), label, *cells_, f(e.get("cpu", {}).get("machine_busy_pct"), " %")]))
     return out
 

@@ -192,6 +192,13 @@ def run_textback_cell(args: argparse.Namespace, db: str, workers: int) -> dict[s
             results, meta = driver.phase(args.crm_rate, args.crm_duration)
             meta["drained"], meta["drain_s"] = wait_drained(stack, every, args.drain_timeout)
             phases.append(("crm", results, meta))
+        if args.crm and args.crm_burst > 0:
+            # Leads arriving faster than one CRM account's budget: jobs queue up and are claimed
+            # together, so this is where batch requests show (HubSpot calls per lead, loaded).
+            time.sleep(CRM_WINDOW_S - time.time() % CRM_WINDOW_S + 0.05)
+            results, meta = driver.phase(args.crm_burst_rate, args.crm_burst / args.crm_burst_rate)
+            meta["drained"], meta["drain_s"] = wait_drained(stack, every, args.crm_burst_wait)
+            phases.append(("crm-burst", results, meta))
         for rate in args.steps:
             results, meta = driver.phase(rate, args.duration)
             meta["backlog_at_end"] = backlog(stack.job_counts())
@@ -387,11 +394,23 @@ def verdicts(cell: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             }
             cpl = block.get("calls_per_lead", {})
             if c == "hubspot" and cpl.get("leads"):
-                out["hubspot_calls_per_new_lead"] = {
-                    "value": cpl["max"],
-                    "mean": cpl["mean"],
-                    "met": cpl["max"] <= 3,
+                # A lone lead (1 call/s): no job waits for another, so nothing is batched.
+                out["hubspot_calls_per_new_lead_alone"] = {
+                    "value": cpl["mean"],
+                    "max": cpl["max"],
+                    "met": cpl["mean"] <= 3,
                 }
+    burst = phases.get("crm-burst")
+    if burst:
+        cpl = burst["crm"].get("hubspot", {}).get("calls_per_lead", {})
+        if cpl.get("leads"):
+            # Batch requests are attributed to one of their leads, so the mean is requests / leads.
+            out["hubspot_calls_per_new_lead_queued"] = {
+                "value": cpl["mean"],
+                "leads": cpl["leads"],
+                "of": burst["calls"],
+                "met": cpl["mean"] <= 3,
+            }
     bw = cell["rss"].get("bridge worker", {}).get("peak_mb_max")
     out["bridge_worker_peak_rss_mb"] = {"value": bw, "met": bw is not None and bw <= 120}
     return out
@@ -485,6 +504,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--crm-rate", type=float, default=1.0, help="calls/s in the CRM phase")
     add("--crm-duration", type=float, default=15.0, help="seconds of the CRM phase (0: skip it)")
     add("--crm-latency-ms", type=int, default=100, help="the CRM emulator's answer delay")
+    add("--crm-burst", type=int, default=0, help="calls in a CRM burst phase after the CRM phase "
+        "(faster than the CRM budget, so jobs queue up and batch); 0: skip it")
+    add("--crm-burst-rate", type=float, default=20.0, help="calls/s of the CRM burst")
+    add("--crm-burst-wait", type=float, default=90.0, help="max wait for the burst's CRM jobs to finish")
     add(
         "--crm",
         default=None,
