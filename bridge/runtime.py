@@ -130,16 +130,7 @@ class Connectors:
         Gives up after ``budget`` seconds (the first text must not wait for a slow CRM); a lookup
         still running then finishes in the background and is ignored.
         """
-        with self.factory() as session:
-            installed = [
-                i.connector_id
-                for i in session.scalars(
-                    select(ConnectorInstall).where(
-                        ConnectorInstall.business_id == business_id, ConnectorInstall.enabled.is_(True)
-                    )
-                )
-            ]
-        candidates = [c for c in installed if self._finds_contacts(c)]
+        candidates = self._finders_for(business_id)
         if not candidates:
             return None
 
@@ -164,6 +155,16 @@ class Connectors:
         except FutureTimeout:
             return None
 
+    def _finders_for(self, business_id: str) -> list[str]:
+        """The business's enabled connectors that can look a caller up."""
+        with self.factory() as session:
+            installed = session.scalars(
+                select(ConnectorInstall.connector_id).where(
+                    ConnectorInstall.business_id == business_id, ConnectorInstall.enabled.is_(True)
+                )
+            ).all()
+        return [c for c in installed if self._finds_contacts(c)]
+
     def find_contacts(
         self, business_id: str, phones: list[str], budget: float
     ) -> dict[str, tuple[str, Remote] | None] | None:
@@ -173,16 +174,7 @@ class Connectors:
         (``find_contacts``); otherwise None, and each text looks its caller up alone. A phone whose
         answer did not come within the budget counts as not found, as after a single lookup.
         """
-        with self.factory() as session:
-            installed = [
-                i.connector_id
-                for i in session.scalars(
-                    select(ConnectorInstall).where(
-                        ConnectorInstall.business_id == business_id, ConnectorInstall.enabled.is_(True)
-                    )
-                )
-            ]
-        candidates = [c for c in installed if self._finds_contacts(c)]
+        candidates = self._finders_for(business_id)
         if not all(self._finds_contacts(c, Capability.FIND_CONTACTS) for c in candidates):
             return None
         nobody: dict[str, tuple[str, Remote] | None] = dict.fromkeys(phones)

@@ -16,11 +16,16 @@ import pytest
 from tests.faults.harness import FaultSession, World, Zygote
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
+    # Under pytest-xdist (`-n 2 --dist loadgroup`) the fault suite runs on one worker, in file
+    # order, beside the rest of the tests: test_zz_leaks then still reads the logs of the whole suite.
+    grouped = config.pluginmanager.hasplugin("xdist")
     for item in items:
         if Path(str(item.fspath)).parent == here:
             assert item.get_closest_marker("faults"), f"{item.nodeid} is not marked faults"
+            if grouped:
+                item.add_marker(pytest.mark.xdist_group("faults"))
 
 
 @pytest.fixture(scope="session")
