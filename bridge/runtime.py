@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,6 +37,13 @@ from core.secrets import SecretBox
 from core.sending import SmsJob
 from core.sync import SyncJob
 from core.worker import Handler, Worker
+
+T = TypeVar("T")
+
+
+def _find_many(connector: Any, phones: list[str]) -> dict[str, Remote]:
+    return dict(connector.find_contacts(phones))
+
 
 log = logging.getLogger("textback.runtime")
 
@@ -136,16 +145,7 @@ class Connectors:
 
         def look() -> tuple[str, Remote] | None:
             for connector_id in candidates:
-                try:
-                    found = self.resolve(business_id, connector_id).find_contact(phone)  # type: ignore[attr-defined]
-                except RateLimited as exc:
-                    self._rate_limited(business_id, connector_id, exc)
-                    continue
-                except Exception as exc:  # a CRM problem must never hold up or fail the text
-                    log.info(
-                        "caller lookup failed", extra={"connector": connector_id, "error": type(exc).__name__}
-                    )
-                    continue
+                found = self._ask(business_id, connector_id, lambda c: c.find_contact(phone))
                 if found is not None:
                     return connector_id, found
             return None
@@ -185,17 +185,7 @@ class Connectors:
                 left = [p for p in phones if found[p] is None]
                 if not left:
                     break
-                try:
-                    connector: Any = self.resolve(business_id, connector_id)
-                    hits = connector.find_contacts(left)
-                except RateLimited as exc:
-                    self._rate_limited(business_id, connector_id, exc)
-                    continue
-                except Exception as exc:  # a CRM problem must never hold up or fail the texts
-                    log.info(
-                        "caller lookup failed", extra={"connector": connector_id, "error": type(exc).__name__}
-                    )
-                    continue
+                hits = self._ask(business_id, connector_id, functools.partial(_find_many, phones=left)) or {}
                 for phone, remote in hits.items():
                     if phone in found:
                         found[phone] = (connector_id, remote)
@@ -207,6 +197,16 @@ class Connectors:
             return self._pool.submit(look).result(timeout=budget)
         except FutureTimeout:
             return nobody
+
+    def _ask(self, business_id: str, connector_id: str, lookup: Callable[[Any], T]) -> T | None:
+        """One CRM's answer to a caller lookup, or None: a CRM problem never holds up or fails a text."""
+        try:
+            return lookup(self.resolve(business_id, connector_id))
+        except RateLimited as exc:
+            self._rate_limited(business_id, connector_id, exc)
+        except Exception as exc:
+            log.info("caller lookup failed", extra={"connector": connector_id, "error": type(exc).__name__})
+        return None
 
     def _rate_limited(self, business_id: str, connector_id: str, exc: RateLimited) -> None:
         if exc.code is not None:  # the vendor's 429 pauses the connector for every worker
