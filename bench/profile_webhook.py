@@ -1,11 +1,14 @@
 """Where a missed-call webhook's time goes, in process (no network, no other process competing).
 
-    python -m bench.profile_webhook --db sqlite|postgres [--calls 300] [--top 25] [--sort tottime]
+    python -m bench.profile_webhook --db sqlite|postgres [--calls 300] [--status] [--top 25] [--sort tottime]
 
 Builds the bridge app on a fresh database (like ``textback serve`` does), sends ``--calls`` signed
 forward-mode ``/twilio/voice`` webhooks through Flask's test client, and prints the wall and CPU
 time per webhook, the SQL statements per webhook, and the cProfile functions with the most
-cumulative time. Bounded by ``--calls``; figures only, no assertions.
+cumulative time. With ``--status`` the measured webhooks are instead Twilio's message status
+callbacks (``sent`` then ``delivered``, as Twilio sends them) for the texts of ``--calls / 2``
+missed calls, each text given a sid as the send worker would. Bounded by ``--calls``; figures
+only, no assertions.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from bench.load import Signer
+from bench.load import Request, Signer
 from bench.stack import ACCOUNT_SID, AUTH_TOKEN, Database, business, business_number
 
 
@@ -32,6 +36,7 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.profile_webhook", description=__doc__.split("\n")[0])
     p.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     p.add_argument("--calls", type=int, default=300)
+    p.add_argument("--status", action="store_true", help="profile message status callbacks instead")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--dump", help="also write the cProfile stats to this file (for pstats/snakeviz)")
     p.add_argument("--sort", default="cumulative", help="pstats sort key: cumulative, tottime, ...")
@@ -82,16 +87,23 @@ def run(args: argparse.Namespace, workdir: Path, db: Database) -> None:
     client = app.test_client()
     signer = Signer(public_url, AUTH_TOKEN, ACCOUNT_SID)
     calls = [signer.call(i, business_number(0), "forward").requests[0] for i in range(args.calls + 50)]
+    route = "webhook"
 
     def send(batch: list) -> None:
         for req in batch:
             r = client.post(req.path, data=req.body, headers={"X-Twilio-Signature": req.signature,
                             "Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
-            if r.status_code != 200:
+            if r.status_code not in (200, 204):
                 raise SystemExit(f"webhook answered {r.status_code}: {r.get_data(as_text=True)[:200]}")
 
     send(calls[:50])  # warm: connections, caches
     measured = calls[50:]
+    if args.status:
+        send(calls[50 : 50 + args.calls // 2])
+        route = "status callback"
+        callbacks = status_callbacks(engine, signer)
+        send(callbacks[:50])
+        measured = callbacks[50 : 50 + args.calls]
     statements[0] = 0
     wall, cpu = time.perf_counter(), time.process_time()
     send(measured[: args.calls // 2])
@@ -109,12 +121,39 @@ def run(args: argparse.Namespace, workdir: Path, db: Database) -> None:
     # Python function calls per webhook: unlike the clock, it does not move with the machine's load.
     calls_per_webhook = stats.total_calls / (len(measured) - n)  # type: ignore[attr-defined]
     print(
-        f"db={args.db} calls={n}: wall {wall / n * 1000:.2f} ms/webhook, CPU {cpu / n * 1000:.2f} ms/webhook "
-        f"(this process), {per_call_statements:.1f} SQL statements/webhook, "
-        f"{calls_per_webhook:.0f} Python function calls/webhook"
+        f"db={args.db} {route}s={n}: wall {wall / n * 1000:.2f} ms/{route}, CPU {cpu / n * 1000:.2f} "
+        f"ms/{route} (this process), {per_call_statements:.1f} SQL statements/{route}, "
+        f"{calls_per_webhook:.0f} Python function calls/{route}"
     )
     stats.sort_stats(args.sort).print_stats(args.top)
     print(out.getvalue())
+
+
+def status_callbacks(engine: Any, signer: Signer) -> list[Request]:
+    """``sent`` then ``delivered`` for every text stored so far, each given a sid as the worker would."""
+    from sqlalchemy import text
+
+    with engine.begin() as conn:
+        ids = [r[0] for r in conn.execute(text("SELECT id FROM messages ORDER BY created_at, id"))]
+        for i, message_id in enumerate(ids):
+            conn.execute(
+                text("UPDATE messages SET sid = :sid, status = 'queued' WHERE id = :id"),
+                {"sid": f"SM{i:032x}", "id": message_id},
+            )
+    requests = []
+    for i, message_id in enumerate(ids):
+        for status in ("sent", "delivered"):
+            params = {
+                "MessageSid": f"SM{i:032x}",
+                "MessageStatus": status,
+                "SmsStatus": status,
+                "AccountSid": signer.account_sid,
+                "To": "+13125550100",
+                "From": business_number(0),
+                "ApiVersion": "2010-04-01",
+            }
+            requests.append(signer.request(f"/twilio/message-status?m={message_id}", params))
+    return requests
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import functools
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import Insert, Table, Update, bindparam, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -194,6 +195,51 @@ def suppress(session: Session, business_id: str, phone: str, reason: str, source
     session.execute(stmt)
 
 
+@dataclass(frozen=True)
+class _StatusStatements:
+    record: Insert
+    # (new status, looked up by message id, with an error code) -> its guarded UPDATE
+    advance: dict[tuple[str, bool, bool], Update]
+
+
+def _blocked(status: str) -> tuple[str, ...]:
+    """The stored statuses that ``status`` may not replace: :func:`advance`'s rule as a set."""
+    return tuple(
+        current
+        for current in STATUS_RANK
+        if current not in ("pending", "scheduled")
+        and ((current in TERMINAL and status != "read") or STATUS_RANK[status] <= STATUS_RANK[current])
+    )
+
+
+@functools.cache
+def _status_statements(dialect: str) -> _StatusStatements:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    events, messages = cast(Table, MessageStatusEvent.__table__), cast(Table, Message.__table__)
+    advance: dict[tuple[str, bool, bool], Update] = {}
+    for status in STATUS_RANK:
+        for by_id in (False, True):
+            for with_code in (False, True):
+                # The status test in SQL (not read first) also keeps concurrent callbacks for one
+                # text from overwriting each other on PostgreSQL: the row lock re-checks it.
+                # Literal values, not an expanding IN that is rendered anew on every execution.
+                blocked: list[Any] = [literal_column(f"'{c}'") for c in _blocked(status)]
+                where = [messages.c.sid == bindparam("_sid"), messages.c.status.not_in(blocked)]
+                if by_id:
+                    where.append(messages.c.id == bindparam("_id"))
+                values: dict[str, Any] = {
+                    "status": status,
+                    "updated_at": bindparam("_now", type_=messages.c.updated_at.type),
+                }
+                if with_code:
+                    values["error_code"] = bindparam("_code", type_=messages.c.error_code.type)
+                advance[status, by_id, with_code] = update(messages).where(*where).values(values)
+    return _StatusStatements(
+        record=insert(events).on_conflict_do_nothing(index_elements=["message_sid", "status"]),
+        advance=advance,
+    )
+
+
 def apply_status(
     session: Session,
     *,
@@ -202,24 +248,41 @@ def apply_status(
     status: str,
     error_code: int | None,
 ) -> bool:
-    """Apply one status callback. Returns False for a duplicate (same sid and status)."""
+    """Apply one status callback. Returns False for a duplicate (same sid and status).
+
+    The usual callback (a text the worker already gave this sid, moving forward, no permanent
+    error) is one guarded UPDATE; anything else (the sid not stored yet, a late status, a code
+    that suppresses the number) goes through :func:`_apply_to_message`.
+    """
     status = status.lower()
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = (
-        insert(MessageStatusEvent)
-        .values(message_sid=sid, status=status, error_code=error_code, received_at=utcnow())
-        .on_conflict_do_nothing(index_elements=["message_sid", "status"])
+    conn = session.connection()
+    st = _status_statements(conn.dialect.name)
+    now = utcnow()
+    recorded = conn.execute(
+        st.record, {"message_sid": sid, "status": status, "error_code": error_code, "received_at": now}
     )
-    if not getattr(session.execute(stmt), "rowcount", 0):
+    if not recorded.rowcount:
         return False
+    advance_stmt = st.advance.get((status, message_id is not None, error_code is not None))
+    if advance_stmt is not None and error_code not in PERMANENT_CODES:
+        params: dict[str, Any] = {"_sid": sid, "_id": message_id, "_now": now, "_code": error_code}
+        if conn.execute(advance_stmt, params).rowcount:
+            return True
+    _apply_to_message(session, message_id, sid, status, error_code)
+    return True
+
+
+def _apply_to_message(
+    session: Session, message_id: str | None, sid: str, status: str, error_code: int | None
+) -> None:
+    """The general path of a recorded callback, through the ORM."""
     message = None
     if message_id:
         message = session.get(Message, message_id)
     if message is None:
         message = session.scalars(select(Message).where(Message.sid == sid)).first()
     if message is None:
-        return True  # kept in message_status_events; applied when the worker stores the sid
+        return  # kept in message_status_events; applied when the worker stores the sid
     if message.sid is None:
         message.sid = sid
     advance(message, status, error_code)
@@ -231,7 +294,6 @@ def apply_status(
             PERMANENT_CODES[error_code],
             f"twilio:{error_code}",
         )
-    return True
 
 
 def advance(message: Message, status: str, error_code: int | None = None) -> None:

@@ -1,0 +1,192 @@
+"""Twilio's message status callbacks take a short path through the store (one guarded UPDATE in
+``core.texting.apply_status``); it must leave exactly the rows the general (ORM) path leaves.
+
+Each case stores the same text twice (one per business), delivers the same callbacks in the same
+order to each, one copy through the fast path and one with the fast path switched off, and
+compares the message, the stored callbacks, the suppressions and the answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from sqlalchemy import Engine, event, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from core import texting
+from core.db import make_engine, session_factory, transaction, upgrade
+from core.models import Lead, Message, MessageStatusEvent, Suppression, utcnow
+
+FAST, GENERAL = "fast-biz", "general-biz"
+Callback = tuple[str, int | None]  # (status, error code)
+
+# Twilio's lives of a text (as in the fault suite), plus WhatsApp's 'read' and an opt-out.
+LIVES: dict[str, tuple[Callback, ...]] = {
+    "delivered": (("queued", None), ("sending", None), ("sent", None), ("delivered", None)),
+    "undelivered": (("queued", None), ("sending", None), ("sent", None), ("undelivered", 30003)),
+    "failed": (("queued", None), ("sending", None), ("failed", 30008)),
+    "read": (("sent", None), ("delivered", None), ("read", None)),
+    "opted_out": (("queued", None), ("sent", None), ("failed", 21610)),
+}
+# How the text stands when its callbacks arrive: (status, sid stored, ?m= given).
+STARTS = {
+    "sent by the worker": ("queued", True, True),
+    "no message id in the URL": ("queued", True, False),
+    "callbacks beat the worker": ("pending", False, True),
+    "no such text": (None, False, True),
+    "status outside the ranks": ("canceled", True, True),
+}
+
+
+@pytest.fixture
+def store(db_url: str, tmp_path: Path) -> Iterator[tuple[Engine, sessionmaker[Session]]]:
+    engine = make_engine(db_url)
+    upgrade(engine)
+    yield engine, session_factory(engine)
+    engine.dispose()
+
+
+def general_only(dialect: str) -> Any:
+    """The statements with no fast UPDATE: every callback goes through the ORM path."""
+    return dataclasses.replace(real_statements(dialect), advance={})
+
+
+real_statements = texting._status_statements
+
+
+@dataclasses.dataclass
+class Text:
+    business_id: str
+    message_id: str
+    sid: str
+    created: Any
+
+
+def store_text(factory: sessionmaker[Session], business_id: str, phone: str, start: tuple[Any, ...]) -> Text:
+    status, has_sid, _m = start
+    created = utcnow() - timedelta(minutes=5)
+    text = Text(business_id, str(uuid.uuid4()), "SM" + uuid.uuid4().hex, created)
+    if status is None:
+        return text
+    with transaction(factory) as s:
+        lead = Lead(
+            id=str(uuid.uuid4()), business_id=business_id, phone=phone, status="texted", source="missed_call"
+        )
+        s.add(lead)
+        s.flush()
+        s.add(
+            Message(
+                id=text.message_id,
+                lead_id=lead.id,
+                business_id=business_id,
+                direction="outbound",
+                kind="first_text",
+                sid=text.sid if has_sid else None,
+                from_number="+13125550100",
+                to_number=phone,
+                body="Sorry we missed your call",
+                status=status,
+                created_at=created,
+                updated_at=created,
+            )
+        )
+    return text
+
+
+def deliver(
+    factory: sessionmaker[Session], text: Text, start: tuple[Any, ...], callbacks: list[Callback]
+) -> list[bool]:
+    answers = []
+    for status, code in callbacks:
+        with transaction(factory) as s:
+            answers.append(
+                texting.apply_status(
+                    s,
+                    message_id=text.message_id if start[2] else None,
+                    sid=text.sid,
+                    status=status,
+                    error_code=code,
+                )
+            )
+    return answers
+
+
+def outcome(factory: sessionmaker[Session], text: Text, phone: str) -> dict[str, Any]:
+    with factory() as s:
+        m = s.get(Message, text.message_id)
+        events = s.execute(
+            select(MessageStatusEvent.status, MessageStatusEvent.error_code)
+            .where(MessageStatusEvent.message_sid == text.sid)
+            .order_by(MessageStatusEvent.id)
+        ).all()
+        suppressions = s.execute(
+            select(Suppression.reason, Suppression.source).where(
+                Suppression.business_id == text.business_id, Suppression.phone == phone
+            )
+        ).all()
+    message = None
+    if m is not None:
+        message = (m.status, m.error_code, m.sid == text.sid, m.sid is None, m.updated_at != text.created)
+    return {
+        "message": message,
+        "events": [tuple(e) for e in events],
+        "suppressions": [tuple(x) for x in suppressions],
+    }
+
+
+def orders() -> Iterator[tuple[str, list[Callback]]]:
+    for i, (life, order) in enumerate(
+        (life, order) for life, steps in LIVES.items() for order in itertools.permutations(steps)
+    ):
+        callbacks = list(order)
+        if i % 2:  # Twilio redelivers: each one again, right after or at the end
+            callbacks = [c for c in order for _ in range(2)] if i % 4 == 1 else callbacks + list(order)
+        yield life, callbacks
+
+
+@pytest.mark.parametrize("start_name", list(STARTS))
+def test_fast_path_leaves_the_rows_of_the_general_path_in_every_order(
+    store: tuple[Engine, sessionmaker[Session]], start_name: str
+) -> None:
+    _engine, factory = store
+    start = STARTS[start_name]
+    compared = 0
+    for n, (life, callbacks) in enumerate(orders()):
+        phone = f"+1312555{4000 + n:04d}"
+        fast, general = store_text(factory, FAST, phone, start), store_text(factory, GENERAL, phone, start)
+        fast_answers = deliver(factory, fast, start, callbacks)
+        with mock.patch.object(texting, "_status_statements", general_only):
+            general_answers = deliver(factory, general, start, callbacks)
+        assert fast_answers == general_answers, (life, callbacks)
+        got, want = outcome(factory, fast, phone), outcome(factory, general, phone)
+        assert got == want, (life, callbacks)
+        compared += 1
+        if start[0] is not None and start_name != "status outside the ranks":
+            # the furthest status wins, whatever the order, each callback stored once
+            furthest = max(callbacks, key=lambda c: texting.STATUS_RANK[c[0]])
+            assert got["message"][:2] == furthest, (life, callbacks)
+            assert len(got["events"]) == len(set(callbacks))
+            assert got["suppressions"] == ([("opted_out", "twilio:21610")] if life == "opted_out" else [])
+    assert compared == sum(len(list(itertools.permutations(steps))) for steps in LIVES.values())
+
+
+def test_a_forward_callback_is_two_statements_without_a_read(
+    store: tuple[Engine, sessionmaker[Session]],
+) -> None:
+    engine, factory = store
+    start = STARTS["sent by the worker"]
+    text = store_text(factory, FAST, "+13125550142", start)
+    seen: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda _c, _cur, sql, *_a: seen.append(sql))
+    assert deliver(factory, text, start, [("sent", None), ("delivered", None)]) == [True, True]
+    writes = [sql.split()[0] for sql in seen if not sql.startswith("BEGIN")]
+    assert writes == ["INSERT", "UPDATE", "INSERT", "UPDATE"]
+    assert outcome(factory, text, "+13125550142")["message"][:2] == ("delivered", None)
