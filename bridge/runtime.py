@@ -31,7 +31,7 @@ from core.crm import Capability, Remote
 from core.db import make_engine, require_migrated, session_factory, transaction
 from core.errors import ConfigError, RateLimited
 from core.escalation import SlaJob
-from core.models import ConnectorInstall, ConnectorState, utcnow
+from core.models import ConnectorInstall, utcnow
 from core.outbox import Outbox
 from core.secrets import SecretBox
 from core.sending import SmsJob
@@ -107,22 +107,28 @@ class Connectors:
         factory = self.factory
 
         def throttle(cost: int = 1, *scopes: str) -> None:
-            # A vendor's 429 pauses the connector for every worker at once, jobs in progress too.
-            with factory() as session:
-                state = session.get(ConnectorState, (business_id, connector_id))
-            if state and state.paused_until and (state.pause_reason or "").startswith("rate limited"):
-                left = (state.paused_until - utcnow()).total_seconds()
-                if left > 0:
+            # The pause and the shared windows in one transaction (each window is one statement).
+            refused: tuple[connector_state.Limit, float] | None = None
+            with transaction(factory) as session:
+                until, reason = connector_state.pause_of(session, business_id, connector_id)
+                # A vendor's 429 pauses the connector for every worker at once, jobs in progress too.
+                left = (until - utcnow()).total_seconds() if until is not None else 0.0
+                if left > 0 and (reason or "").startswith("rate limited"):
                     raise RateLimited(f"{connector_id} is paused after a rate limit", retry_after=left)
-            for i, (name, limit) in enumerate(limits):
-                if name in scoped and name not in scopes:
-                    continue  # an endpoint's own budget (HubSpot search): only the calls that name it
-                wait = connector_state.acquire(factory, f"{business_id}:{connector_id}:{i}", limit, cost)
-                if wait > 0:
-                    raise RateLimited(
-                        f"{connector_id}: local rate limit ({limit.requests}/{limit.per_seconds:g}s)",
-                        retry_after=wait,
-                    )
+                for i, (name, limit) in enumerate(limits):
+                    if name in scoped and name not in scopes:
+                        continue  # an endpoint's own budget (HubSpot search): only the calls that name it
+                    limiter = f"{business_id}:{connector_id}:{i}"
+                    wait = connector_state.acquire(factory, limiter, limit, cost, session=session)
+                    if wait > 0:
+                        refused = (limit, wait)  # raised once the windows already taken are committed
+                        break
+            if refused is not None:
+                limit, wait = refused
+                raise RateLimited(
+                    f"{connector_id}: local rate limit ({limit.requests}/{limit.per_seconds:g}s)",
+                    retry_after=wait,
+                )
             metrics.crm_call(connector_id)  # every connector throttles right before each request
 
         context = ConnectorContext(

@@ -6,13 +6,15 @@ the same rate window and the same token.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, Table, bindparam, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,6 +29,89 @@ def _insert(session: Session):  # type: ignore[no-untyped-def]
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
+def _table(model: type[Any]) -> Table:
+    return cast(Table, model.__table__)
+
+
+@dataclass(frozen=True)
+class _Statements:
+    pause_of: Select[Any]
+    pause: Any
+    success: Any
+    error: Any
+    take: Any
+
+
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    """Each hot write as one UPSERT, built once per dialect: no ORM load, modify and flush."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    st = _table(ConnectorState)
+    key = (st.c.business_id == bindparam("business_id"), st.c.connector_id == bindparam("connector_id"))
+    row = insert(st).values(
+        business_id=bindparam("business_id"),
+        connector_id=bindparam("connector_id"),
+        api_calls=bindparam("api_calls"),
+        rate_limited=bindparam("rate_limited"),
+    )
+    pause = insert(st).values(
+        business_id=bindparam("business_id"),
+        connector_id=bindparam("connector_id"),
+        api_calls=0,
+        rate_limited=0,
+        paused_until=bindparam("until", type_=st.c.paused_until.type),
+        pause_reason=bindparam("reason"),
+    )
+    # Never shorten a pause another worker set: the later Retry-After wins.
+    pause = pause.on_conflict_do_update(
+        index_elements=["business_id", "connector_id"],
+        set_={"paused_until": pause.excluded.paused_until, "pause_reason": pause.excluded.pause_reason},
+        where=or_(st.c.paused_until.is_(None), st.c.paused_until < pause.excluded.paused_until),
+    )
+    success = row.values(last_success_at=bindparam("at", type_=st.c.last_success_at.type))
+    success = success.on_conflict_do_update(
+        index_elements=["business_id", "connector_id"],
+        set_={
+            "last_success_at": success.excluded.last_success_at,
+            "api_calls": func.coalesce(st.c.api_calls, 0) + success.excluded.api_calls,
+        },
+    )
+    error = row.values(
+        last_error=bindparam("message"), last_error_at=bindparam("at", type_=st.c.last_error_at.type)
+    )
+    error = error.on_conflict_do_update(
+        index_elements=["business_id", "connector_id"],
+        set_={
+            "last_error": error.excluded.last_error,
+            "last_error_at": error.excluded.last_error_at,
+            "api_calls": func.coalesce(st.c.api_calls, 0) + error.excluded.api_calls,
+            "rate_limited": func.coalesce(st.c.rate_limited, 0) + error.excluded.rate_limited,
+        },
+    )
+    rw = _table(RateWindow)
+    take = insert(rw).values(
+        limiter=bindparam("limiter"), window_start=bindparam("window"), count=bindparam("cost")
+    )
+    # The window's row and the request taken from it in one statement; nothing when it is full.
+    take = take.on_conflict_do_update(
+        index_elements=["limiter", "window_start"],
+        set_={"count": rw.c.count + take.excluded.count},
+        where=rw.c.count + take.excluded.count <= bindparam("requests"),
+    )
+    return _Statements(
+        pause_of=select(st.c.paused_until, st.c.pause_reason).where(*key),
+        pause=pause,
+        success=success,
+        error=error,
+        take=take,
+    )
+
+
+def _run(session: Session, stmt: str, params: dict[str, Any]) -> Any:
+    conn = session.connection()
+    return conn.execute(getattr(_statements(conn.dialect.name), stmt), params)
+
+
 def state_row(session: Session, business_id: str, connector_id: str) -> ConnectorState:
     stmt = (
         _insert(session)(ConnectorState)
@@ -39,19 +124,25 @@ def state_row(session: Session, business_id: str, connector_id: str) -> Connecto
     return row
 
 
+def pause_of(session: Session, business_id: str, connector_id: str) -> tuple[datetime | None, str | None]:
+    """(paused_until, pause_reason) as stored, with no ORM load: (None, None) for no row."""
+    found = _run(session, "pause_of", {"business_id": business_id, "connector_id": connector_id}).first()
+    return (found.paused_until, found.pause_reason) if found is not None else (None, None)
+
+
 def paused_until(session: Session, business_id: str, connector_id: str) -> datetime | None:
-    row = session.get(ConnectorState, (business_id, connector_id))
-    if row and row.paused_until and row.paused_until > utcnow():
-        return row.paused_until
+    until, _ = pause_of(session, business_id, connector_id)
+    if until and until > utcnow():
+        return until
     return None
 
 
 def pause(session: Session, business_id: str, connector_id: str, until: datetime, reason: str) -> None:
-    row = state_row(session, business_id, connector_id)
-    # Never shorten a pause another worker set: the later Retry-After wins.
-    if row.paused_until is None or row.paused_until < until:
-        row.paused_until = until
-        row.pause_reason = reason[:200]
+    _run(
+        session,
+        "pause",
+        {"business_id": business_id, "connector_id": connector_id, "until": until, "reason": reason[:200]},
+    )
 
 
 def resume(session: Session, business_id: str, connector_id: str) -> None:
@@ -61,9 +152,17 @@ def resume(session: Session, business_id: str, connector_id: str) -> None:
 
 
 def record_success(session: Session, business_id: str, connector_id: str, calls: int) -> None:
-    row = state_row(session, business_id, connector_id)
-    row.last_success_at = utcnow()
-    row.api_calls = (row.api_calls or 0) + calls
+    _run(
+        session,
+        "success",
+        {
+            "business_id": business_id,
+            "connector_id": connector_id,
+            "api_calls": calls,
+            "rate_limited": 0,
+            "at": utcnow(),
+        },
+    )
 
 
 def record_error(
@@ -74,12 +173,18 @@ def record_error(
     calls: int,
     rate_limited: bool = False,
 ) -> None:
-    row = state_row(session, business_id, connector_id)
-    row.last_error = message[:2000]
-    row.last_error_at = utcnow()
-    row.api_calls = (row.api_calls or 0) + calls
-    if rate_limited:
-        row.rate_limited = (row.rate_limited or 0) + 1
+    _run(
+        session,
+        "error",
+        {
+            "business_id": business_id,
+            "connector_id": connector_id,
+            "api_calls": calls,
+            "rate_limited": 1 if rate_limited else 0,
+            "message": message[:2000],
+            "at": utcnow(),
+        },
+    )
 
 
 def alert(
@@ -107,28 +212,35 @@ class Limit:
     per_seconds: float
 
 
-def acquire(factory: sessionmaker[Session], limiter: str, limit: Limit, cost: int = 1) -> float:
-    """Take ``cost`` requests from the shared window. Returns 0, or the seconds to wait first."""
+def acquire(
+    factory: sessionmaker[Session], limiter: str, limit: Limit, cost: int = 1, session: Session | None = None
+) -> float:
+    """Take ``cost`` requests from the shared window. Returns 0, or the seconds to wait first.
+
+    In ``session``'s transaction when given (the caller commits), else in a transaction of its own.
+    """
     now = time.time()
     window = int(now // limit.per_seconds)
-    with transaction(factory) as session:
+    if session is None:
+        with transaction(factory) as own:
+            taken = _take(own, limiter, window, limit, cost)
+    else:
+        taken = _take(session, limiter, window, limit, cost)
+    if taken:
+        return 0.0
+    return (window + 1) * limit.per_seconds - now
+
+
+def _take(session: Session, limiter: str, window: int, limit: Limit, cost: int) -> bool:
+    if cost > limit.requests:  # never fits: only the window's row is made, as for any refusal
         session.execute(
             _insert(session)(RateWindow)
             .values(limiter=limiter, window_start=window, count=0)
             .on_conflict_do_nothing()
         )
-        taken = session.execute(
-            update(RateWindow)
-            .where(
-                RateWindow.limiter == limiter,
-                RateWindow.window_start == window,
-                RateWindow.count + cost <= limit.requests,
-            )
-            .values(count=RateWindow.count + cost)
-        ).rowcount  # type: ignore[attr-defined]
-    if taken:
-        return 0.0
-    return (window + 1) * limit.per_seconds - now
+        return False
+    params = {"limiter": limiter, "window": window, "cost": cost, "requests": limit.requests}
+    return bool(_run(session, "take", params).rowcount)
 
 
 # -- OAuth tokens --------------------------------------------------------------------------------

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Select, Table, bindparam, exists, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -78,34 +80,127 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
+@dataclass(frozen=True)
+class _Statements:
+    leads: Select[Any]
+    entries: Select[Any]
+
+
+@functools.cache
+def _statements() -> _Statements:
+    """Core selects of just the columns the document needs, built once (no ORM entity loads)."""
+    leads, entries, msgs, supp = (
+        cast(Table, m.__table__) for m in (Lead, TimelineEntry, Message, Suppression)
+    )
+    ids: Any = bindparam("ids", expanding=True)
+    opted_out = exists().where(
+        supp.c.business_id == leads.c.business_id, supp.c.phone == leads.c.phone, supp.c.reason == "opted_out"
+    )
+    # Each lead with its messages, oldest first (a lead without any: one row, message columns NULL).
+    with_messages = (
+        select(
+            leads.c.id,
+            leads.c.business_id,
+            leads.c.phone,
+            leads.c.name,
+            leads.c.email,
+            leads.c.status,
+            leads.c.source,
+            leads.c.created_at,
+            leads.c.updated_at,
+            opted_out.label("opted_out"),
+            msgs.c.id.label("message_id"),
+            msgs.c.direction,
+            msgs.c.kind,
+            msgs.c.sid,
+            msgs.c.from_number,
+            msgs.c.to_number,
+            msgs.c.body,
+            msgs.c.status.label("message_status"),
+            msgs.c.error_code,
+            msgs.c.send_after,
+            msgs.c.sent_at,
+            msgs.c.created_at.label("message_created_at"),
+        )
+        .select_from(leads.outerjoin(msgs, msgs.c.lead_id == leads.c.id))
+        .where(leads.c.id.in_(ids))
+        .order_by(msgs.c.created_at, msgs.c.id)
+    )
+    return _Statements(
+        leads=with_messages,
+        entries=select(entries.c.lead_id, entries.c.at, entries.c.type, entries.c.data)
+        .where(entries.c.lead_id.in_(ids))
+        .order_by(entries.c.id),
+    )
+
+
 def to_json(session: Session, lead: Lead) -> dict[str, Any]:
     """The documented lead shape shared by the CLI, exports and connectors."""
-    entries: list[tuple[datetime, int, dict[str, Any]]] = []
-    for entry in session.scalars(
-        select(TimelineEntry).where(TimelineEntry.lead_id == lead.id).order_by(TimelineEntry.id)
-    ):
-        item = {"at": _iso(entry.at), "type": entry.type, **(entry.data or {})}
-        entries.append((entry.at, 0, item))
-    for msg in session.scalars(
-        select(Message).where(Message.lead_id == lead.id).order_by(Message.created_at)
-    ):
+    if session.autoflush:
+        session.flush()  # what the ORM queries this replaced saw: the session's pending changes
+    found = documents(session, [lead.id]).get(lead.id)
+    if found is None:  # not in the database (never flushed): nothing recorded for it there yet
+        opted_out = "opted_out" in suppressions(session, lead.business_id, lead.phone)
+        return _document(lead, [], opted_out)
+    # The lead's own fields as the caller holds them, as before.
+    return _document(lead, found["timeline"], found["opted_out"])
+
+
+def document(session: Session, lead_id: str) -> dict[str, Any] | None:
+    """:func:`to_json` of the lead with this id (None if there is none), without loading it."""
+    return documents(session, [lead_id]).get(lead_id)
+
+
+def documents(session: Session, lead_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """:func:`to_json` of each of these leads that exists, in two statements for all of them."""
+    if not lead_ids:
+        return {}
+    st = _statements()
+    conn = session.connection()
+    ids = {"ids": list(dict.fromkeys(lead_ids))}
+    leads: dict[str, Any] = {}
+    timelines: dict[str, list[tuple[datetime, int, dict[str, Any]]]] = {}
+    for row in conn.execute(st.leads, ids):
+        if row.id not in leads:
+            leads[row.id] = row
+            timelines[row.id] = []
+        if row.message_id is None:
+            continue
+        at = row.sent_at or row.message_created_at
         item = {
-            "at": _iso(msg.sent_at or msg.created_at),
+            "at": _iso(at),
             "type": "message",
-            "direction": msg.direction,
-            "kind": msg.kind,
-            "message_id": msg.id,
-            "sid": msg.sid,
-            "from": msg.from_number,
-            "to": msg.to_number,
-            "body": msg.body,
-            "status": msg.status,
-            "error_code": msg.error_code,
-            "send_after": _iso(msg.send_after),
+            "direction": row.direction,
+            "kind": row.kind,
+            "message_id": row.message_id,
+            "sid": row.sid,
+            "from": row.from_number,
+            "to": row.to_number,
+            "body": row.body,
+            "status": row.message_status,
+            "error_code": row.error_code,
+            "send_after": _iso(row.send_after),
         }
-        entries.append((msg.sent_at or msg.created_at, 1, item))
-    entries.sort(key=lambda e: (e[0], e[1]))
-    opted_out = "opted_out" in suppressions(session, lead.business_id, lead.phone)
+        timelines[row.id].append((at, 1, item))
+    if not leads:
+        return {}
+    entries: dict[str, list[tuple[datetime, int, dict[str, Any]]]] = {lead_id: [] for lead_id in leads}
+    for entry in conn.execute(st.entries, ids):
+        if entry.lead_id in entries:
+            entries[entry.lead_id].append(
+                (entry.at, 0, {"at": _iso(entry.at), "type": entry.type, **(entry.data or {})})
+            )
+    out = {}
+    for lead_id, row in leads.items():
+        # Timeline entries (in id order) then messages (oldest first), merged by time; at the same
+        # instant an entry comes before a message. The sort is stable, so each keeps its own order.
+        merged = entries[lead_id] + timelines[lead_id]
+        merged.sort(key=lambda e: (e[0], e[1]))
+        out[lead_id] = _document(row, [e[2] for e in merged], bool(row.opted_out))
+    return out
+
+
+def _document(lead: Any, timeline: list[dict[str, Any]], opted_out: bool) -> dict[str, Any]:
     return {
         "id": lead.id,
         "business": lead.business_id,
@@ -117,5 +212,5 @@ def to_json(session: Session, lead: Lead) -> dict[str, Any]:
         "opted_out": opted_out,
         "created_at": _iso(lead.created_at),
         "updated_at": _iso(lead.updated_at),
-        "timeline": [e[2] for e in entries],
+        "timeline": timeline,
     }

@@ -12,14 +12,15 @@ then one batch create per record type (core.sync_batch), with the same intents a
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import Row, Table, and_, bindparam, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import connector_state, outbox, sync_batch
@@ -27,8 +28,8 @@ from core.config import Config
 from core.crm import ActivityData, Capability, ContactData, DealData, NewRecord, Remote, TaskData
 from core.db import transaction
 from core.errors import AuthError, JobError, RateLimited, TransientError
-from core.leads import to_json
-from core.models import ConnectorInstall, Lead, SyncLedger, utcnow
+from core.leads import documents
+from core.models import ConnectorInstall, ConnectorState, SyncLedger, utcnow
 from core.outbox import Deferred, Job
 from core.phones import national
 from core.worker import crash_point
@@ -85,24 +86,71 @@ class SyncSettings:
         return cls(**(data or {}))
 
 
+def _table(model: type[Any]) -> Table:
+    return cast(Table, model.__table__)
+
+
+@dataclass(frozen=True)
+class _Statements:
+    installed: Any
+    target: Any
+    ledger: Any
+    forget_contacts: Any
+
+
+@functools.cache
+def _statements() -> _Statements:
+    """The engine's reads, built once (Core: no ORM entity loads, no statement built per job)."""
+    installs, state, ledger = _table(ConnectorInstall), _table(ConnectorState), _table(SyncLedger)
+    b: Any = bindparam("business_id")
+    c: Any = bindparam("connector_id")
+    # A job's connector: its install and its pause in one read, so a deferred job costs only this.
+    target = (
+        select(installs.c.enabled, installs.c.sync, state.c.paused_until)
+        .select_from(
+            installs.outerjoin(
+                state,
+                and_(
+                    state.c.business_id == installs.c.business_id,
+                    state.c.connector_id == installs.c.connector_id,
+                ),
+            )
+        )
+        .where(installs.c.business_id == b, installs.c.connector_id == c)
+    )
+    return _Statements(
+        installed=select(installs.c.connector_id).where(
+            installs.c.business_id == b, installs.c.enabled.is_(True)
+        ),
+        target=target,
+        ledger=select(ledger.c.remote_id, ledger.c.remote_url, ledger.c.intent_at).where(
+            ledger.c.lead_id == bindparam("lead_id"),
+            ledger.c.connector_id == c,
+            ledger.c.key == bindparam("key"),
+        ),
+        forget_contacts=delete(ledger).where(
+            ledger.c.lead_id.in_(bindparam("lead_ids", expanding=True)),
+            ledger.c.connector_id == c,
+            ledger.c.key == "contact",
+            ledger.c.remote_id.is_(None),
+        ),
+    )
+
+
 def emit(
     session: Session, business_id: str, lead_id: str, event: str, ref: str, data: dict[str, Any] | None = None
 ) -> int:
     """Queue ``event`` for every enabled connector of the business. ``ref`` makes it idempotent."""
     assert event in EVENTS, event
-    installs = session.scalars(
-        select(ConnectorInstall).where(
-            ConnectorInstall.business_id == business_id, ConnectorInstall.enabled.is_(True)
-        )
-    ).all()
+    installed = session.connection().execute(_statements().installed, {"business_id": business_id})
     queued = 0
-    for install in installs:
+    for connector_id in installed.scalars().all():
         queued += outbox.enqueue(
             session,
             kind="crm.sync",
-            target=install.connector_id,
-            dedupe_key=f"crm:{install.connector_id}:{lead_id}:{event}:{ref}",
-            ordering_key=f"crm:{business_id}:{install.connector_id}:{lead_id}",
+            target=connector_id,
+            dedupe_key=f"crm:{connector_id}:{lead_id}:{event}:{ref}",
+            ordering_key=f"crm:{business_id}:{connector_id}:{lead_id}",
             business_id=business_id,
             lead_id=lead_id,
             payload={"event": event, "ref": ref, "data": data or {}},
@@ -177,18 +225,10 @@ class SyncJob:
 
     def _prepare_group(self, business_id: str, connector_id: str, group: list[Job]) -> int:
         with self.factory() as session:
-            install = session.get(ConnectorInstall, (business_id, connector_id))
-            if (
-                install is None
-                or not install.enabled
-                or connector_state.paused_until(session, business_id, connector_id)
-            ):
+            install = _target(session, business_id, connector_id)
+            if install is None or not install.enabled or _paused(install):
                 return 0
-            leads_json = {}
-            for job in group:
-                lead = session.get(Lead, job.lead_id)
-                if lead is not None and lead.id not in leads_json:
-                    leads_json[lead.id] = to_json(session, lead)
+            leads_json = documents(session, [job.lead_id for job in group if job.lead_id])
         connector = self.resolve(business_id, connector_id)
         settings = SyncSettings.from_dict(install.sync)
         runs = [
@@ -314,15 +354,15 @@ class SyncJob:
 
     def _push(self, job: Job) -> dict[str, Any]:
         business_id, connector_id = job.business_id or "", job.target
-        with transaction(self.factory) as session:
-            until = connector_state.paused_until(session, business_id, connector_id)
-            install = session.get(ConnectorInstall, (business_id, connector_id))
-            lead = session.get(Lead, job.lead_id) if job.lead_id else None
-            lead_json = to_json(session, lead) if lead else None
-        if install is None or not install.enabled:
-            return {"skipped": "connector not installed"}
-        if until is not None:
-            raise Deferred(until, f"{connector_id} is paused")
+        with self.factory() as session:
+            # The install and the pause first, in one small read: a deferred job reads nothing else.
+            install = _target(session, business_id, connector_id)
+            if install is None or not install.enabled:
+                return {"skipped": "connector not installed"}
+            until = _paused(install)
+            if until is not None:
+                raise Deferred(until, f"{connector_id} is paused")
+            lead_json = documents(session, [job.lead_id]).get(job.lead_id) if job.lead_id else None
         if lead_json is None:
             return {"skipped": "lead no longer exists"}
         connector = self.resolve(business_id, connector_id)
@@ -392,18 +432,25 @@ class SyncJob:
         return result
 
 
+def _target(session: Session, business_id: str, connector_id: str) -> Row[Any] | None:
+    """(enabled, sync, paused_until) of the connector's install, or None when not installed."""
+    params = {"business_id": business_id, "connector_id": connector_id}
+    return session.connection().execute(_statements().target, params).first()
+
+
+def _paused(install: Row[Any]) -> datetime | None:
+    until: datetime | None = install.paused_until
+    return until if until is not None and until > utcnow() else None
+
+
 def _forget_intents(factory: sessionmaker[Session], connector_id: str, runs: list[_Run]) -> None:
     """Drop the bare contact intents (no remote id) that ``runs`` wrote."""
     if not runs:
         return
     with transaction(factory) as session:
-        session.execute(
-            delete(SyncLedger).where(
-                SyncLedger.lead_id.in_([run.lead["id"] for run in runs]),
-                SyncLedger.connector_id == connector_id,
-                SyncLedger.key == "contact",
-                SyncLedger.remote_id.is_(None),
-            )
+        session.connection().execute(
+            _statements().forget_contacts,
+            {"lead_ids": [run.lead["id"] for run in runs], "connector_id": connector_id},
         )
 
 
@@ -480,22 +527,17 @@ class _Run:
         return cap in self.caps
 
     # -- the ledger --------------------------------------------------------------------------
-    def _ledger(self, key: str) -> SyncLedger | None:
+    def _ledger(self, key: str) -> Row[Any] | None:
+        """The ledger row under ``key`` (remote_id, remote_url, intent_at), read afresh each time."""
+        params = {"lead_id": self.lead["id"], "connector_id": self.cid, "key": key}
         with self.factory() as session:
-            return session.get(SyncLedger, (self.lead["id"], self.cid, key))
+            return session.connection().execute(_statements().ledger, params).first()
 
     def _save(self, key: str, remote: Remote | None, intent: bool = False) -> None:
         if self.planner is not None:
             return  # planning writes nothing
         with transaction(self.factory) as session:
-            row = session.get(SyncLedger, (self.lead["id"], self.cid, key))
-            if row is None:
-                row = SyncLedger(lead_id=self.lead["id"], connector_id=self.cid, key=key)
-                session.add(row)
-            if intent:
-                row.intent_at = utcnow()
-            if remote is not None:
-                row.remote_id, row.remote_url = remote.id, remote.url
+            sync_batch.save(session, self.cid, [(self.lead["id"], key, remote)], intent=intent)
 
     def known(self, key: str) -> Remote | None:
         row = self._ledger(key)

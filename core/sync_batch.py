@@ -10,10 +10,12 @@ Anything else an event needs (an update, a contact push, an opt-out) is left to 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import Table, bindparam, delete, or_, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.crm import ActivityData, DealData, NewRecord, Remote, TaskData
@@ -64,28 +66,93 @@ class Planner:
 
 Key = tuple[str, str]  # (lead id, ledger key)
 
+_LEDGER = cast(Table, SyncLedger.__table__)
+
+
+@functools.cache
+def _upsert(dialect: str, intent: bool, remote: bool) -> Any:
+    """A ledger row written as the ORM's load, modify and flush did, in one statement.
+
+    New: inserted with what is given. Existing: an intent stamps ``intent_at``; a remote sets the
+    ids, and ``updated_at`` moves only when they change (the ORM wrote nothing for an unchanged one).
+    """
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    t = _LEDGER
+    stmt = insert(t).values(
+        lead_id=bindparam("lead_id"),
+        connector_id=bindparam("connector_id"),
+        key=bindparam("key"),
+        remote_id=bindparam("remote_id"),
+        remote_url=bindparam("remote_url"),
+        intent_at=bindparam("intent_at", type_=t.c.intent_at.type),
+        updated_at=bindparam("updated_at", type_=t.c.updated_at.type),
+    )
+    pk = ["lead_id", "connector_id", "key"]
+    changes: dict[str, Any] = {"updated_at": stmt.excluded.updated_at}
+    if intent:
+        changes["intent_at"] = stmt.excluded.intent_at
+    if remote:
+        changes.update(remote_id=stmt.excluded.remote_id, remote_url=stmt.excluded.remote_url)
+    if not (intent or remote):
+        return stmt.on_conflict_do_nothing(index_elements=pk)
+    where = None
+    if not intent:
+        where = or_(
+            t.c.remote_id.is_distinct_from(stmt.excluded.remote_id),
+            t.c.remote_url.is_distinct_from(stmt.excluded.remote_url),
+        )
+    return stmt.on_conflict_do_update(index_elements=pk, set_=changes, where=where)
+
+
+def save(
+    session: Session, connector_id: str, rows: Iterable[tuple[str, str, Remote | None]], intent: bool
+) -> None:
+    """Write ledger rows (lead id, key, remote): intents stamped now, remotes (when given) recorded.
+
+    The rows all give a remote or all give None.
+    """
+    now = utcnow()
+    params: dict[Key, dict[str, Any]] = {}
+    remote = False
+    for lead_id, key, made in rows:
+        remote = made is not None
+        # One row per key (a statement may not touch a row twice); the last one given wins, as before.
+        params[(lead_id, key)] = {
+            "lead_id": lead_id,
+            "connector_id": connector_id,
+            "key": key,
+            "remote_id": made.id if made is not None else None,
+            "remote_url": made.url if made is not None else None,
+            "intent_at": now if intent else None,
+            "updated_at": now,
+        }
+    if params:
+        conn = session.connection()
+        many = list(params.values())
+        conn.execute(_upsert(conn.dialect.name, intent, remote), many if len(many) > 1 else many[0])
+
 
 def mark_intents(factory: sessionmaker[Session], connector_id: str, keys: Iterable[Key]) -> None:
     """Before a batch create: remember that each record may be made, as a single create does."""
     with transaction(factory) as session:
-        for lead_id, key in keys:
-            row = session.get(SyncLedger, (lead_id, connector_id, key))
-            if row is None:
-                row = SyncLedger(lead_id=lead_id, connector_id=connector_id, key=key)
-                session.add(row)
-            row.intent_at = utcnow()
+        save(session, connector_id, ((lead_id, key, None) for lead_id, key in keys), intent=True)
 
 
 def record(
     factory: sessionmaker[Session], connector_id: str, made: Iterable[tuple[str, str, Remote]]
 ) -> None:
     with transaction(factory) as session:
-        for lead_id, key, remote in made:
-            row = session.get(SyncLedger, (lead_id, connector_id, key))
-            if row is None:
-                row = SyncLedger(lead_id=lead_id, connector_id=connector_id, key=key)
-                session.add(row)
-            row.remote_id, row.remote_url = remote.id, remote.url
+        save(session, connector_id, made, intent=False)
+
+
+@functools.cache
+def _keyed() -> tuple[Any, Any]:
+    t = _LEDGER
+    keys: Any = bindparam("keys", expanding=True)
+    match = (tuple_(t.c.lead_id, t.c.key).in_(keys), t.c.connector_id == bindparam("connector_id"))
+    forget = delete(t).where(*match, t.c.remote_id.is_(None))
+    seen = select(t.c.lead_id, t.c.key).where(*match)
+    return forget, seen
 
 
 def forget_intents(factory: sessionmaker[Session], connector_id: str, keys: list[Key]) -> None:
@@ -93,13 +160,7 @@ def forget_intents(factory: sessionmaker[Session], connector_id: str, keys: list
     if not keys:
         return
     with transaction(factory) as session:
-        session.execute(
-            delete(SyncLedger).where(
-                tuple_(SyncLedger.lead_id, SyncLedger.key).in_(keys),
-                SyncLedger.connector_id == connector_id,
-                SyncLedger.remote_id.is_(None),
-            )
-        )
+        session.connection().execute(_keyed()[0], {"keys": list(keys), "connector_id": connector_id})
 
 
 def untouched(factory: sessionmaker[Session], connector_id: str, keys: list[Key]) -> set[Key]:
@@ -107,10 +168,9 @@ def untouched(factory: sessionmaker[Session], connector_id: str, keys: list[Key]
     if not keys:
         return set()
     with factory() as session:
-        seen = session.execute(
-            select(SyncLedger.lead_id, SyncLedger.key).where(
-                tuple_(SyncLedger.lead_id, SyncLedger.key).in_(keys),
-                SyncLedger.connector_id == connector_id,
-            )
-        ).all()
+        seen = (
+            session.connection()
+            .execute(_keyed()[1], {"keys": list(keys), "connector_id": connector_id})
+            .all()
+        )
     return set(keys) - {(lead_id, key) for lead_id, key in seen}
