@@ -3,13 +3,19 @@
 Behind a TLS-terminating proxy the app sees ``http://internal:8000/...`` while Twilio signed
 ``https://public.example/...``, so with ``public_url`` set the URL is rebuilt from it plus the raw
 path and query as received. Both the primary and (during rotation) the secondary auth token are
-accepted. twilio's RequestValidator already tries the URL with and without an explicit port.
+accepted. Like twilio's RequestValidator, the URL is tried with and without an explicit port.
 """
 
 from __future__ import annotations
 
+import base64
+import hmac
+from collections.abc import Iterator
+from urllib.parse import ParseResult, urlparse
+
 from flask import Request
-from twilio.request_validator import RequestValidator
+from twilio.request_validator import RequestValidator, add_port, remove_port
+from werkzeug.datastructures import MultiDict
 
 
 def signed_url(request: Request, public_url: str | None) -> str:
@@ -39,6 +45,34 @@ def is_valid(request: Request, tokens: list[str], public_url: str | None) -> boo
             body = request.get_data(as_text=True)
             return any(RequestValidator(t).validate(url, body, signature) for t in tokens)
         # Every field the views can read (urlencoded or multipart) must be covered by the signature.
-        return any(RequestValidator(t).validate(url, request.form, signature) for t in tokens)
+        return _form_signed(url, request.form, signature, tokens)
     except ValueError:
         return False  # e.g. a Host header whose port is out of range: not a URL Twilio signed
+
+
+def _form_signed(url: str, form: MultiDict[str, str], signature: str, tokens: list[str]) -> bool:
+    """RequestValidator.validate's answer for a form, for any of ``tokens``.
+
+    It signs the parameters anew for every URL variant and token and always computes both
+    variants; the parameters' part is built once here, and the likely URL is tried first.
+    """
+    # Every value of every name, names and values sorted, duplicates once (as Twilio signs them).
+    params = "".join(name + value for name in sorted(set(form)) for value in sorted(set(form.getlist(name))))
+    expected = signature.encode()
+    for candidate in _variants(urlparse(url)):
+        message = (candidate + params).encode()
+        for token in tokens:
+            computed = base64.b64encode(hmac.digest(token.encode(), message, "sha1"))
+            if hmac.compare_digest(computed, expected):
+                return True
+    return False
+
+
+def _variants(parsed: ParseResult) -> Iterator[str]:
+    """The URL as requested first (Twilio signs what it requested), then with the port toggled."""
+    if parsed.port:
+        yield add_port(parsed)
+        yield remove_port(parsed)
+    else:
+        yield remove_port(parsed)
+        yield add_port(parsed)
