@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bridge import metrics
@@ -230,18 +230,31 @@ class Connectors:
         return capability in self._finders[connector_id]
 
     def resolve(self, business_id: str, connector_id: str) -> Connector:
+        # Only the install's stamp per push (no ORM load of its config and secrets): most find the
+        # connector built already.
         with self.factory() as session:
-            install = session.get(ConnectorInstall, (business_id, connector_id))
-        stamp = install.updated_at if install else None
+            stamp = session.connection().execute(_stamp_of(), {"b": business_id, "c": connector_id}).scalar()
         key = (business_id, connector_id)
         with self._lock:
             cached = self._cache.get(key)
             if cached and cached.stamp == stamp:
                 return cached.connector
+        with self.factory() as session:
+            install = session.get(ConnectorInstall, (business_id, connector_id))
+        if install is not None:
+            stamp = install.updated_at  # what is built, should it have changed since the read above
         connector = self.build(business_id, connector_id, install)
         with self._lock:
             self._cache[key] = _Cached(stamp, connector)
         return connector
+
+
+@functools.cache
+def _stamp_of() -> Any:
+    installs = ConnectorInstall.__table__
+    return select(installs.c.updated_at).where(
+        installs.c.business_id == bindparam("b"), installs.c.connector_id == bindparam("c")
+    )
 
 
 def build_worker(config: Config, engine: Engine | None = None) -> Worker:
