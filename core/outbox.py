@@ -9,19 +9,40 @@ so a stale worker can never finish a job somebody else has re-claimed.
 Jobs sharing an ``ordering_key`` (a lead and a target) run one at a time, oldest first.
 
 On PostgreSQL, queueing a job that is due now also sends ``NOTIFY textback_outbox`` (delivered at
-commit), so idle workers wake at once instead of at their next poll (see core.wakeup).
+commit), so idle workers wake at once instead of at their next poll; a write that makes a job due
+later (a job queued for later, a retry, a deferral, an admin retry) sends ``due``, so idle workers
+re-read when the next job is due (see core.wakeup).
+
+The statements a worker runs for every job (claim, renew, complete, defer, fail, enqueue) are Core
+statements built once (see :func:`_statements`) and run on the session's connection: building an
+ORM statement and its cache key on every call cost more CPU than the database spent running it.
 """
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, delete, exists, func, literal_column, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    literal_column,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql import Select, Update
 from tenacity import RetryCallState, wait_exponential_jitter
 
 from core.errors import JobError, TransientError
@@ -34,8 +55,10 @@ PRIORITIES = {"sms.send": 0, "convo.reply": 1, "notify.email": 3, "notify.webhoo
 DEFAULT_PRIORITY = 5
 # Texts to callers and conversation replies: the jobs a caller is waiting for (the text lane).
 TEXT_PRIORITY = 1
-# The NOTIFY channel; the payload is "text" for a text-lane job and "job" for anything else.
+# The NOTIFY channel. Payload "text": a text-lane job is due now; "job": another job is due now;
+# "due": a job's due time moved (queued for later, retried, deferred): re-read the next due time.
 CHANNEL = "textback_outbox"
+DUE = "due"
 
 
 @dataclass(frozen=True)
@@ -108,23 +131,183 @@ def enqueue(
         "created_at": utcnow(),
         "updated_at": utcnow(),
     }
-    dialect = session.get_bind().dialect.name
+    _autoflush(session)
+    conn = session.connection()
+    st = _statements(conn.dialect.name)
+    if st.enqueue_notify is None:
+        return bool(getattr(conn.execute(st.enqueue, values), "rowcount", 0))
+    # The NOTIFY rides on the INSERT (no extra round trip), only when a row went in, and
+    # PostgreSQL delivers it at commit: a woken worker always finds the job.
+    lane = DUE if run_at is not None else "text" if priority <= TEXT_PRIORITY else "job"
+    return conn.execute(st.enqueue_notify[lane], values).first() is not None
+
+
+def _autoflush(session: Session) -> None:
+    """What ``session.execute`` of an ORM statement does first: the caller's pending rows go first."""
+    if session.autoflush:
+        session.flush()
+
+
+def _jobs() -> Table:
+    return cast(Table, OutboxJob.__table__)
+
+
+@dataclass(frozen=True)
+class _Statements:
+    enqueue: Any
+    # PostgreSQL: the INSERT returning a NOTIFY, per payload; None on SQLite.
+    enqueue_notify: dict[str, Any] | None
+    renew: Update
+    complete: Update
+    defer: Update
+    fail: Update
+    pause: Select[Any]
+    defer_siblings: Update
+
+
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    jobs = _jobs()
+    c = jobs.c
+    stamp = c.updated_at.type
+    at: Any = bindparam("at", type_=stamp)
+    guard = (c.id == bindparam("job_id"), c.claim_token == bindparam("token"), c.status == "running")
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(OutboxJob).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    if dialect == "postgresql" and run_at is None:
-        # The NOTIFY rides on the INSERT (no extra round trip), only when a row went in, and
-        # PostgreSQL delivers it at commit: a woken worker always finds the job.
-        lane = "text" if priority <= TEXT_PRIORITY else "job"
-        notify: Any = literal_column(f"pg_notify('{CHANNEL}', '{lane}')")
-        return session.execute(stmt.returning(OutboxJob.id, notify)).first() is not None
-    result = session.execute(stmt)
-    return bool(getattr(result, "rowcount", 0))
+    enqueue = insert(jobs).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    enqueue_notify = None
+    # On PostgreSQL a job's due time moved by a retry or a deferral is announced (see DUE).
+    announce: tuple[Any, ...] = ()
+    if dialect == "postgresql":
+        enqueue_notify = {
+            lane: enqueue.returning(c.id, literal_column(f"pg_notify('{CHANNEL}', '{lane}')"))
+            for lane in ("text", "job", DUE)
+        }
+        announce = (c.id, literal_column(f"pg_notify('{CHANNEL}', '{DUE}')"))
+    state = cast(Table, ConnectorState.__table__)
+    wake: Any = bindparam("wake", type_=stamp)
+    defer = (
+        update(jobs)
+        .where(*guard)
+        .values(
+            status="pending",
+            next_attempt_at=bindparam("until", type_=stamp),
+            attempts=c.attempts - 1,
+            locked_until=None,
+            last_error=bindparam("reason"),
+            updated_at=at,
+        )
+    )
+    fail = (
+        update(jobs)
+        .where(*guard)
+        .values(
+            status=bindparam("new_status"),
+            next_attempt_at=bindparam("next_at", type_=stamp),
+            locked_until=None,
+            last_error=bindparam("error"),
+            last_error_code=bindparam("error_code"),
+            finished_at=bindparam("finished", type_=stamp),
+            updated_at=at,
+        )
+    )
+    return _Statements(
+        enqueue=enqueue,
+        enqueue_notify=enqueue_notify,
+        renew=update(jobs).where(*guard).values(locked_until=bindparam("until", type_=stamp), updated_at=at),
+        complete=update(jobs)
+        .where(*guard)
+        .values(
+            status="done",
+            result=bindparam("job_result", type_=c.result.type),
+            finished_at=at,
+            locked_until=None,
+            updated_at=at,
+        ),
+        defer=defer.returning(*announce) if announce else defer,
+        fail=fail.returning(*announce) if announce else fail,
+        pause=select(state.c.paused_until, state.c.pause_reason).where(
+            state.c.business_id == bindparam("business"), state.c.connector_id == bindparam("connector")
+        ),
+        defer_siblings=update(jobs)
+        .where(
+            c.status == "pending",
+            c.business_id == bindparam("business"),
+            c.target == bindparam("connector"),
+            c.kind == bindparam("job_kind"),
+            c.next_attempt_at < wake,
+        )
+        .values(next_attempt_at=wake, updated_at=at),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _claim_statement(limit: int, max_priority: int | None) -> Update:
+    """Claim up to ``limit`` ready jobs (of priority <= ``max_priority``): one statement per lane."""
+    jobs = _jobs()
+    c = jobs.c
+    stamp = c.updated_at.type
+    now: Any = bindparam("now", type_=stamp)
+    earlier = jobs.alias("earlier")
+    blocked = exists().where(
+        and_(
+            earlier.c.ordering_key == c.ordering_key,
+            earlier.c.id < c.id,
+            earlier.c.status.in_(ACTIVE),
+        )
+    )
+    ready = or_(
+        and_(c.status == "pending", c.next_attempt_at <= now),
+        and_(c.status == "running", c.locked_until < now),
+    )
+    lane = [] if max_priority is None else [c.priority <= max_priority]
+    candidates = (
+        select(c.id)
+        .where(ready, ~blocked, *lane)
+        .order_by(c.priority, c.next_attempt_at, c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=jobs)
+    )
+    return (
+        update(jobs)
+        .where(c.id.in_(candidates.scalar_subquery()))
+        .values(
+            status="running",
+            locked_by=bindparam("worker"),
+            claim_token=bindparam("token"),
+            locked_until=bindparam("lease_end", type_=stamp),
+            attempts=c.attempts + 1,
+            updated_at=now,
+        )
+        .returning(
+            c.id,
+            c.kind,
+            c.target,
+            c.payload,
+            c.attempts,
+            c.max_attempts,
+            c.lead_id,
+            c.business_id,
+            c.priority,
+        )
+    )
 
 
 def _guarded(job: Job) -> Any:
     return and_(
         OutboxJob.id == job.id, OutboxJob.claim_token == job.claim_token, OutboxJob.status == "running"
     )
+
+
+def _renew(session: Session, job: Job, until: datetime, now: datetime) -> bool:
+    conn = session.connection()
+    params = {"job_id": job.id, "token": job.claim_token, "until": until, "at": now}
+    return bool(conn.execute(_statements(conn.dialect.name).renew, params).rowcount == 1)
+
+
+def _complete(session: Session, job: Job, result: dict[str, Any] | None, now: datetime) -> bool:
+    conn = session.connection()
+    params = {"job_id": job.id, "token": job.claim_token, "job_result": result, "at": now}
+    return bool(conn.execute(_statements(conn.dialect.name).complete, params).rowcount == 1)
 
 
 def renew_in(session: Session, job: Job, now: datetime | None = None) -> None:
@@ -134,12 +317,8 @@ def renew_in(session: Session, job: Job, now: datetime | None = None) -> None:
     then rolls back, so nothing of the job ran.
     """
     now = now or utcnow()
-    stmt = (
-        update(OutboxJob)
-        .where(_guarded(job))
-        .values(locked_until=now + timedelta(seconds=job.lease_seconds), updated_at=now)
-    )
-    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+    _autoflush(session)
+    if not _renew(session, job, now + timedelta(seconds=job.lease_seconds), now):
         raise LeaseLost(f"job {job.id}")
 
 
@@ -148,13 +327,8 @@ def complete_in(
 ) -> Finished:
     """Mark the job done inside the handler's last transaction, with the work it records."""
     now = now or utcnow()
-    stmt = (
-        update(OutboxJob)
-        .where(_guarded(job))
-        .values(status="done", result=result, finished_at=now, locked_until=None, updated_at=now)
-    )
-    owned = session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
-    return Finished(result, owned)
+    _autoflush(session)
+    return Finished(result, _complete(session, job, result, now))
 
 
 class Outbox:
@@ -182,52 +356,10 @@ class Outbox:
         """Claim up to ``limit`` ready jobs; ``max_priority`` restricts it to urgent kinds (a lane)."""
         now = now or utcnow()
         token = str(uuid.uuid4())
-        earlier = aliased(OutboxJob)
-        blocked = exists().where(
-            and_(
-                earlier.ordering_key == OutboxJob.ordering_key,
-                earlier.id < OutboxJob.id,
-                earlier.status.in_(ACTIVE),
-            )
-        )
-        ready = or_(
-            and_(OutboxJob.status == "pending", OutboxJob.next_attempt_at <= now),
-            and_(OutboxJob.status == "running", OutboxJob.locked_until < now),
-        )
-        lane = [] if max_priority is None else [OutboxJob.priority <= max_priority]
-        candidates = (
-            select(OutboxJob.id)
-            .where(ready, ~blocked, *lane)
-            .order_by(OutboxJob.priority, OutboxJob.next_attempt_at, OutboxJob.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True, of=OutboxJob)
-        )
-        stmt = (
-            update(OutboxJob)
-            .where(OutboxJob.id.in_(candidates.scalar_subquery()))
-            .values(
-                status="running",
-                locked_by=self.worker_id,
-                claim_token=token,
-                locked_until=now + self.lease,
-                attempts=OutboxJob.attempts + 1,
-                updated_at=now,
-            )
-            .returning(
-                OutboxJob.id,
-                OutboxJob.kind,
-                OutboxJob.target,
-                OutboxJob.payload,
-                OutboxJob.attempts,
-                OutboxJob.max_attempts,
-                OutboxJob.lead_id,
-                OutboxJob.business_id,
-                OutboxJob.priority,
-            )
-            .execution_options(synchronize_session=False)
-        )
+        params = {"now": now, "worker": self.worker_id, "token": token, "lease_end": now + self.lease}
         with self.factory() as session, session.begin():
-            rows = session.execute(stmt).all()
+            rows = session.connection().execute(_claim_statement(limit, max_priority), params).all()
+        lease = self.lease.total_seconds()
         jobs = [
             Job(
                 r.id,
@@ -240,7 +372,7 @@ class Outbox:
                 r.lead_id,
                 r.business_id,
                 r.priority,
-                self.lease.total_seconds(),
+                lease,
             )
             for r in rows
         ]
@@ -253,13 +385,8 @@ class Outbox:
     def complete(self, job: Job, result: dict[str, Any] | None = None, now: datetime | None = None) -> bool:
         """Mark done. False means the lease was lost: another worker owns the job now."""
         now = now or utcnow()
-        stmt = (
-            update(OutboxJob)
-            .where(self._guarded(job))
-            .values(status="done", result=result, finished_at=now, locked_until=None, updated_at=now)
-        )
         with self.factory() as session, session.begin():
-            return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+            return _complete(session, job, result, now)
 
     def renew(self, job: Job, now: datetime | None = None) -> bool:
         """Extend the lease before starting a job. False: it expired and someone else owns the job.
@@ -268,11 +395,8 @@ class Outbox:
         out and another worker may have re-claimed it. Renewing first means it never runs twice.
         """
         now = now or utcnow()
-        stmt = (
-            update(OutboxJob).where(self._guarded(job)).values(locked_until=now + self.lease, updated_at=now)
-        )
         with self.factory() as session, session.begin():
-            return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+            return _renew(session, job, now + self.lease, now)
 
     def defer(self, job: Job, until: datetime, reason: str) -> bool:
         """Put the job back until ``until``; the attempt it just used is given back.
@@ -281,22 +405,19 @@ class Outbox:
         the same time in the same UPDATE: otherwise every worker would claim each of them, find the
         pause and defer it, one by one, for as long as the pause lasts.
         """
-        stmt = (
-            update(OutboxJob)
-            .where(self._guarded(job))
-            .values(
-                status="pending",
-                next_attempt_at=until,
-                attempts=OutboxJob.attempts - 1,
-                locked_until=None,
-                last_error=reason,
-                updated_at=utcnow(),
-            )
-        )
+        params = {
+            "job_id": job.id,
+            "token": job.claim_token,
+            "until": until,
+            "reason": reason,
+            "at": utcnow(),
+        }
         with self.factory() as session, session.begin():
-            owned = session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+            conn = session.connection()
+            st = _statements(conn.dialect.name)
+            owned = _updated(conn.execute(st.defer, params)) == 1
             if job.business_id:
-                _defer_paused_siblings(session, job, until)
+                _defer_paused_siblings(conn, st, job, until)
             return owned
 
     def backoff(self, attempt: int) -> float:
@@ -320,27 +441,30 @@ class Outbox:
             if retry_after is not None:
                 delay = max(delay, float(retry_after))
             next_at = now + timedelta(seconds=delay)
-        stmt = (
-            update(OutboxJob)
-            .where(self._guarded(job))
-            .values(
-                status=status,
-                next_attempt_at=next_at,
-                locked_until=None,
-                last_error=str(error)[:2000],
-                last_error_code=str(error.code) if error.code is not None else None,
-                finished_at=now if status == "dead" else None,
-                updated_at=now,
-            )
-        )
+        params = {
+            "job_id": job.id,
+            "token": job.claim_token,
+            "new_status": status,
+            "next_at": next_at,
+            "error": str(error)[:2000],
+            "error_code": str(error.code) if error.code is not None else None,
+            "finished": now if status == "dead" else None,
+            "at": now,
+        }
         with self.factory() as session, session.begin():
-            if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+            conn = session.connection()
+            if _updated(conn.execute(_statements(conn.dialect.name).fail, params)) != 1:
                 return "lost"
         return status
 
 
-def _defer_paused_siblings(session: Session, job: Job, until: datetime) -> None:
-    state = session.get(ConnectorState, (job.business_id, job.target))
+def _updated(result: Any) -> int:
+    """Rows an UPDATE changed; on PostgreSQL it returns a row per job (see DUE)."""
+    return len(result.all()) if result.returns_rows else int(result.rowcount)
+
+
+def _defer_paused_siblings(conn: Connection, st: _Statements, job: Job, until: datetime) -> None:
+    state = conn.execute(st.pause, {"business": job.business_id, "connector": job.target}).first()
     if (
         state is None
         or state.paused_until is None
@@ -350,19 +474,14 @@ def _defer_paused_siblings(session: Session, job: Job, until: datetime) -> None:
     now = utcnow()
     if state.paused_until <= now:
         return
-    wake = min(until, state.paused_until)
-    session.execute(
-        update(OutboxJob)
-        .where(
-            OutboxJob.status == "pending",
-            OutboxJob.business_id == job.business_id,
-            OutboxJob.target == job.target,
-            OutboxJob.kind == job.kind,
-            OutboxJob.next_attempt_at < wake,
-        )
-        .values(next_attempt_at=wake, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    params = {
+        "business": job.business_id,
+        "connector": job.target,
+        "job_kind": job.kind,
+        "wake": min(until, state.paused_until),
+        "at": now,
+    }
+    conn.execute(st.defer_siblings, params)
 
 
 # -- administration ----------------------------------------------------------------------------
@@ -386,7 +505,10 @@ def retry(session: Session, job_id: int | None = None, dead: bool = False) -> in
         stmt = stmt.where(OutboxJob.status == "dead")
     else:
         return 0
-    return session.execute(stmt).rowcount  # type: ignore[attr-defined]
+    count: int = session.execute(stmt).rowcount  # type: ignore[attr-defined]
+    if count and session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SELECT pg_notify('{CHANNEL}', '{DUE}')"))  # idle workers look again
+    return count
 
 
 def purge(session: Session, older_than: timedelta, include_dead: bool = False) -> dict[str, int]:

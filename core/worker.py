@@ -3,7 +3,7 @@
 A worker process runs two lanes of threads (:meth:`Worker.serve`): text threads claim only texts
 and conversation replies (a few at a time), so a caller's text never waits behind a batch of CRM
 pushes; general threads claim batches of anything. Idle threads sleep until core.wakeup says a job
-arrived, or until the next poll.
+is due (it arrived, or its time came); they poll by themselves only while the watcher is down.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ class Worker:
                 # A full batch: there may be more than this thread can take, so wake another.
                 waker.notify(lane)
             if not busy:
-                waker.wait(lane, max(10 * self.poll_interval, 1.0))
+                waker.wait(lane)
         log.info("worker stopped", extra={"worker": self.outbox.worker_id, "lane": lane})
 
     def serve(

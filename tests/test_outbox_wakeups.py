@@ -1,0 +1,126 @@
+"""Jobs that become due later start while every worker thread is idle, on SQLite and PostgreSQL.
+
+Workers here poll once a minute: a job found within a test's deadline was found by core.wakeup's
+schedule (the earliest due time it reads and is told about), never by a poll. Outcomes only; the
+deadlines are generous and only bound a wait.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from core import outbox
+from core.db import make_engine, session_factory, transaction, upgrade
+from core.errors import TransientError
+from core.models import utcnow
+from core.outbox import Deferred, Job, Outbox
+from core.worker import Worker
+
+POLL = 60.0  # longer than any deadline below
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    eng = make_engine(db_url)
+    upgrade(eng)
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+
+
+@pytest.fixture
+def factory(engine: Engine) -> sessionmaker[Session]:
+    return session_factory(engine)
+
+
+@pytest.fixture
+def elsewhere(db_url: str, engine: Engine) -> Iterator[sessionmaker[Session]]:
+    """Another process's connections (the bridge, or a worker on another machine)."""
+    eng = make_engine(db_url)
+    try:
+        yield session_factory(eng)
+    finally:
+        eng.dispose()
+
+
+def add(factory: sessionmaker[Session], key: str, run_at: datetime | None = None) -> None:
+    with transaction(factory) as s:
+        outbox.enqueue(s, kind="crm.sync", target="hubspot", dedupe_key=key, run_at=run_at)
+
+
+def wait_for(check: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class Serving:
+    def __init__(self, worker: Worker) -> None:
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=worker.serve, args=(self.stop, 1, 1), daemon=True)
+
+    def __enter__(self) -> Serving:
+        self.thread.start()
+        time.sleep(0.5)  # every thread idle, waiting on the waker
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(15)
+        assert not self.thread.is_alive()
+
+
+def test_a_job_queued_for_later_elsewhere_starts_once_due_while_workers_idle(
+    factory: sessionmaker[Session], elsewhere: sessionmaker[Session]
+) -> None:
+    started: list[datetime] = []
+    worker = Worker(Outbox(factory, "w"), {"crm.sync": lambda j: started.append(utcnow()) or None}, POLL)
+    with Serving(worker):
+        due = utcnow() + timedelta(seconds=2)
+        add(elsewhere, "later", run_at=due)
+        assert wait_for(lambda: len(started) == 1), started
+    assert started[0] >= due
+
+
+def test_retries_and_deferrals_run_again_once_due_while_workers_idle(factory: sessionmaker[Session]) -> None:
+    runs: dict[str, int] = {}
+
+    def handler(job: Job) -> None:
+        key = job.payload["key"]
+        runs[key] = runs.get(key, 0) + 1
+        if runs[key] == 1 and key == "retry":
+            raise TransientError("vendor down")
+        if runs[key] == 1 and key == "defer":
+            raise Deferred(utcnow() + timedelta(seconds=1), "paused")
+
+    box = Outbox(factory, "w", backoff_initial=0.5, backoff_max=1.0)
+    with Serving(Worker(box, {"crm.sync": handler}, POLL)):
+        for key in ("retry", "defer"):
+            with transaction(factory) as s:
+                outbox.enqueue(s, kind="crm.sync", target="hubspot", dedupe_key=key, payload={"key": key})
+        assert wait_for(lambda: runs == {"retry": 2, "defer": 2}), runs
+        with factory() as s:
+            assert wait_for(lambda: {j.status for j in outbox.list_jobs(s)} == {"done"})
+
+
+def test_a_job_whose_worker_died_is_taken_over_when_its_lease_runs_out(
+    factory: sessionmaker[Session], elsewhere: sessionmaker[Session]
+) -> None:
+    add(elsewhere, "orphan")
+    (claimed,) = Outbox(elsewhere, "dead-worker", lease_seconds=1.5).claim(1)  # then it died
+    done: list[int] = []
+    with Serving(Worker(Outbox(factory, "w"), {"crm.sync": lambda j: done.append(j.attempts) or None}, POLL)):
+        assert wait_for(lambda: done == [2]), done
+    assert claimed.attempts == 1
