@@ -455,9 +455,10 @@ def message_status() -> Response:
         raise BadRequest("query parameter m is not a message id")
 
     def run() -> Response:
-        with transaction(state().factory) as session:
+        # A Connection, not a Session: the usual callback is two Core statements (core.texting).
+        with state().engine.begin() as conn:
             if texting.apply_status(
-                session,
+                conn,
                 message_id=message_id,
                 sid=sid,
                 status=status,

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Insert, Table, Update, bindparam, literal_column, select, update
+from sqlalchemy import Connection, Insert, Table, Update, bindparam, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -241,7 +241,7 @@ def _status_statements(dialect: str) -> _StatusStatements:
 
 
 def apply_status(
-    session: Session,
+    db: Session | Connection,
     *,
     message_id: str | None,
     sid: str,
@@ -252,10 +252,11 @@ def apply_status(
 
     The usual callback (a text the worker already gave this sid, moving forward, no permanent
     error) is one guarded UPDATE; anything else (the sid not stored yet, a late status, a code
-    that suppresses the number) goes through :func:`_apply_to_message`.
+    that suppresses the number) goes through :func:`_apply_to_message`. Given a Connection (in a
+    transaction), it needs no Session unless it takes that path.
     """
     status = status.lower()
-    conn = session.connection()
+    conn = db.connection() if isinstance(db, Session) else db
     st = _status_statements(conn.dialect.name)
     now = utcnow()
     recorded = conn.execute(
@@ -268,7 +269,13 @@ def apply_status(
         params: dict[str, Any] = {"_sid": sid, "_id": message_id, "_now": now, "_code": error_code}
         if conn.execute(advance_stmt, params).rowcount:
             return True
-    _apply_to_message(session, message_id, sid, status, error_code)
+    if isinstance(db, Session):
+        _apply_to_message(db, message_id, sid, status, error_code)
+        return True
+    # Joins the caller's transaction: never commits it, and closing leaves it to the caller.
+    with Session(bind=conn, join_transaction_mode="rollback_only") as session:
+        _apply_to_message(session, message_id, sid, status, error_code)
+        session.flush()
     return True
 
 
