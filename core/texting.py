@@ -10,7 +10,19 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Insert, Table, Update, bindparam, literal_column, select, update
+from sqlalchemy import (
+    Connection,
+    Insert,
+    Select,
+    Table,
+    Update,
+    bindparam,
+    exists,
+    func,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -200,6 +212,8 @@ class _StatusStatements:
     record: Insert
     # (new status, looked up by message id, with an error code) -> its guarded UPDATE
     advance: dict[tuple[str, bool, bool], Update]
+    # PostgreSQL: the same two as one statement (one round trip), answering (recorded, advanced)
+    both: dict[tuple[str, bool, bool], Select[Any]]
 
 
 def _blocked(status: str) -> tuple[str, ...]:
@@ -234,10 +248,29 @@ def _status_statements(dialect: str) -> _StatusStatements:
                 if with_code:
                     values["error_code"] = bindparam("_code", type_=messages.c.error_code.type)
                 advance[status, by_id, with_code] = update(messages).where(*where).values(values)
-    return _StatusStatements(
-        record=insert(events).on_conflict_do_nothing(index_elements=["message_sid", "status"]),
-        advance=advance,
-    )
+    record = insert(events).on_conflict_do_nothing(index_elements=["message_sid", "status"])
+    both = {}
+    if dialect == "postgresql":
+        # Data-modifying CTEs: the UPDATE runs only when the INSERT stored the callback.
+        recorded = (
+            insert(events)
+            .values(
+                message_sid=bindparam("_sid"),
+                status=bindparam("_status"),
+                error_code=bindparam("_code", type_=events.c.error_code.type),
+                received_at=bindparam("_now", type_=events.c.received_at.type),
+            )
+            .on_conflict_do_nothing(index_elements=["message_sid", "status"])
+            .returning(events.c.id)
+            .cte("recorded")
+        )
+        for key, stmt in advance.items():
+            advanced = stmt.where(exists(select(recorded.c.id))).returning(messages.c.id).cte("advanced")
+            both[key] = select(
+                select(func.count()).select_from(recorded).scalar_subquery(),
+                select(func.count()).select_from(advanced).scalar_subquery(),
+            )
+    return _StatusStatements(record=record, advance=advance, both=both)
 
 
 def apply_status(
@@ -259,15 +292,26 @@ def apply_status(
     conn = db.connection() if isinstance(db, Session) else db
     st = _status_statements(conn.dialect.name)
     now = utcnow()
-    recorded = conn.execute(
-        st.record, {"message_sid": sid, "status": status, "error_code": error_code, "received_at": now}
-    )
-    if not recorded.rowcount:
-        return False
-    advance_stmt = st.advance.get((status, message_id is not None, error_code is not None))
-    if advance_stmt is not None and error_code not in PERMANENT_CODES:
-        params: dict[str, Any] = {"_sid": sid, "_id": message_id, "_now": now, "_code": error_code}
-        if conn.execute(advance_stmt, params).rowcount:
+    key = (status, message_id is not None, error_code is not None)
+    fast = error_code not in PERMANENT_CODES
+    params: dict[str, Any] = {
+        "_sid": sid,
+        "_id": message_id,
+        "_now": now,
+        "_code": error_code,
+        "_status": status,
+    }
+    if fast and key in st.both:
+        recorded, advanced = conn.execute(st.both[key], {**params, "_status": status}).one()
+        if not recorded:
+            return False
+        if advanced:
+            return True
+    else:
+        values = {"message_sid": sid, "status": status, "error_code": error_code, "received_at": now}
+        if not conn.execute(st.record, values).rowcount:
+            return False
+        if fast and key in st.advance and conn.execute(st.advance[key], params).rowcount:
             return True
     if isinstance(db, Session):
         _apply_to_message(db, message_id, sid, status, error_code)
