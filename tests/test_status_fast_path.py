@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -19,6 +21,7 @@ from unittest import mock
 
 import pytest
 from sqlalchemy import Engine, event, select
+from sqlalchemy import text as text_sql
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import texting
@@ -201,3 +204,40 @@ def test_a_forward_callback_writes_without_reading_the_text_first(
     per_callback = ["WITH"] if engine.dialect.name == "postgresql" else ["INSERT", "UPDATE"]
     assert statements == per_callback * 2
     assert outcome(factory, text, "+13125550142")["message"][:2] == ("delivered", None)
+
+
+def test_concurrent_callbacks_for_one_text_keep_the_furthest_status(
+    store: tuple[Engine, sessionmaker[Session]],
+) -> None:
+    """'delivered' holds the row while 'sent' waits for it: the late 'sent' must not win."""
+    engine, factory = store
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite takes the write lock at BEGIN: callbacks never overlap there")
+    start = STARTS["sent by the worker"]
+    text = store_text(factory, FAST, "+13125550142", start)
+    late: list[bool] = []
+    with engine.connect() as first:
+        first.begin()
+        holder = first.execute(text_sql("SELECT pg_backend_pid()")).scalar()
+        assert texting.apply_status(
+            first, message_id=text.message_id, sid=text.sid, status="delivered", error_code=None
+        )
+        waiter = threading.Thread(
+            target=lambda: late.extend(deliver(store, text, start, [("sent", None)], "connection"))
+        )
+        waiter.start()
+        with engine.connect() as watch:
+            for _ in range(600):  # until the 'sent' transaction waits on the row (at most a minute)
+                waiting = watch.execute(
+                    text_sql("SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"),
+                    {"pid": holder},
+                ).scalar()
+                if waiting:
+                    break
+                time.sleep(0.1)
+        first.commit()
+    waiter.join(60)
+    assert late == [True]  # stored once, applied as a no-op
+    got = outcome(factory, text, "+13125550142")
+    assert got["message"][:2] == ("delivered", None)
+    assert sorted(got["events"]) == [("delivered", None), ("sent", None)]
