@@ -7,21 +7,35 @@ whether the message exists, and adopts it if it does.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
+from sqlalchemy import Connection, Table, bindparam, exists, func, literal, literal_column, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql import Select, Update
 
 from core import leads, outbox, sync, texting
-from core.config import Config
+from core.config import Business, Config
 from core.crm import Remote
 from core.db import transaction
 from core.errors import AuthError, Rejected, TransientError
 from core.hours import next_send_time
-from core.models import Lead, LineType, Message, utcnow
+from core.models import (
+    ConnectorInstall,
+    Lead,
+    LineType,
+    Message,
+    MessageStatusEvent,
+    OutboxJob,
+    Suppression,
+    TimelineEntry,
+    utcnow,
+)
 from core.outbox import Deferred, Job
 from core.phones import mask
 from core.worker import crash_point
@@ -58,12 +72,242 @@ class SmsGateway(Protocol):
 ContactLookup = Callable[[str, str, float], "tuple[str, Remote] | None"]
 
 
+@dataclass(frozen=True)
+class Statements:
+    """A text's SQL, built once per dialect: building statements per text cost more than running them."""
+
+    renew: Update
+    complete: Update
+    facts: Select[Any]
+    batch: Select[Any]
+    stored: Select[Any]
+    attempt: Update
+    body: Update
+    personalised: Update
+    sent: Update
+    texted: Update
+    named: Update
+    lead_name: Select[Any]
+    entry: Any
+    emit: Any
+
+
+def _table(model: type[Any]) -> Table:
+    return cast(Table, model.__table__)
+
+
+@functools.cache
+def statements(dialect: str) -> Statements:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    m, lead, jobs = _table(Message), _table(Lead), _table(OutboxJob)
+    stamp = m.c.updated_at.type
+    at: Any = bindparam("at", type_=stamp)
+    message_id: Any = bindparam("message_id")
+    guard = (
+        jobs.c.id == bindparam("job_id"),
+        jobs.c.claim_token == bindparam("token"),
+        jobs.c.status == "running",
+    )
+    crm_matched = exists().where(
+        _table(TimelineEntry).c.lead_id == m.c.lead_id, _table(TimelineEntry).c.type == "crm_match"
+    )
+
+    def suppressed(reason: str) -> Any:
+        s = _table(Suppression)
+        return exists().where(
+            s.c.business_id == m.c.business_id, s.c.phone == m.c.to_number, s.c.reason == reason
+        )
+
+    # texting.automated_sent_since, for the message read alongside it.
+    prior = m.alias("prior")
+    automated = (
+        select(func.count())
+        .select_from(prior)
+        .where(
+            prior.c.business_id == m.c.business_id,
+            prior.c.to_number == m.c.to_number,
+            prior.c.direction == "outbound",
+            prior.c.kind.in_(texting.CAPPED_KINDS),
+            prior.c.id != m.c.id,
+            prior.c.status.not_in(("canceled", "failed", "pending", "scheduled")),
+            prior.c.created_at >= bindparam("since", type_=stamp),
+        )
+        .scalar_subquery()
+    )
+    line = _table(LineType)
+    facts = (
+        select(
+            m.c.lead_id,
+            m.c.business_id,
+            m.c.kind,
+            m.c.sid,
+            m.c.status,
+            m.c.to_number,
+            m.c.from_number,
+            m.c.body,
+            m.c.attempt_started_at,
+            lead.c.id.label("lead_found"),
+            lead.c.human_takeover,
+            lead.c.convo_state,
+            suppressed("opted_out").label("opted_out"),
+            suppressed("undeliverable").label("undeliverable"),
+            automated.label("automated"),
+            line.c.line_type,
+            line.c.checked_at,
+            crm_matched.label("crm_matched"),
+        )
+        .select_from(
+            m.outerjoin(lead, lead.c.id == m.c.lead_id).outerjoin(line, line.c.phone == m.c.to_number)
+        )
+        .where(m.c.id == message_id)
+    )
+    batch = select(
+        m.c.id,
+        m.c.lead_id,
+        m.c.business_id,
+        m.c.kind,
+        m.c.sid,
+        m.c.status,
+        m.c.to_number,
+        m.c.attempt_started_at,
+        crm_matched.label("crm_matched"),
+    ).where(m.c.id.in_(bindparam("message_ids", expanding=True)))
+    events = _table(MessageStatusEvent)
+    stored = (
+        select(
+            m.c.lead_id,
+            m.c.business_id,
+            m.c.kind,
+            m.c.status,
+            m.c.error_code,
+            lead.c.id.label("lead_found"),
+            lead.c.status.label("lead_status"),
+            events.c.status.label("known_status"),
+            events.c.error_code.label("known_error"),
+        )
+        .select_from(
+            m.outerjoin(lead, lead.c.id == m.c.lead_id).outerjoin(
+                events, events.c.message_sid == bindparam("sid")
+            )
+        )
+        .where(m.c.id == message_id)
+    )
+    lead_id: Any = bindparam("lead_id")
+    installs = _table(ConnectorInstall)
+    text_: Any = jobs.c.kind.type
+    # sync.emit's jobs, one per enabled connector, in one INSERT ... SELECT.
+    per_install = select(
+        literal("crm.sync", text_),
+        installs.c.connector_id,
+        literal("crm:", text_) + installs.c.connector_id + bindparam("dedupe_tail", type_=text_),
+        bindparam("ordering_head", type_=text_)
+        + installs.c.connector_id
+        + bindparam("ordering_tail", type_=text_),
+        installs.c.business_id,
+        bindparam("lead_id", type_=text_),
+        bindparam("payload", type_=jobs.c.payload.type),
+        literal("pending", text_),
+        literal(outbox.PRIORITIES.get("crm.sync", outbox.DEFAULT_PRIORITY), jobs.c.priority.type),
+        literal(0, jobs.c.attempts.type),
+        literal(sync.MAX_ATTEMPTS, jobs.c.max_attempts.type),
+        at,
+        at,
+        at,
+    ).where(installs.c.business_id == bindparam("business_id"), installs.c.enabled.is_(True))
+    job_columns = [
+        "kind",
+        "target",
+        "dedupe_key",
+        "ordering_key",
+        "business_id",
+        "lead_id",
+        "payload",
+        "status",
+        "priority",
+        "attempts",
+        "max_attempts",
+        "next_attempt_at",
+        "created_at",
+        "updated_at",
+    ]
+    emit: Any = (
+        insert(jobs)
+        .from_select(job_columns, per_install)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+    )
+    if dialect == "postgresql":
+        # As outbox.enqueue does for a job due now: the NOTIFY rides on the INSERT, per row that went in.
+        emit = emit.returning(jobs.c.id, literal_column(f"pg_notify('{outbox.CHANNEL}', 'job')"))
+    return Statements(
+        renew=update(jobs).where(*guard).values(locked_until=bindparam("until", type_=stamp), updated_at=at),
+        complete=update(jobs)
+        .where(*guard)
+        .values(
+            status="done",
+            result=bindparam("result", type_=jobs.c.result.type),
+            finished_at=at,
+            locked_until=None,
+            updated_at=at,
+        ),
+        facts=facts,
+        batch=batch,
+        stored=stored,
+        attempt=update(m)
+        .where(m.c.id == message_id)
+        .values(attempt_started_at=bindparam("started", type_=stamp), updated_at=at),
+        body=update(m).where(m.c.id == message_id).values(body=bindparam("text"), updated_at=at),
+        personalised=update(m)
+        .where(m.c.id == message_id)
+        .values(body=bindparam("text"), attempt_started_at=bindparam("started", type_=stamp), updated_at=at),
+        sent=update(m)
+        .where(m.c.id == message_id)
+        .values(
+            sid=bindparam("sid"),
+            sent_at=bindparam("sent_at", type_=stamp),
+            status=bindparam("state"),
+            error_code=bindparam("error"),
+            updated_at=at,
+        ),
+        texted=update(lead)
+        .where(lead.c.id == lead_id, lead.c.status.in_(("new", "scheduled")))
+        .values(status="texted", updated_at=at),
+        named=update(lead)
+        .where(lead.c.id == lead_id, (lead.c.name.is_(None)) | (lead.c.name == ""))
+        .values(name=bindparam("name"), updated_at=at),
+        lead_name=select(lead.c.name).where(lead.c.id == lead_id),
+        entry=insert(_table(TimelineEntry)),
+        emit=emit,
+    )
+
+
+def _advance(
+    status: str, error_code: int | None, new: str, new_error: int | None = None
+) -> tuple[str, int | None]:
+    """texting.advance on plain values: the delivery state only moves forward."""
+    if status in texting.TERMINAL and new != "read":
+        return status, error_code
+    rank = texting.STATUS_RANK
+    if rank.get(new, -1) <= rank.get(status, -1) and status not in ("pending", "scheduled"):
+        return status, error_code
+    return new, error_code if new_error is None else new_error
+
+
+def _renew(conn: Connection, st: Statements, job: Job, now: datetime) -> None:
+    """outbox.renew_in on the prebuilt statement: LeaseLost when another worker owns the job now."""
+    until = now + timedelta(seconds=job.lease_seconds)
+    params = {"job_id": job.id, "token": job.claim_token, "until": until, "at": now}
+    if conn.execute(st.renew, params).rowcount != 1:
+        raise outbox.LeaseLost(f"job {job.id}")
+
+
 class SmsJob:
     """Handler for ``sms.send`` jobs, bound to a config, a session factory and a gateway.
 
     A text takes as few transactions as its safety allows: the lease is renewed in the first one
     (which also records the attempt when nothing needs looking up first), and the sent text is
-    recorded in the same transaction that marks the job done.
+    recorded in the same transaction that marks the job done. Its common path runs prebuilt
+    statements (see :func:`statements`); the rare branches (a cancel, a rejection, an earlier send
+    found) go through the ORM.
     """
 
     renews_lease = True  # see core.outbox.renew_in
@@ -89,88 +333,100 @@ class SmsJob:
         now = utcnow()
         message_id = job.payload["message_id"]
         with transaction(self.factory) as session:
-            outbox.renew_in(session, job, now)
-            message = session.get(Message, message_id)
-            if message is None:
+            conn = session.connection()
+            st = statements(conn.dialect.name)
+            _renew(conn, st, job, now)
+            row = conn.execute(
+                st.facts, {"message_id": message_id, "since": now - timedelta(hours=24)}
+            ).one_or_none()
+            if row is None:
                 raise Rejected(f"message {message_id} does not exist")
-            if message.sid:
+            if row.sid:
                 # A status callback can record the sid before the worker does (after an ambiguous
                 # attempt, say): the text went out, so the send is finished all the same.
-                if message.sent_at is None:
-                    message.sent_at = now
-                sent_lead = session.get(Lead, message.lead_id)
-                if sent_lead is not None and message.kind == "first_text":
-                    texting.mark_lead_texted(sent_lead)
-                return {"sid": message.sid, "note": "already sent"}
-            if message.status == "canceled":
+                return self._already_sent(session, message_id, now)
+            if row.status == "canceled":
                 return {"canceled": True}
-            business = self.config.business(message.business_id)
+            business = self.config.business(row.business_id)
             if business is None:
-                raise Rejected(f"business {message.business_id!r} is no longer configured")
-            lead = session.get(Lead, message.lead_id)
-            assert lead is not None
-            blocked = self._blocked_reason(session, message)
+                raise Rejected(f"business {row.business_id!r} is no longer configured")
+            assert row.lead_found is not None
+            blocked = self._blocked_reason(row, business)
             if blocked:
-                self._cancel(session, message, lead, blocked)
+                self._cancel_id(session, message_id, blocked)
                 return {"canceled": blocked}
-            if message.kind in texting.AUTOMATED_KINDS:
-                zones = texting.caller_zones(message.to_number, business)
+            if row.kind in texting.AUTOMATED_KINDS:
+                zones = texting.caller_zones(row.to_number, business)
                 opens = next_send_time(now, zones, business.policy.window)
                 if opens > now + timedelta(seconds=1):
-                    message.status = "scheduled"
+                    # The rollback undoes the renewal too; the worker puts the job back.
                     raise Deferred(opens, "outside the sending window")
             needs_lookup = (
-                message.kind == "first_text"
+                row.kind == "first_text"
                 and business.policy.lookup_line_type
-                and not self._cached_line_type(session, message.to_number)
+                and not self._fresh_line_type(row.line_type, row.checked_at)
             )
-            started = message.attempt_started_at
-            personalise = started is None and message.kind == "first_text" and self.find_contact is not None
+            started = row.attempt_started_at
+            budget = business.policy.crm_lookup_budget_ms / 1000
+            # A caller already looked up (a batch's prepare, an earlier attempt) is not asked again.
+            personalise = (
+                started is None
+                and row.kind == "first_text"
+                and self.find_contact is not None
+                and not row.crm_matched
+                and budget > 0
+            )
             # Nothing to look up first: the attempt is on record with this commit, before the send.
             recorded = started is None and not needs_lookup and not personalise
             if recorded:
-                message.attempt_started_at = now
+                conn.execute(st.attempt, {"message_id": message_id, "started": now, "at": utcnow()})
+        to, from_, body = row.to_number, row.from_number, row.body
         if needs_lookup:
-            self._lookup(message.to_number)
+            self._lookup(to)
             with transaction(self.factory) as session:
-                message = session.get(Message, message_id)
-                lead = session.get(Lead, message.lead_id) if message else None
-                assert message is not None and lead is not None
-                if self._cached_line_type(session, message.to_number) == "landline":
-                    self._cancel(session, message, lead, "landline")
+                if self._cached_line_type(session, to) == "landline":
+                    self._cancel_id(session, message_id, "landline")
                     return {"canceled": "landline"}
+        match: tuple[str, Remote] | None = None
         if personalise:
-            self._personalise(message_id)
+            assert self.find_contact is not None
+            match = self.find_contact(business.id, to, budget)
         if started is not None:
-            found = self.gateway.find_sent(
-                to=message.to_number, from_=message.from_number, body=message.body, since=started - LOOKBACK
-            )
+            found = self.gateway.find_sent(to=to, from_=from_, body=body, since=started - LOOKBACK)
             if found is not None:
                 adopted = {"sid": found.sid, "note": "adopted after an ambiguous attempt"}
                 return self._store_sent(message_id, found, now, job, adopted)
         if not recorded:
             with transaction(self.factory) as session:
                 # The lookups may have outlasted the lease and another worker may own the job now:
-                # only the lease holder records an attempt and sends (LeaseLost rolls this back).
-                outbox.renew_in(session, job)
-                row = session.get(Message, message_id)
-                assert row is not None
-                row.attempt_started_at = now
-                message = row  # as personalised
+                # only the lease holder records the caller's lookup and an attempt, and sends
+                # (LeaseLost rolls this back).
+                conn = session.connection()
+                _renew(conn, st, job, utcnow())
+                named = (
+                    self._record_match(conn, st, business, message_id, row.lead_id, match)
+                    if personalise
+                    else None
+                )
+                if named is not None:  # the existing-customer text, stored as sent
+                    body = named
+                    conn.execute(
+                        st.personalised,
+                        {"message_id": message_id, "text": body, "started": now, "at": utcnow()},
+                    )
+                else:
+                    conn.execute(st.attempt, {"message_id": message_id, "started": now, "at": utcnow()})
         try:
             sent = self.gateway.send(
-                to=message.to_number,
-                from_=message.from_number,
-                body=message.body,
-                status_callback=self.status_callback(message_id),
+                to=to, from_=from_, body=body, status_callback=self.status_callback(message_id)
             )
         except (NotSent, AuthError):
             # Certainly not taken (a 429, a refused connection, rejected credentials): the next
             # attempt may send without looking first.
             with transaction(self.factory) as session:
-                row = session.get(Message, message_id)
-                assert row is not None
-                row.attempt_started_at = None
+                session.connection().execute(
+                    st.attempt, {"message_id": message_id, "started": None, "at": utcnow()}
+                )
             raise
         except Rejected as exc:
             self._rejected(message_id, exc)
@@ -179,16 +435,13 @@ class SmsJob:
         # The text's record and the job's completion commit together: this is the job's last commit.
         crash_point("before_commit")
         finished = self._store_sent(message_id, sent, now, job, {"sid": sent.sid})
-        log.info(
-            "sms sent",
-            extra={"message_id": message_id, "lead_id": job.lead_id, "to": mask(message.to_number)},
-        )
+        log.info("sms sent", extra={"message_id": message_id, "lead_id": job.lead_id, "to": mask(to)})
         return finished
 
     def prepare(self, jobs: list[Job]) -> int:
         """Look up the callers of first texts claimed together: one CRM request per business.
 
-        Each text then finds its caller already looked up (``_personalise``). Used when the CRM
+        Each text then finds its caller already looked up (``__call__``). Used when the CRM
         lookup wired in is the runtime's, which offers ``find_contacts``; within the same strict
         budget as one lookup, and only for texts due now.
         """
@@ -197,91 +450,113 @@ class SmsJob:
         if find_many is None:
             return 0
         now = utcnow()
-        due: dict[str, list[tuple[str, str]]] = {}  # business id -> [(message id, phone)]
+        due: dict[str, list[tuple[str, str, str]]] = {}  # business id -> [(message id, lead id, phone)]
+        ids = [str(job.payload.get("message_id", "")) for job in jobs]
         with self.factory() as session:
-            for job in jobs:
-                message = session.get(Message, job.payload.get("message_id", ""))
-                if message is None or message.kind != "first_text" or message.sid:
-                    continue
-                if message.attempt_started_at is not None or message.status == "canceled":
-                    continue
-                business = self.config.business(message.business_id)
-                if business is None or business.policy.crm_lookup_budget_ms <= 0:
-                    continue
-                zones = texting.caller_zones(message.to_number, business)
-                if next_send_time(now, zones, business.policy.window) > now + timedelta(seconds=1):
-                    continue  # looked up when it is sent, as a single text would be
-                if any(e.type == "crm_match" for e in leads.entries(session, message.lead_id)):
-                    continue
-                due.setdefault(business.id, []).append((message.id, message.to_number))
+            conn = session.connection()
+            st = statements(conn.dialect.name)
+            rows = {r.id: r for r in conn.execute(st.batch, {"message_ids": ids})}
+        for message_id in ids:
+            row = rows.get(message_id)
+            if row is None or row.kind != "first_text" or row.sid:
+                continue
+            if row.attempt_started_at is not None or row.status == "canceled":
+                continue
+            business = self.config.business(row.business_id)
+            if business is None or business.policy.crm_lookup_budget_ms <= 0:
+                continue
+            zones = texting.caller_zones(row.to_number, business)
+            if next_send_time(now, zones, business.policy.window) > now + timedelta(seconds=1):
+                continue  # looked up when it is sent, as a single text would be
+            if row.crm_matched:
+                continue
+            due.setdefault(business.id, []).append((message_id, row.lead_id, row.to_number))
         looked_up = 0
         for business_id, items in due.items():
             business = self.config.business(business_id)
             if business is None or len(items) < 2:
                 continue
             budget = business.policy.crm_lookup_budget_ms / 1000
-            answers = find_many(business_id, sorted({phone for _, phone in items}), budget)
+            answers = find_many(business_id, sorted({phone for _, _, phone in items}), budget)
             if answers is None:
                 continue  # a CRM that looks up one caller at a time: each text asks alone
-            for message_id, phone in items:
-                self._apply_match(message_id, answers.get(phone))
-                looked_up += 1
+            with transaction(self.factory) as session:
+                conn = session.connection()
+                for message_id, lead_id, phone in items:
+                    body = self._record_match(conn, st, business, message_id, lead_id, answers.get(phone))
+                    if body is not None:
+                        conn.execute(st.body, {"message_id": message_id, "text": body, "at": utcnow()})
+                    looked_up += 1
         return looked_up
 
-    def _personalise(self, message_id: str) -> None:
-        """Caller lookup before the first text, within a strict budget so the text is never late.
+    def _record_match(
+        self,
+        conn: Connection,
+        st: Statements,
+        business: Business,
+        message_id: str,
+        lead_id: str,
+        match: tuple[str, Remote] | None,
+    ) -> str | None:
+        """Record the lookup's answer on the lead; a known caller gets the existing-customer text.
 
-        A caller the CRM already knows gets the existing-customer template and their first name.
+        Returns that text (None when the caller is not known), for the caller to store.
         """
-        with self.factory() as session:
-            message = session.get(Message, message_id)
-            assert message is not None
-            business = self.config.business(message.business_id)
-            lead = session.get(Lead, message.lead_id)
-            done = lead is None or any(e.type == "crm_match" for e in leads.entries(session, lead.id))
-        budget = business.policy.crm_lookup_budget_ms / 1000 if business else 0
-        if business is None or lead is None or done or budget <= 0 or self.find_contact is None:
-            return
-        self._apply_match(message_id, self.find_contact(business.id, message.to_number, budget))
+        if match is None:
+            self._entry(conn, st, lead_id, "crm_match", found=False)
+            return None
+        connector_id, remote = match
+        name = conn.execute(st.lead_name, {"lead_id": lead_id}).scalar_one()
+        if remote.name and not name:
+            name = remote.name
+            conn.execute(st.named, {"lead_id": lead_id, "name": name, "at": utcnow()})
+        self._entry(conn, st, lead_id, "crm_match", found=True, connector=connector_id, remote_id=remote.id)
+        return texting.first_text_for(business, name, utcnow(), existing_customer=True)
 
-    def _apply_match(self, message_id: str, match: tuple[str, Remote] | None) -> None:
-        """Record the lookup's answer on the lead; a known caller gets the existing-customer text."""
-        with transaction(self.factory) as session:
-            message = session.get(Message, message_id)
-            lead = session.get(Lead, message.lead_id) if message else None
-            business = self.config.business(message.business_id) if message else None
-            assert message is not None and lead is not None and business is not None
-            if match is None:
-                leads.add_entry(session, lead.id, "crm_match", found=False)
-                return
-            connector_id, remote = match
-            if remote.name and not lead.name:
-                lead.name = remote.name
-            leads.add_entry(
-                session, lead.id, "crm_match", found=True, connector=connector_id, remote_id=remote.id
-            )
-            message.body = texting.first_text_body(business, lead, utcnow(), existing_customer=True)
+    @staticmethod
+    def _entry(conn: Connection, st: Statements, lead_id: str, type_: str, **data: Any) -> None:
+        conn.execute(st.entry, {"lead_id": lead_id, "type": type_, "at": utcnow(), "data": data})
 
-    def _blocked_reason(self, session: Session, message: Message) -> str | None:
-        reasons = leads.suppressions(session, message.business_id, message.to_number)
-        if "undeliverable" in reasons:
+    def _blocked_reason(self, row: Any, business: Business) -> str | None:
+        """Why the text must not go out, from the facts read with it (None: it may)."""
+        if row.undeliverable:
             return "undeliverable"
-        if message.kind in texting.STAFF_KINDS:
+        if row.kind in texting.STAFF_KINDS:
             return None  # an alert to staff; the caller's opt-out is about texts to the caller
-        if "opted_out" in reasons and message.kind != "opt_out_confirm":
+        if row.opted_out and row.kind != "opt_out_confirm":
             return "opted_out"
-        lead = session.get(Lead, message.lead_id)
-        if lead is not None and message.kind in texting.AUTOMATED_REPLY_KINDS:
-            if lead.human_takeover:
+        if row.lead_found is not None and row.kind in texting.AUTOMATED_REPLY_KINDS:
+            if row.human_takeover:
                 return "human_takeover"
-            if lead.convo_state == "closed":
+            if row.convo_state == "closed":
                 return "conversation_closed"
-        if lead is not None and message.kind in texting.CAPPED_KINDS:
-            business = self.config.business(message.business_id)
-            cap = business.conversation.max_automated_per_day if business else 3
-            if texting.automated_sent_since(session, message, utcnow() - timedelta(hours=24)) >= cap:
+        if row.lead_found is not None and row.kind in texting.CAPPED_KINDS:
+            if (row.automated or 0) >= business.conversation.max_automated_per_day:
                 return "frequency_cap"
         return None
+
+    def _already_sent(self, session: Session, message_id: str, now: datetime) -> dict[str, Any]:
+        message = session.get(Message, message_id)
+        assert message is not None and message.sid
+        if message.sent_at is None:
+            message.sent_at = now
+        sent_lead = session.get(Lead, message.lead_id)
+        if sent_lead is not None and message.kind == "first_text":
+            texting.mark_lead_texted(sent_lead)
+        return {"sid": message.sid, "note": "already sent"}
+
+    def _cancel_id(self, session: Session, message_id: str, reason: str) -> None:
+        message = session.get(Message, message_id)
+        lead = session.get(Lead, message.lead_id) if message else None
+        assert message is not None and lead is not None
+        self._cancel(session, message, lead, reason)
+
+    def _fresh_line_type(self, line_type: str | None, checked_at: datetime | None) -> str | None:
+        if line_type is None or checked_at is None:
+            return None
+        if utcnow() - checked_at > timedelta(days=self.config.twilio.lookup_cache_days):
+            return None
+        return line_type
 
     def _cached_line_type(self, session: Session, phone: str) -> str | None:
         row = session.get(LineType, phone)
@@ -311,34 +586,73 @@ class SmsJob:
         self, message_id: str, sent: SentMessage, now: datetime, job: Job, result: dict[str, Any]
     ) -> outbox.Finished:
         with transaction(self.factory) as session:
-            message = session.get(Message, message_id)
-            assert message is not None
-            message.sid = sent.sid
-            message.sent_at = now
-            texting.advance(message, sent.status or "queued")
-            known = texting.furthest_known_status(session, sent.sid)
+            conn = session.connection()
+            st = statements(conn.dialect.name)
+            # The message with its lead and any status callbacks that beat this commit (one row each).
+            rows = conn.execute(st.stored, {"message_id": message_id, "sid": sent.sid}).all()
+            assert rows
+            row = rows[0]
+            status, error = _advance(row.status, row.error_code, sent.status or "queued")
+            known = [(r.known_status, r.known_error) for r in rows if r.known_status is not None]
             if known:
-                texting.advance(message, known[0], known[1])
-            lead = session.get(Lead, message.lead_id)
-            if lead is not None and message.kind == "first_text":
-                texting.mark_lead_texted(lead)
-                business = self.config.business(message.business_id)
+                best = max(known, key=lambda e: texting.STATUS_RANK.get(e[0], -1))
+                status, error = _advance(status, error, *best)
+            conn.execute(
+                st.sent,
+                {
+                    "message_id": message_id,
+                    "sid": sent.sid,
+                    "sent_at": now,
+                    "state": status,
+                    "error": error,
+                    "at": utcnow(),
+                },
+            )
+            if row.lead_found is not None and row.kind == "first_text":
+                if row.lead_status in ("new", "scheduled"):
+                    conn.execute(st.texted, {"lead_id": row.lead_id, "at": utcnow()})
+                business = self.config.business(row.business_id)
                 if business is not None and business.policy.follow_up_after_hours > 0:
                     outbox.enqueue(
                         session,
                         kind="convo.follow_up",
                         target="conversation",
-                        dedupe_key=f"followup:{message.id}",
+                        dedupe_key=f"followup:{message_id}",
                         business_id=business.id,
-                        lead_id=lead.id,
-                        payload={"after_message_id": message.id},
+                        lead_id=row.lead_id,
+                        payload={"after_message_id": message_id},
                         run_at=now + timedelta(hours=business.policy.follow_up_after_hours),
                     )
-            if lead is not None and message.kind not in texting.STAFF_KINDS:
-                sync.emit(
-                    session, message.business_id, lead.id, "texted", message.id, {"message_id": message.id}
-                )
-            return outbox.complete_in(session, job, result)
+            if row.lead_found is not None and row.kind not in texting.STAFF_KINDS:
+                self._emit_texted(conn, st, row.business_id, row.lead_id, message_id)
+            owned = (
+                conn.execute(
+                    st.complete,
+                    {"job_id": job.id, "token": job.claim_token, "result": result, "at": utcnow()},
+                ).rowcount
+                == 1
+            )
+            return outbox.Finished(result, owned)
+
+    @staticmethod
+    def _emit_texted(
+        conn: Connection, st: Statements, business_id: str, lead_id: str, message_id: str
+    ) -> None:
+        """sync.emit(..., "texted", message_id, {"message_id": ...}) in one INSERT ... SELECT."""
+        result = conn.execute(
+            st.emit,
+            {
+                "business_id": business_id,
+                "lead_id": lead_id,
+                "dedupe_tail": f":{lead_id}:texted:{message_id}",
+                "ordering_head": f"crm:{business_id}:",
+                "ordering_tail": f":{lead_id}",
+                "payload": {"event": "texted", "ref": message_id, "data": {"message_id": message_id}},
+                "at": utcnow(),
+            },
+        )
+        if result.returns_rows:
+            result.all()
 
     def _rejected(self, message_id: str, exc: Rejected) -> None:
         code = (
