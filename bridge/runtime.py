@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, bindparam, select
+from sqlalchemy import Connection, Engine, bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bridge import metrics
@@ -150,8 +151,8 @@ class Connectors:
             return None
 
         def look() -> tuple[str, Remote] | None:
-            for connector_id in candidates:
-                found = self._ask(business_id, connector_id, lambda c: c.find_contact(phone))
+            for connector_id, stamp in candidates:
+                found = self._ask(business_id, connector_id, stamp, lambda c: c.find_contact(phone))
                 if found is not None:
                     return connector_id, found
             return None
@@ -161,15 +162,26 @@ class Connectors:
         except FutureTimeout:
             return None
 
-    def _finders_for(self, business_id: str) -> list[str]:
-        """The business's enabled connectors that can look a caller up."""
+    def _finders_for(self, business_id: str) -> list[tuple[str, Any]]:
+        """The business's enabled connectors that can look a caller up, each with its install's stamp.
+
+        Read per text, so an install, removal or disabling is seen by the very next text; the stamps
+        come with it so that asking each one does not read its stamp again (see ``_built``).
+        """
+        with self._connect() as conn:
+            installed = conn.execute(_finders_of(), {"b": business_id}).all()
+        return [(c, stamp) for c, stamp in installed if self._finds_contacts(c)]
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        # A bare Connection: an ORM Session costs more than the one small read it would run.
+        bind = self.factory.kw.get("bind")
+        if isinstance(bind, Engine):
+            with bind.connect() as conn:
+                yield conn
+            return
         with self.factory() as session:
-            installed = session.scalars(
-                select(ConnectorInstall.connector_id).where(
-                    ConnectorInstall.business_id == business_id, ConnectorInstall.enabled.is_(True)
-                )
-            ).all()
-        return [c for c in installed if self._finds_contacts(c)]
+            yield session.connection()
 
     def find_contacts(
         self, business_id: str, phones: list[str], budget: float
@@ -181,17 +193,18 @@ class Connectors:
         answer did not come within the budget counts as not found, as after a single lookup.
         """
         candidates = self._finders_for(business_id)
-        if not all(self._finds_contacts(c, Capability.FIND_CONTACTS) for c in candidates):
+        if not all(self._finds_contacts(c, Capability.FIND_CONTACTS) for c, _ in candidates):
             return None
         nobody: dict[str, tuple[str, Remote] | None] = dict.fromkeys(phones)
 
         def look() -> dict[str, tuple[str, Remote] | None]:
             found = dict(nobody)
-            for connector_id in candidates:
+            for connector_id, stamp in candidates:
                 left = [p for p in phones if found[p] is None]
                 if not left:
                     break
-                hits = self._ask(business_id, connector_id, functools.partial(_find_many, phones=left)) or {}
+                lookup = functools.partial(_find_many, phones=left)
+                hits = self._ask(business_id, connector_id, stamp, lookup) or {}
                 for phone, remote in hits.items():
                     if phone in found:
                         found[phone] = (connector_id, remote)
@@ -204,10 +217,10 @@ class Connectors:
         except FutureTimeout:
             return nobody
 
-    def _ask(self, business_id: str, connector_id: str, lookup: Callable[[Any], T]) -> T | None:
+    def _ask(self, business_id: str, connector_id: str, stamp: Any, lookup: Callable[[Any], T]) -> T | None:
         """One CRM's answer to a caller lookup, or None: a CRM problem never holds up or fails a text."""
         try:
-            return lookup(self.resolve(business_id, connector_id))
+            return lookup(self._built(business_id, connector_id, stamp))
         except RateLimited as exc:
             self._rate_limited(business_id, connector_id, exc)
         except Exception as exc:
@@ -234,6 +247,10 @@ class Connectors:
         # connector built already.
         with self.factory() as session:
             stamp = session.connection().execute(_stamp_of(), {"b": business_id, "c": connector_id}).scalar()
+        return self._built(business_id, connector_id, stamp)
+
+    def _built(self, business_id: str, connector_id: str, stamp: Any) -> Connector:
+        """The connector built from the install as of ``stamp`` (its ``updated_at`` read just now)."""
         key = (business_id, connector_id)
         with self._lock:
             cached = self._cache.get(key)
@@ -254,6 +271,14 @@ def _stamp_of() -> Any:
     installs = ConnectorInstall.__table__
     return select(installs.c.updated_at).where(
         installs.c.business_id == bindparam("b"), installs.c.connector_id == bindparam("c")
+    )
+
+
+@functools.cache
+def _finders_of() -> Any:
+    installs = ConnectorInstall.__table__
+    return select(installs.c.connector_id, installs.c.updated_at).where(
+        installs.c.business_id == bindparam("b"), installs.c.enabled.is_(True)
     )
 
 

@@ -1,0 +1,235 @@
+"""The SQL of one outbound text (``core.sending``), built once per dialect as Core statements.
+
+Building an ORM statement per text (``exists``, aliases, ``.values()``) cost more CPU than running
+it; these are built on first use with ``bindparam``s and executed on the job's connection.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, exists, func, literal, literal_column, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql import Select, Update
+
+from core import outbox, sync, texting
+from core.models import (
+    ConnectorInstall,
+    Lead,
+    LineType,
+    Message,
+    MessageStatusEvent,
+    OutboxJob,
+    Suppression,
+    TimelineEntry,
+)
+
+
+@dataclass(frozen=True)
+class Statements:
+    """A text's SQL, built once per dialect: building statements per text cost more than running them."""
+
+    renew: Update
+    complete: Update
+    facts: Select[Any]
+    batch: Select[Any]
+    stored: Select[Any]
+    attempt: Update
+    body: Update
+    personalised: Update
+    sent: Update
+    texted: Update
+    named: Update
+    lead_name: Select[Any]
+    entry: Any
+    emit: Any
+
+
+def _table(model: type[Any]) -> Table:
+    return cast(Table, model.__table__)
+
+
+@functools.cache
+def statements(dialect: str) -> Statements:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    m, lead, jobs = _table(Message), _table(Lead), _table(OutboxJob)
+    stamp = m.c.updated_at.type
+    at: Any = bindparam("at", type_=stamp)
+    message_id: Any = bindparam("message_id")
+    guard = (
+        jobs.c.id == bindparam("job_id"),
+        jobs.c.claim_token == bindparam("token"),
+        jobs.c.status == "running",
+    )
+    crm_matched = exists().where(
+        _table(TimelineEntry).c.lead_id == m.c.lead_id, _table(TimelineEntry).c.type == "crm_match"
+    )
+
+    def suppressed(reason: str) -> Any:
+        s = _table(Suppression)
+        return exists().where(
+            s.c.business_id == m.c.business_id, s.c.phone == m.c.to_number, s.c.reason == reason
+        )
+
+    # texting.automated_sent_since, for the message read alongside it.
+    prior = m.alias("prior")
+    automated = (
+        select(func.count())
+        .select_from(prior)
+        .where(
+            prior.c.business_id == m.c.business_id,
+            prior.c.to_number == m.c.to_number,
+            prior.c.direction == "outbound",
+            prior.c.kind.in_(texting.CAPPED_KINDS),
+            prior.c.id != m.c.id,
+            prior.c.status.not_in(("canceled", "failed", "pending", "scheduled")),
+            prior.c.created_at >= bindparam("since", type_=stamp),
+        )
+        .scalar_subquery()
+    )
+    line = _table(LineType)
+    facts = (
+        select(
+            m.c.lead_id,
+            m.c.business_id,
+            m.c.kind,
+            m.c.sid,
+            m.c.status,
+            m.c.to_number,
+            m.c.from_number,
+            m.c.body,
+            m.c.attempt_started_at,
+            lead.c.id.label("lead_found"),
+            lead.c.human_takeover,
+            lead.c.convo_state,
+            suppressed("opted_out").label("opted_out"),
+            suppressed("undeliverable").label("undeliverable"),
+            automated.label("automated"),
+            line.c.line_type,
+            line.c.checked_at,
+            crm_matched.label("crm_matched"),
+        )
+        .select_from(
+            m.outerjoin(lead, lead.c.id == m.c.lead_id).outerjoin(line, line.c.phone == m.c.to_number)
+        )
+        .where(m.c.id == message_id)
+    )
+    batch = select(
+        m.c.id,
+        m.c.lead_id,
+        m.c.business_id,
+        m.c.kind,
+        m.c.sid,
+        m.c.status,
+        m.c.to_number,
+        m.c.attempt_started_at,
+        crm_matched.label("crm_matched"),
+    ).where(m.c.id.in_(bindparam("message_ids", expanding=True)))
+    events = _table(MessageStatusEvent)
+    stored = (
+        select(
+            m.c.lead_id,
+            m.c.business_id,
+            m.c.kind,
+            m.c.status,
+            m.c.error_code,
+            lead.c.id.label("lead_found"),
+            lead.c.status.label("lead_status"),
+            events.c.status.label("known_status"),
+            events.c.error_code.label("known_error"),
+        )
+        .select_from(
+            m.outerjoin(lead, lead.c.id == m.c.lead_id).outerjoin(
+                events, events.c.message_sid == bindparam("sid")
+            )
+        )
+        .where(m.c.id == message_id)
+    )
+    lead_id: Any = bindparam("lead_id")
+    installs = _table(ConnectorInstall)
+    text_: Any = jobs.c.kind.type
+    # sync.emit's jobs, one per enabled connector, in one INSERT ... SELECT.
+    per_install = select(
+        literal("crm.sync", text_),
+        installs.c.connector_id,
+        literal("crm:", text_) + installs.c.connector_id + bindparam("dedupe_tail", type_=text_),
+        bindparam("ordering_head", type_=text_)
+        + installs.c.connector_id
+        + bindparam("ordering_tail", type_=text_),
+        installs.c.business_id,
+        bindparam("lead_id", type_=text_),
+        bindparam("payload", type_=jobs.c.payload.type),
+        literal("pending", text_),
+        literal(outbox.PRIORITIES.get("crm.sync", outbox.DEFAULT_PRIORITY), jobs.c.priority.type),
+        literal(0, jobs.c.attempts.type),
+        literal(sync.MAX_ATTEMPTS, jobs.c.max_attempts.type),
+        at,
+        at,
+        at,
+    ).where(installs.c.business_id == bindparam("business_id"), installs.c.enabled.is_(True))
+    job_columns = [
+        "kind",
+        "target",
+        "dedupe_key",
+        "ordering_key",
+        "business_id",
+        "lead_id",
+        "payload",
+        "status",
+        "priority",
+        "attempts",
+        "max_attempts",
+        "next_attempt_at",
+        "created_at",
+        "updated_at",
+    ]
+    emit: Any = (
+        insert(jobs)
+        .from_select(job_columns, per_install)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+    )
+    if dialect == "postgresql":
+        # As outbox.enqueue does for a job due now: the NOTIFY rides on the INSERT, per row that went in.
+        emit = emit.returning(jobs.c.id, literal_column(f"pg_notify('{outbox.CHANNEL}', 'job')"))
+    return Statements(
+        renew=update(jobs).where(*guard).values(locked_until=bindparam("until", type_=stamp), updated_at=at),
+        complete=update(jobs)
+        .where(*guard)
+        .values(
+            status="done",
+            result=bindparam("result", type_=jobs.c.result.type),
+            finished_at=at,
+            locked_until=None,
+            updated_at=at,
+        ),
+        facts=facts,
+        batch=batch,
+        stored=stored,
+        attempt=update(m)
+        .where(m.c.id == message_id)
+        .values(attempt_started_at=bindparam("started", type_=stamp), updated_at=at),
+        body=update(m).where(m.c.id == message_id).values(body=bindparam("text"), updated_at=at),
+        personalised=update(m)
+        .where(m.c.id == message_id)
+        .values(body=bindparam("text"), attempt_started_at=bindparam("started", type_=stamp), updated_at=at),
+        sent=update(m)
+        .where(m.c.id == message_id)
+        .values(
+            sid=bindparam("sid"),
+            sent_at=bindparam("sent_at", type_=stamp),
+            status=bindparam("state"),
+            error_code=bindparam("error"),
+            updated_at=at,
+        ),
+        texted=update(lead)
+        .where(lead.c.id == lead_id, lead.c.status.in_(("new", "scheduled")))
+        .values(status="texted", updated_at=at),
+        named=update(lead)
+        .where(lead.c.id == lead_id, (lead.c.name.is_(None)) | (lead.c.name == ""))
+        .values(name=bindparam("name"), updated_at=at),
+        lead_name=select(lead.c.name).where(lead.c.id == lead_id),
+        entry=insert(_table(TimelineEntry)),
+        emit=emit,
+    )

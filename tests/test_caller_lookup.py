@@ -1,0 +1,99 @@
+"""Which CRMs a text asks about its caller follows the installs as they are at that text."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from bridge import runtime
+from core.crm import Capability, Remote
+from core.models import ConnectorInstall
+from tests.stack import Stack, all_day_business
+
+CALLER = "+13125550142"
+
+
+@pytest.fixture
+def stack(tmp_path: Path, db_url: str) -> Iterator[Stack]:
+    s = Stack(tmp_path, db_url, businesses=[all_day_business()])
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def asked(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """(connector, the install's "owner" setting) per lookup, with every connector a finder."""
+    calls: list[tuple[str, str]] = []
+
+    def load(connector_id: str) -> Any:
+        class Finder:
+            def __init__(self, config: dict[str, Any], _context: Any) -> None:
+                self.owner = config["owner"]
+
+            def find_contact(self, phone: str) -> Remote | None:
+                calls.append((connector_id, self.owner))
+                return None
+
+            def find_contacts(self, phones: list[str]) -> dict[str, Remote]:
+                calls.append((connector_id, self.owner))
+                return {}
+
+        finds = [Capability.FIND_CONTACT, Capability.FIND_CONTACTS]
+        return SimpleNamespace(manifest=SimpleNamespace(capabilities=finds, rate_limits=[]), cls=Finder)
+
+    monkeypatch.setattr(runtime.registry, "load", load)
+    return calls
+
+
+def install(stack: Stack, connector_id: str, owner: str, enabled: bool = True) -> None:
+    business = stack.config.businesses[0].id
+    with stack.factory() as session, session.begin():
+        row = session.get(ConnectorInstall, (business, connector_id))
+        if row is None:
+            row = ConnectorInstall(business_id=business, connector_id=connector_id, version="1", sync={})
+            session.add(row)
+        row.config, row.enabled = {"owner": owner}, enabled
+
+
+def uninstall(stack: Stack, connector_id: str) -> None:
+    with stack.factory() as session, session.begin():
+        row = session.get(ConnectorInstall, (stack.config.businesses[0].id, connector_id))
+        assert row is not None
+        session.delete(row)
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["one", "many"])
+def test_each_text_asks_the_crms_installed_and_enabled_at_that_text(
+    stack: Stack, asked: list[tuple[str, str]], many: bool
+) -> None:
+    connectors = runtime.Connectors(stack.config, stack.factory)
+    connectors._box = SimpleNamespace(open=lambda _sealed: {})  # type: ignore[assignment]
+    business = stack.config.businesses[0].id
+
+    def text() -> list[tuple[str, str]]:
+        asked.clear()
+        if many:
+            assert connectors.find_contacts(business, [CALLER], budget=5) == {CALLER: None}
+        else:
+            assert connectors.find_contact(business, CALLER, budget=5) is None
+        return sorted(asked)
+
+    assert text() == []
+    install(stack, "hubspot", "ann")
+    install(stack, "pipedrive", "bob")
+    assert text() == [("hubspot", "ann"), ("pipedrive", "bob")]
+    install(stack, "pipedrive", "bob", enabled=False)
+    assert text() == [("hubspot", "ann")]
+    uninstall(stack, "hubspot")
+    assert text() == []
+    install(stack, "salesforce", "cy")
+    install(stack, "pipedrive", "dee")  # enabled again, with new settings
+    assert text() == [("pipedrive", "dee"), ("salesforce", "cy")]
+    install(stack, "hubspot", "eve")  # reinstalled after its removal: built anew
+    assert text() == [("hubspot", "eve"), ("pipedrive", "dee"), ("salesforce", "cy")]
