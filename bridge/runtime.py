@@ -29,7 +29,7 @@ from core import connector_state
 from core.config import Config
 from core.conversation import ConversationJob, FollowUpJob
 from core.crm import Capability, Remote
-from core.db import make_engine, require_migrated, session_factory, transaction
+from core.db import READ_ONLY, make_engine, reading, require_migrated, session_factory, transaction
 from core.errors import ConfigError, RateLimited
 from core.escalation import SlaJob
 from core.models import ConnectorInstall, utcnow
@@ -178,9 +178,9 @@ class Connectors:
         bind = self.factory.kw.get("bind")
         if isinstance(bind, Engine):
             with bind.connect() as conn:
-                yield conn
+                yield conn.execution_options(**READ_ONLY)
             return
-        with self.factory() as session:
+        with reading(self.factory) as session:
             yield session.connection()
 
     def find_contacts(
@@ -245,7 +245,7 @@ class Connectors:
     def resolve(self, business_id: str, connector_id: str) -> Connector:
         # Only the install's stamp per push (no ORM load of its config and secrets): most find the
         # connector built already.
-        with self.factory() as session:
+        with reading(self.factory) as session:
             stamp = session.connection().execute(_stamp_of(), {"b": business_id, "c": connector_id}).scalar()
         return self._built(business_id, connector_id, stamp)
 

@@ -19,6 +19,9 @@ from core.errors import ConfigError, NotMigratedError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 15000
+# Execution options of a transaction that only reads. On SQLite it begins DEFERRED: in WAL mode a
+# reader never waits for the write lock, which every other transaction takes up front.
+READ_ONLY: dict[str, Any] = {"textback_read_only": True}
 
 
 def normalise_url(url: str) -> str:
@@ -70,9 +73,12 @@ def _tune_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # Every transaction takes the write lock up front: a read that later upgrades to a write
-        # is what makes SQLite answer SQLITE_BUSY despite the busy timeout.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Every transaction that may write takes the write lock up front: a read that later upgrades
+        # to a write is what makes SQLite answer SQLITE_BUSY despite the busy timeout.
+        if conn.get_execution_options().get("textback_read_only"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -83,6 +89,18 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any exception."""
     with factory() as session, session.begin():
+        yield session
+
+
+@contextlib.contextmanager
+def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose transaction only reads: on SQLite it does not queue for the write lock.
+
+    A write inside it fails on SQLite (the deferred transaction cannot upgrade while another
+    connection writes), so only pure reads belong here.
+    """
+    with factory() as session:
+        session.connection(execution_options=READ_ONLY)
         yield session
 
 

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import connector_state, outbox, sync_batch
 from core.config import Config
 from core.crm import ActivityData, Capability, ContactData, DealData, NewRecord, Remote, TaskData
-from core.db import transaction
+from core.db import reading, transaction
 from core.errors import AuthError, JobError, RateLimited, TransientError
 from core.leads import documents
 from core.models import ConnectorInstall, ConnectorState, SyncLedger, utcnow
@@ -224,7 +224,7 @@ class SyncJob:
         return pushed
 
     def _prepare_group(self, business_id: str, connector_id: str, group: list[Job]) -> int:
-        with self.factory() as session:
+        with reading(self.factory) as session:
             install = _target(session, business_id, connector_id)
             if install is None or not install.enabled or _paused(install):
                 return 0
@@ -354,7 +354,7 @@ class SyncJob:
 
     def _push(self, job: Job) -> dict[str, Any]:
         business_id, connector_id = job.business_id or "", job.target
-        with self.factory() as session:
+        with reading(self.factory) as session:
             # The install and the pause first, in one small read: a deferred job reads nothing else.
             install = _target(session, business_id, connector_id)
             if install is None or not install.enabled:
@@ -530,7 +530,7 @@ class _Run:
     def _ledger(self, key: str) -> Row[Any] | None:
         """The ledger row under ``key`` (remote_id, remote_url, intent_at), read afresh each time."""
         params = {"lead_id": self.lead["id"], "connector_id": self.cid, "key": key}
-        with self.factory() as session:
+        with reading(self.factory) as session:
             return session.connection().execute(_statements().ledger, params).first()
 
     def _save(self, key: str, remote: Remote | None, intent: bool = False) -> None:
