@@ -84,6 +84,22 @@ def sms_summary(results: list[Result], sent_at: dict[str, float]) -> dict[str, A
     return _latency_block(values, (50, 99))
 
 
+def sms_by_second(results: list[Result], sent_at: dict[str, float]) -> list[list[float | None]]:
+    """Per second of the step: [second, calls, SMS p50 ms, SMS max ms], to see when a tail happens."""
+    start = min((r.missed_at for r in results if r.missed_at), default=0.0)
+    buckets: dict[int, list[float]] = {}
+    for r in results:
+        if not r.missed_at:
+            continue
+        at = sent_at.get(r.caller)
+        value = INF if at is None or r.error else max(0.0, at - r.missed_at)
+        buckets.setdefault(int(r.missed_at - start), []).append(value)
+    return [
+        [second, len(values), ms(pct(values, 50)), ms(pct(values, 100))]
+        for second, values in sorted(buckets.items())
+    ]
+
+
 def _strings(value: Any) -> Iterable[str]:
     if isinstance(value, str):
         yield value

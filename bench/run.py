@@ -237,6 +237,7 @@ def run_textback_cell(args: argparse.Namespace, db: str, workers: int) -> dict[s
             "webhooks": analyze.webhook_summary(results),
             "sms": analyze.sms_summary(results, sms_at),
             "trend": analyze.trend(results, sms_at),
+            "sms_by_second": analyze.sms_by_second(results, sms_at),
             "crm": {},
         }
         for c, log in crm.items():
