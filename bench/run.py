@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from bench import analyze
 from bench.load import Result, Signer, make_calls, run_phase
 from bench.stack import (
@@ -155,6 +157,7 @@ def run_textback_cell(args: argparse.Namespace, db: str, workers: int) -> dict[s
         "worker_batch_size": args.batch_size,
         "worker_poll_interval": args.poll_interval,
         "worker_nice": args.worker_nice,
+        "crm_sync": args.crm_sync,
         "mode": args.mode,
         "crm": args.crm,
         "crm_latency_ms": args.crm_latency_ms,
@@ -166,7 +169,7 @@ def run_textback_cell(args: argparse.Namespace, db: str, workers: int) -> dict[s
     stack = TextbackStack(
         workdir, db, workers, args.outbox_workers, args.crm, args.crm_latency_ms, mode=args.mode,
         threads=args.threads, poll_interval=args.poll_interval, batch_size=args.batch_size,
-        businesses=args.businesses, worker_nice=args.worker_nice,
+        businesses=args.businesses, worker_nice=args.worker_nice, crm_sync=args.crm_sync,
     )  # fmt: skip
     phases: list[Phase] = []
     warmup: list[Result] = []
@@ -484,6 +487,17 @@ def ratios(ours: dict[str, Any], naive: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def sync_settings(text: str) -> dict[str, Any]:
+    """``key=value,...`` with YAML values (``false``, ``15``), as in a connector's ``sync:`` block."""
+    out: dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"{item!r} is not key=value")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def rates(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
@@ -497,6 +511,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--outbox-workers", type=int, default=2, help="`textback worker` processes (0: the bridge alone)")
     add("--batch-size", type=int, default=None, help="worker.batch_size (default: the product's)")
     add("--poll-interval", type=float, default=None, help="worker.poll_interval (default: the product's)")
+    add(
+        "--crm-sync",
+        type=sync_settings,
+        default={},
+        help="the CRM install's sync settings, e.g. deal_on=first_reply,create_task=false "
+        "(default: the product's)",
+    )
     add("--worker-nice", type=int, default=0, help="run the outbox workers under `nice -n N` (0: not)")
     add("--rate", type=float, default=200.0, help="the webhook goal's rate, calls/s")
     add("--sms-rate", type=float, default=100.0, help="the SMS goal's rate, calls/s")

@@ -293,6 +293,7 @@ class TextbackStack:
         businesses: int = 1,
         log_level: str = "INFO",
         worker_nice: int = 0,
+        crm_sync: dict[str, Any] | None = None,
     ) -> None:
         from core.secrets import generate_key
 
@@ -310,6 +311,7 @@ class TextbackStack:
         self.businesses = businesses
         self.log_level = log_level
         self.worker_nice = worker_nice
+        self.crm_sync = crm_sync or {}
         self.procs = Processes(self.dir, env={"TEXTBACK_SECRET_KEY": generate_key()})
         self.config_path = self.dir / "textback.yaml"
         self.bridge: Proc | None = None
@@ -370,6 +372,8 @@ class TextbackStack:
             settings = emulators.sandbox_settings(crm, urls[crm])
             if settings is None:
                 raise RuntimeError(f"no sandbox settings for the {crm} connector")
+            if self.crm_sync:
+                settings["sync"] = {**(settings.get("sync") or {}), **self.crm_sync}
             path = self.dir / f"connector-{crm}.yaml"
             path.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
             path.chmod(0o600)
