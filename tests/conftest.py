@@ -15,7 +15,10 @@ from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.db import make_engine, session_factory, upgrade
 
 PG_ADMIN_URL = os.environ.get("TEXTBACK_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -55,6 +58,22 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_problem: str | Non
         with admin.connect() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """A migrated database on each backend (``db_url``), disposed after the test."""
+    eng = make_engine(db_url)
+    upgrade(eng)
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+
+
+@pytest.fixture
+def factory(engine: Engine) -> sessionmaker[Session]:
+    return session_factory(engine)
 
 
 ACCOUNT_SID = "AC" + "ab" * 16

@@ -5,34 +5,17 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import outbox
-from core.db import make_engine, session_factory, transaction, upgrade
+from core.db import transaction
 from core.errors import AuthError, RateLimited, Rejected, TransientError
 from core.models import OutboxJob, utcnow
 from core.outbox import Outbox
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    upgrade(eng)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
-
-
-@pytest.fixture
-def factory(engine: Engine) -> sessionmaker[Session]:
-    return session_factory(engine)
 
 
 def add(factory: sessionmaker[Session], key: str, ordering_key: str | None = None, **kw: Any) -> bool:

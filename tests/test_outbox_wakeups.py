@@ -18,28 +18,13 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import outbox
-from core.db import make_engine, session_factory, transaction, upgrade
+from core.db import make_engine, session_factory, transaction
 from core.errors import TransientError
 from core.models import utcnow
 from core.outbox import Deferred, Job, Outbox
 from core.worker import Worker
 
 POLL = 60.0  # longer than any deadline below
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    upgrade(eng)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
-
-
-@pytest.fixture
-def factory(engine: Engine) -> sessionmaker[Session]:
-    return session_factory(engine)
 
 
 @pytest.fixture

@@ -7,17 +7,16 @@ sync ledger records what a batch made and forgets only bare intents.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import connector_state, leads, sync, sync_batch
 from core.crm import Remote
-from core.db import make_engine, session_factory, transaction, upgrade
+from core.db import transaction
 from core.errors import RateLimited
 from core.models import (
     ConnectorInstall,
@@ -35,21 +34,6 @@ from core.outbox import Deferred, Job
 
 BUSINESS = "b1"
 T0 = datetime(2026, 3, 2, 15, 4, 5, 123456, tzinfo=UTC)
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    upgrade(eng)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
-
-
-@pytest.fixture
-def factory(engine: Engine) -> sessionmaker[Session]:
-    return session_factory(engine)
 
 
 def _lead(factory: sessionmaker[Session], lead_id: str = "L1", phone: str = "+13125550170") -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -18,26 +17,11 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import connector_state, outbox
-from core.db import make_engine, session_factory, transaction, upgrade
+from core.db import transaction
 from core.models import Message, OutboxJob, utcnow
 from core.outbox import Outbox
 from core.worker import Worker
 from tests.stack import Stack, outbox_jobs, settle
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    upgrade(eng)
-    try:
-        yield eng
-    finally:
-        eng.dispose()
-
-
-@pytest.fixture
-def factory(engine: Engine) -> sessionmaker[Session]:
-    return session_factory(engine)
 
 
 def add(factory: sessionmaker[Session], key: str, kind: str = "test.job", **kw: Any) -> None:
