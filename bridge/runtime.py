@@ -79,7 +79,11 @@ class Connectors:
         self.factory = factory
         self._cache: dict[tuple[str, str], _Cached] = {}
         # One lookup per job thread at once, or texts queue here behind each other's lookups.
-        self._pool = ThreadPoolExecutor(max_workers=max(4, lookup_threads), thread_name_prefix="crm-lookup")
+        threads = max(4, lookup_threads)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="crm-lookup")
+        # A lookup that outlives its text's budget keeps its thread until the CRM answers. When every
+        # thread is held so, the CRM is slow right now: a new text does not queue behind them.
+        self._free = threading.BoundedSemaphore(threads)
         self._lock = threading.Lock()
         self._box: SecretBox | None = None
         self._finders: dict[str, set[Capability]] = {}
@@ -158,7 +162,7 @@ class Connectors:
             return None
 
         try:
-            return self._pool.submit(look).result(timeout=budget)
+            return self._submit(look, budget)
         except FutureTimeout:
             return None
 
@@ -213,9 +217,28 @@ class Connectors:
         if not candidates:
             return nobody
         try:
-            return self._pool.submit(look).result(timeout=budget)
+            return self._submit(look, budget)
         except FutureTimeout:
             return nobody
+
+    def _submit(self, look: Callable[[], T], budget: float) -> T:
+        """``look()`` on a lookup thread within ``budget`` seconds; FutureTimeout when it cannot be."""
+        if not self._free.acquire(blocking=False):
+            log.info("caller lookup skipped: every lookup thread waits on a slow CRM")
+            raise FutureTimeout()
+
+        def run() -> T:
+            try:
+                return look()
+            finally:
+                self._free.release()
+
+        try:
+            future = self._pool.submit(run)
+        except BaseException:
+            self._free.release()
+            raise
+        return future.result(timeout=budget)
 
     def _ask(self, business_id: str, connector_id: str, stamp: Any, lookup: Callable[[Any], T]) -> T | None:
         """One CRM's answer to a caller lookup, or None: a CRM problem never holds up or fails a text."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -97,3 +98,44 @@ def test_each_text_asks_the_crms_installed_and_enabled_at_that_text(
     assert text() == [("pipedrive", "dee"), ("salesforce", "cy")]
     install(stack, "hubspot", "eve")  # reinstalled after its removal: built anew
     assert text() == [("hubspot", "eve"), ("pipedrive", "dee"), ("salesforce", "cy")]
+
+
+def test_a_text_does_not_queue_behind_lookups_a_slow_crm_still_holds(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lookups past their budget keep their threads; once all are held, the next text skips the CRM."""
+    release = threading.Event()
+    calls: list[str] = []
+
+    def load(connector_id: str) -> Any:
+        class Slow:
+            def __init__(self, _config: dict[str, Any], _context: Any) -> None:
+                pass
+
+            def find_contact(self, phone: str) -> Remote | None:
+                calls.append(phone)
+                release.wait(30)
+                return Remote("c1", None, "contact", name="Dana")
+
+        finds = [Capability.FIND_CONTACT]
+        return SimpleNamespace(manifest=SimpleNamespace(capabilities=finds, rate_limits=[]), cls=Slow)
+
+    monkeypatch.setattr(runtime.registry, "load", load)
+    connectors = runtime.Connectors(stack.config, stack.factory, lookup_threads=4)
+    connectors._box = SimpleNamespace(open=lambda _sealed: {})  # type: ignore[assignment]
+    business = stack.config.businesses[0].id
+    install(stack, "hubspot", "ann")
+    try:
+        for i in range(4):  # each gives up at once; its lookup keeps a thread while the CRM hangs
+            assert connectors.find_contact(business, f"+1312555010{i}", budget=0.01) is None
+        # Every thread is held: this text gets no answer, and its lookup never reaches the CRM.
+        assert connectors.find_contact(business, CALLER, budget=30) is None
+    finally:
+        release.set()
+        connectors._pool.shutdown(wait=True)
+    assert CALLER not in calls and len(calls) == 4
+    # The threads are free again: the next text asks the CRM and gets its answer.
+    connectors = runtime.Connectors(stack.config, stack.factory, lookup_threads=4)
+    connectors._box = SimpleNamespace(open=lambda _sealed: {})  # type: ignore[assignment]
+    found = connectors.find_contact(business, CALLER, budget=30)
+    assert found is not None and found[1].name == "Dana"
