@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import Connection
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import leads, outbox, texting
@@ -349,11 +350,16 @@ class SmsJob:
     def _lookup(self, phone: str) -> None:
         line_type = self.gateway.line_type(phone) or "unknown"
         with transaction(self.factory) as session:
-            row = session.get(LineType, phone)
-            if row is None:
-                session.add(LineType(phone=phone, line_type=line_type, checked_at=utcnow()))
-            else:
-                row.line_type, row.checked_at = line_type, utcnow()
+            # One statement: two workers that looked the same caller up (one of them past its lease)
+            # both store the answer instead of the second failing on the first one's row.
+            insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+            now = utcnow()
+            stmt = insert(LineType).values(phone=phone, line_type=line_type, checked_at=now)
+            session.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[LineType.phone], set_={"line_type": line_type, "checked_at": now}
+                )
+            )
 
     def _cancel(self, session: Session, message: Message, lead: Lead, reason: str) -> None:
         message.status = "canceled"
