@@ -27,6 +27,7 @@ from core.models import Lead, LineType, Message, utcnow
 from core.outbox import Deferred, Job
 from core.phones import mask
 from core.sending_statements import Statements, statements
+from core.sync import emit
 from core.worker import crash_point
 
 log = logging.getLogger("textback.sending")
@@ -65,20 +66,9 @@ def _advance(
     status: str, error_code: int | None, new: str, new_error: int | None = None
 ) -> tuple[str, int | None]:
     """texting.advance on plain values: the delivery state only moves forward."""
-    if status in texting.TERMINAL and new != "read":
-        return status, error_code
-    rank = texting.STATUS_RANK
-    if rank.get(new, -1) <= rank.get(status, -1) and status not in ("pending", "scheduled"):
+    if not texting.moves(status, new):
         return status, error_code
     return new, error_code if new_error is None else new_error
-
-
-def _renew(conn: Connection, st: Statements, job: Job, now: datetime) -> None:
-    """outbox.renew_in on the prebuilt statement: LeaseLost when another worker owns the job now."""
-    until = now + timedelta(seconds=job.lease_seconds)
-    params = {"job_id": job.id, "token": job.claim_token, "until": until, "at": now}
-    if conn.execute(st.renew, params).rowcount != 1:
-        raise outbox.LeaseLost(f"job {job.id}")
 
 
 class SmsJob:
@@ -116,7 +106,7 @@ class SmsJob:
         with transaction(self.factory) as session:
             conn = session.connection()
             st = statements(conn.dialect.name)
-            _renew(conn, st, job, now)
+            outbox.renew_in(session, job, now)
             row = conn.execute(
                 st.facts, {"message_id": message_id, "since": now - timedelta(hours=24)}
             ).one_or_none()
@@ -183,7 +173,7 @@ class SmsJob:
                 # only the lease holder records the caller's lookup and an attempt, and sends
                 # (LeaseLost rolls this back).
                 conn = session.connection()
-                _renew(conn, st, job, utcnow())
+                outbox.renew_in(session, job)
                 named = (
                     self._record_match(conn, st, business, message_id, row.lead_id, match)
                     if personalise
@@ -341,11 +331,7 @@ class SmsJob:
 
     def _cached_line_type(self, session: Session, phone: str) -> str | None:
         row = session.get(LineType, phone)
-        if row is None:
-            return None
-        if utcnow() - row.checked_at > timedelta(days=self.config.twilio.lookup_cache_days):
-            return None
-        return row.line_type
+        return self._fresh_line_type(row.line_type, row.checked_at) if row else None
 
     def _lookup(self, phone: str) -> None:
         line_type = self.gateway.line_type(phone) or "unknown"
@@ -379,9 +365,8 @@ class SmsJob:
             assert rows
             row = rows[0]
             status, error = _advance(row.status, row.error_code, sent.status or "queued")
-            known = [(r.known_status, r.known_error) for r in rows if r.known_status is not None]
-            if known:
-                best = max(known, key=lambda e: texting.STATUS_RANK.get(e[0], -1))
+            best = texting.furthest([(r.known_status, r.known_error) for r in rows if r.known_status])
+            if best is not None:
                 status, error = _advance(status, error, *best)
             conn.execute(
                 st.sent,
@@ -410,35 +395,8 @@ class SmsJob:
                         run_at=now + timedelta(hours=business.policy.follow_up_after_hours),
                     )
             if row.lead_found is not None and row.kind not in texting.STAFF_KINDS:
-                self._emit_texted(conn, st, row.business_id, row.lead_id, message_id)
-            owned = (
-                conn.execute(
-                    st.complete,
-                    {"job_id": job.id, "token": job.claim_token, "result": result, "at": utcnow()},
-                ).rowcount
-                == 1
-            )
-            return outbox.Finished(result, owned)
-
-    @staticmethod
-    def _emit_texted(
-        conn: Connection, st: Statements, business_id: str, lead_id: str, message_id: str
-    ) -> None:
-        """sync.emit(..., "texted", message_id, {"message_id": ...}) in one INSERT ... SELECT."""
-        result = conn.execute(
-            st.emit,
-            {
-                "business_id": business_id,
-                "lead_id": lead_id,
-                "dedupe_tail": f":{lead_id}:texted:{message_id}",
-                "ordering_head": f"crm:{business_id}:",
-                "ordering_tail": f":{lead_id}",
-                "payload": {"event": "texted", "ref": message_id, "data": {"message_id": message_id}},
-                "at": utcnow(),
-            },
-        )
-        if result.returns_rows:
-            result.all()
+                emit(session, row.business_id, row.lead_id, "texted", message_id, {"message_id": message_id})
+            return outbox.complete_in(session, job, result)
 
     def _rejected(self, message_id: str, exc: Rejected) -> None:
         code = (

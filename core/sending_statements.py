@@ -10,18 +10,16 @@ import functools
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, exists, func, literal, literal_column, select, update
+from sqlalchemy import Table, bindparam, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Select, Update
 
-from core import outbox, sync, texting
+from core import texting
 from core.models import (
-    ConnectorInstall,
     Lead,
     LineType,
     Message,
     MessageStatusEvent,
-    OutboxJob,
     Suppression,
     TimelineEntry,
 )
@@ -31,8 +29,6 @@ from core.models import (
 class Statements:
     """A text's SQL, built once per dialect: building statements per text cost more than running them."""
 
-    renew: Update
-    complete: Update
     facts: Select[Any]
     batch: Select[Any]
     stored: Select[Any]
@@ -44,7 +40,6 @@ class Statements:
     named: Update
     lead_name: Select[Any]
     entry: Any
-    emit: Any
 
 
 def _table(model: type[Any]) -> Table:
@@ -54,15 +49,10 @@ def _table(model: type[Any]) -> Table:
 @functools.cache
 def statements(dialect: str) -> Statements:
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    m, lead, jobs = _table(Message), _table(Lead), _table(OutboxJob)
+    m, lead = _table(Message), _table(Lead)
     stamp = m.c.updated_at.type
     at: Any = bindparam("at", type_=stamp)
     message_id: Any = bindparam("message_id")
-    guard = (
-        jobs.c.id == bindparam("job_id"),
-        jobs.c.claim_token == bindparam("token"),
-        jobs.c.status == "running",
-    )
     crm_matched = exists().where(
         _table(TimelineEntry).c.lead_id == m.c.lead_id, _table(TimelineEntry).c.type == "crm_match"
     )
@@ -148,62 +138,7 @@ def statements(dialect: str) -> Statements:
         .where(m.c.id == message_id)
     )
     lead_id: Any = bindparam("lead_id")
-    installs = _table(ConnectorInstall)
-    text_: Any = jobs.c.kind.type
-    # sync.emit's jobs, one per enabled connector, in one INSERT ... SELECT.
-    per_install = select(
-        literal("crm.sync", text_),
-        installs.c.connector_id,
-        literal("crm:", text_) + installs.c.connector_id + bindparam("dedupe_tail", type_=text_),
-        bindparam("ordering_head", type_=text_)
-        + installs.c.connector_id
-        + bindparam("ordering_tail", type_=text_),
-        installs.c.business_id,
-        bindparam("lead_id", type_=text_),
-        bindparam("payload", type_=jobs.c.payload.type),
-        literal("pending", text_),
-        literal(outbox.PRIORITIES.get("crm.sync", outbox.DEFAULT_PRIORITY), jobs.c.priority.type),
-        literal(0, jobs.c.attempts.type),
-        literal(sync.MAX_ATTEMPTS, jobs.c.max_attempts.type),
-        at,
-        at,
-        at,
-    ).where(installs.c.business_id == bindparam("business_id"), installs.c.enabled.is_(True))
-    job_columns = [
-        "kind",
-        "target",
-        "dedupe_key",
-        "ordering_key",
-        "business_id",
-        "lead_id",
-        "payload",
-        "status",
-        "priority",
-        "attempts",
-        "max_attempts",
-        "next_attempt_at",
-        "created_at",
-        "updated_at",
-    ]
-    emit: Any = (
-        insert(jobs)
-        .from_select(job_columns, per_install)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-    )
-    if dialect == "postgresql":
-        # As outbox.enqueue does for a job due now: the NOTIFY rides on the INSERT, per row that went in.
-        emit = emit.returning(jobs.c.id, literal_column(f"pg_notify('{outbox.CHANNEL}', 'job')"))
     return Statements(
-        renew=update(jobs).where(*guard).values(locked_until=bindparam("until", type_=stamp), updated_at=at),
-        complete=update(jobs)
-        .where(*guard)
-        .values(
-            status="done",
-            result=bindparam("result", type_=jobs.c.result.type),
-            finished_at=at,
-            locked_until=None,
-            updated_at=at,
-        ),
         facts=facts,
         batch=batch,
         stored=stored,
@@ -231,5 +166,4 @@ def statements(dialect: str) -> Statements:
         .values(name=bindparam("name"), updated_at=at),
         lead_name=select(lead.c.name).where(lead.c.id == lead_id),
         entry=insert(_table(TimelineEntry)),
-        emit=emit,
     )

@@ -217,13 +217,8 @@ class _StatusStatements:
 
 
 def _blocked(status: str) -> tuple[str, ...]:
-    """The stored statuses that ``status`` may not replace: :func:`advance`'s rule as a set."""
-    return tuple(
-        current
-        for current in STATUS_RANK
-        if current not in ("pending", "scheduled")
-        and ((current in TERMINAL and status != "read") or STATUS_RANK[status] <= STATUS_RANK[current])
-    )
+    """The stored statuses that ``status`` may not replace: :func:`moves` as a set."""
+    return tuple(current for current in STATUS_RANK if not moves(current, status))
 
 
 @functools.cache
@@ -347,15 +342,21 @@ def _apply_to_message(
         )
 
 
+def moves(current: str, status: str) -> bool:
+    """Whether ``status`` may replace ``current``: the delivery state only moves forward."""
+    if current in TERMINAL and status != "read":
+        return False
+    return STATUS_RANK.get(status, -1) > STATUS_RANK.get(current, -1) or current in ("pending", "scheduled")
+
+
+def furthest(events: list[tuple[str, int | None]]) -> tuple[str, int | None] | None:
+    """The furthest of (status, error code) pairs reported for one text, or None."""
+    return max(events, key=lambda e: STATUS_RANK.get(e[0], -1)) if events else None
+
+
 def advance(message: Message, status: str, error_code: int | None = None) -> None:
     """Move the delivery state forward only: a late 'sent' never overwrites 'delivered'."""
-    current = message.status
-    if current in TERMINAL and status != "read":
-        return
-    if STATUS_RANK.get(status, -1) <= STATUS_RANK.get(current, -1) and current not in (
-        "pending",
-        "scheduled",
-    ):
+    if not moves(message.status, status):
         return
     message.status = status
     if error_code is not None:
@@ -370,10 +371,7 @@ def furthest_known_status(session: Session, sid: str) -> tuple[str, int | None] 
             MessageStatusEvent.message_sid == sid
         )
     ).all()
-    if not events:
-        return None
-    best = max(events, key=lambda e: STATUS_RANK.get(e[0], -1))
-    return best[0], best[1]
+    return furthest([(status, code) for status, code in events])
 
 
 def mark_lead_texted(lead: Lead) -> None:
