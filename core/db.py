@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import select
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import ConfigError, NotMigratedError
@@ -53,10 +55,72 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     if parsed.get_backend_name() != "postgresql":
         raise ConfigError("database_url must be sqlite:///FILE or postgresql://...")
-    kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 5)
     kwargs.setdefault("max_overflow", 10)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        event.listen(engine, "checkout", _check_alive)
+    event.listen(engine, "rollback", _end_read_only)
+    return engine
+
+
+def _check_alive(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    """Replace a pooled connection the server closed (a restart, ``pg_terminate_backend``).
+
+    Instead of ``pool_pre_ping``'s ``SELECT 1`` round trip on every checkout (about a dozen per
+    missed call, each a transaction PostgreSQL runs), ask the socket: an idle connection has nothing
+    to read unless the server wrote to it, and a server that ends a session writes its FATAL message
+    and closes. Only then does the check talk to the server (a real ping, or a new connection). A
+    server that vanishes without closing the socket is noticed by the statement that fails on it,
+    as with a ping; SQLAlchemy then replaces every connection of the pool opened before.
+    """
+    pgconn = getattr(dbapi_conn, "pgconn", None)
+    if pgconn is None:
+        return
+    from psycopg import pq
+
+    if dbapi_conn.closed or dbapi_conn.broken:
+        raise DisconnectionError("the pooled connection is closed")
+    poller = select.poll()
+    poller.register(pgconn.socket, select.POLLIN | select.POLLERR | select.POLLHUP)
+    if not poller.poll(0):
+        return  # nothing from the server since the connection was last used: alive
+    try:
+        pgconn.consume_input()
+        alive = pgconn.status == pq.ConnStatus.OK and _ping(dbapi_conn)
+    except Exception:
+        alive = False
+    if not alive:
+        raise DisconnectionError("the server closed the pooled connection")
+
+
+def _ping(dbapi_conn: Any) -> bool:
+    autocommit = dbapi_conn.autocommit
+    dbapi_conn.autocommit = True
+    try:
+        dbapi_conn.execute("SELECT 1")
+    finally:
+        if not dbapi_conn.closed:
+            dbapi_conn.autocommit = autocommit
+    return True
+
+
+def _end_read_only(conn: Any) -> None:
+    """End a read-only transaction with COMMIT where SQLAlchemy would send ROLLBACK.
+
+    psycopg forgets every prepared statement of a connection at a ROLLBACK (and sends ``DEALLOCATE
+    ALL``), so the next statements on it are parsed and planned again until re-prepared. For a
+    transaction that only read, COMMIT does the same as ROLLBACK and keeps them; psycopg's rollback
+    then finds no transaction and sends nothing.
+    """
+    if conn.invalidated or not conn.get_execution_options().get("textback_read_only"):
+        return
+    from psycopg import pq
+
+    dbapi_conn = conn.connection.dbapi_connection
+    pgconn = getattr(dbapi_conn, "pgconn", None)
+    if pgconn is not None and pgconn.transaction_status == pq.TransactionStatus.INTRANS:  # no error
+        dbapi_conn.commit()
 
 
 def _tune_sqlite(engine: Engine) -> None:
