@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, and_, bindparam, delete, select
+from sqlalchemy import Row, Table, and_, bindparam, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import connector_state, outbox, sync_batch
@@ -29,7 +29,7 @@ from core.crm import ActivityData, Capability, ContactData, DealData, NewRecord,
 from core.db import reading, transaction
 from core.errors import AuthError, JobError, RateLimited, TransientError
 from core.leads import documents
-from core.models import ConnectorInstall, ConnectorState, SyncLedger, utcnow
+from core.models import ConnectorInstall, ConnectorState, OutboxJob, SyncLedger, utcnow
 from core.outbox import Deferred, Job
 from core.phones import national
 from core.worker import crash_point
@@ -42,13 +42,16 @@ EVENTS = ("missed_call", "texted", "replied", "qualified", "booked", "opted_out"
 # apart: 16 attempts span ~77 min); the outbox's default of 8 gives up after ~4 min.
 MAX_ATTEMPTS = 16
 
-# A missed call's push may wait this long at most for the lead's first text, checking every
-# FOLD_STEP_S, so a connector that folds the text into the call activity (``folds_first_text``)
-# spends one request on both rather than two. Off (0): measured on the 1 call/s bench, waiting
-# saved that request for every lone lead but pushed the CRM sync's median past its 2 s goal; the
-# text is still folded whenever it went out before the push.
-FOLD_WAIT_S = 0.0
+# A missed call's push waits for the outcome of the lead's first text (sent, failed or skipped) so
+# that a connector which folds the text into the call activity (``folds_first_text``) spends one
+# request on both instead of a note of its own. The text normally goes out ~150 ms after the call;
+# its "texted" event wakes the waiting push at once (``emit``), and the push looks again every
+# FOLD_STEP_S in case the text failed or was skipped (no event then). FOLD_WAIT_S after the text
+# was queued it stops waiting whatever happened to the text, so a text that never completes never
+# holds the call back longer (its note follows when it does go out).
+FOLD_WAIT_S = 2.0
 FOLD_STEP_S = 0.25
+FOLD_REASON = "waiting for the first text to go out"
 
 SYNC_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -72,10 +75,11 @@ SYNC_SCHEMA: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class SyncSettings:
-    deal_on: str = "missed_call"
+    # The lean defaults (docs/config.md): a deal when the caller answers the text, no call-back task.
+    deal_on: str = "first_reply"
     pipeline: str | None = None
     stages: dict[str, str | None] = field(default_factory=dict)
-    create_task: bool = True
+    create_task: bool = False
     task_sla_minutes: int = 15
     owner: str | None = None
     log_calls: bool = True
@@ -96,12 +100,14 @@ class _Statements:
     target: Any
     ledger: Any
     forget_contacts: Any
+    wake_folds: Any
 
 
 @functools.cache
 def _statements() -> _Statements:
     """The engine's reads, built once (Core: no ORM entity loads, no statement built per job)."""
     installs, state, ledger = _table(ConnectorInstall), _table(ConnectorState), _table(SyncLedger)
+    jobs = _table(OutboxJob)
     b: Any = bindparam("business_id")
     c: Any = bindparam("connector_id")
     # A job's connector: its install and its pause in one read, so a deferred job costs only this.
@@ -134,6 +140,17 @@ def _statements() -> _Statements:
             ledger.c.key == "contact",
             ledger.c.remote_id.is_(None),
         ),
+        # A missed call's push held for this lead's first text (see FOLD_WAIT_S): due now. Only a
+        # job deferred for that reason (a backoff or a pause keeps its own time).
+        wake_folds=update(jobs)
+        .where(
+            jobs.c.ordering_key.in_(bindparam("ordering_keys", expanding=True)),
+            jobs.c.status == "pending",
+            jobs.c.kind == "crm.sync",
+            jobs.c.last_error == FOLD_REASON,
+            jobs.c.next_attempt_at > bindparam("now", type_=jobs.c.updated_at.type),
+        )
+        .values(next_attempt_at=bindparam("now", type_=jobs.c.updated_at.type)),
     )
 
 
@@ -142,21 +159,32 @@ def emit(
 ) -> int:
     """Queue ``event`` for every enabled connector of the business. ``ref`` makes it idempotent."""
     assert event in EVENTS, event
-    installed = session.connection().execute(_statements().installed, {"business_id": business_id})
+    conn = session.connection()
+    installed = conn.execute(_statements().installed, {"business_id": business_id}).scalars().all()
     queued = 0
-    for connector_id in installed.scalars().all():
+    for connector_id in installed:
         queued += outbox.enqueue(
             session,
             kind="crm.sync",
             target=connector_id,
             dedupe_key=f"crm:{connector_id}:{lead_id}:{event}:{ref}",
-            ordering_key=f"crm:{business_id}:{connector_id}:{lead_id}",
+            ordering_key=_ordering_key(business_id, connector_id, lead_id),
             business_id=business_id,
             lead_id=lead_id,
             payload={"event": event, "ref": ref, "data": data or {}},
             max_attempts=MAX_ATTEMPTS,
         )
+    if event == "texted" and installed:
+        # A text went out: a missed call's push held for it goes now, and writes it in. This commit
+        # announces the "texted" job, which wakes a worker; the held push is ahead of it in order.
+        keys = [_ordering_key(business_id, c, lead_id) for c in installed]
+        conn.execute(_statements().wake_folds, {"ordering_keys": keys, "now": utcnow()})
     return queued
+
+
+def _ordering_key(business_id: str, connector_id: str, lead_id: str) -> str:
+    """One lead's pushes to one connector run one at a time, oldest first."""
+    return f"crm:{business_id}:{connector_id}:{lead_id}"
 
 
 Resolver = Callable[[str, str], Any]  # (business_id, connector_id) -> connector instance
@@ -183,8 +211,8 @@ class SyncJob:
         self._fresh: dict[tuple[str, str], tuple[Remote, str]] = {}
         # Ledger keys (lead, connector, key) whose records a batch call just created for those jobs.
         self._made: set[tuple[str, str, str]] = set()
-        # Jobs told to wait for their lead's first text when claimed (all wait, so they batch next).
-        self._waiting: dict[int, datetime] = {}  # job id -> when it comes back (the same for all)
+        # Jobs of a claim told to wait for their lead's first text (see ``prepare``).
+        self._waiting: dict[int, datetime] = {}  # job id -> when it comes back at the latest
         self._fresh_lock = threading.Lock()
 
     def prepare(self, jobs: list[Job]) -> int:
@@ -236,12 +264,13 @@ class SyncJob:
             for job in group
             if job.lead_id in leads_json
         ]
-        # A missed call whose first text is about to go out waits for it (see _Run.waits_for_text):
-        # all such jobs of this claim wait, so they come back together and batch then.
-        back = utcnow() + timedelta(seconds=FOLD_STEP_S)
-        waiting = {run.job.id for run in runs if run.waits_for_text()}
+        # A missed call whose first text has no outcome yet waits for it (see _Run.fold_until); the
+        # others of this claim are pushed together now.
+        # One clock for all, so the jobs that waited come back together and batch then.
+        now = utcnow()
+        waiting = {run.job.id: back for run in runs if (back := run.fold_until(now)) is not None}
         with self._fresh_lock:
-            self._waiting.update(dict.fromkeys(waiting, back))
+            self._waiting.update(waiting)
         runs = [run for run in runs if run.job.id not in waiting]
         by_lead = {run.lead["id"]: run for run in runs}
         pushed = self._push_contacts(connector_id, connector, [r for r in by_lead.values() if r.needs_push()])
@@ -374,10 +403,10 @@ class SyncJob:
         run.made_now = self.take_made(lead_json["id"], connector_id)
         with self._fresh_lock:
             back = self._waiting.pop(job.id, None)
-        if back is None and run.waits_for_text():
-            back = utcnow() + timedelta(seconds=FOLD_STEP_S)
+        if back is None:
+            back = run.fold_until()
         if back is not None:
-            raise Deferred(back, "waiting for the first text to go out")
+            raise Deferred(back, FOLD_REASON)
         try:
             result = run.apply(job.payload["event"], job.payload.get("data") or {})
         except RateLimited as exc:
@@ -482,22 +511,30 @@ class _Run:
         self.planner: sync_batch.Planner | None = None  # set while only working out what to create
         self.folds_texts = bool(getattr(connector, "folds_first_text", False)) and settings.log_messages
 
-    def waits_for_text(self) -> bool:
-        """A missed call whose first text is about to go out: pushed together, they cost one call."""
+    def fold_until(self, now: datetime | None = None) -> datetime | None:
+        """When to look again, if this missed call's push should wait for the lead's first text.
+
+        It waits while a first text due now has no outcome yet (not sent, failed or skipped), at
+        most until FOLD_WAIT_S after that text was queued: pushed together they cost one request.
+        """
         if self.job.payload.get("event") != "missed_call" or not self.folds_texts or not self.s.log_calls:
-            return False
-        if self._ledger(f"call:{(self.job.payload.get('data') or {}).get('call_sid', '')}") is not None:
-            return False
-        now = utcnow()
-        return any(
-            e.get("type") == "message"
+            return None
+        now = now or utcnow()
+        ends = [
+            _parse_at(e.get("at")) + timedelta(seconds=FOLD_WAIT_S)
+            for e in self.lead["timeline"]
+            if e.get("type") == "message"
             and e.get("direction") == "outbound"
             and e.get("kind") == "first_text"
             and not e.get("sid")
-            and e.get("status") == "pending"
-            and now - _parse_at(e.get("at")) < timedelta(seconds=FOLD_WAIT_S)
-            for e in self.lead["timeline"]
-        )
+            and e.get("status") == "pending"  # "scheduled" goes out later: no wait for it
+        ]
+        end = max((t for t in ends if t > now), default=None)
+        if end is None:
+            return None
+        if self._ledger(f"call:{(self.job.payload.get('data') or {}).get('call_sid', '')}") is not None:
+            return None  # a retry: the call was tried already, with whatever text it had
+        return min(end, now + timedelta(seconds=FOLD_STEP_S))
 
     def plan(self) -> list[tuple[str, NewRecord]]:
         """The records this job's event would create now, worked out without calling the CRM."""

@@ -115,6 +115,13 @@ def oauth_settings(url: str) -> dict[str, Any]:
     return {"api_base_url": url, **{k: SANDBOX_OAUTH[k] for k in OAUTH_KEYS}}
 
 
+def at_the_missed_call(url: str) -> dict[str, Any]:
+    """The sandbox with the pre-lean sync settings: a deal and a call-back task for every missed call."""
+    settings = sandbox.settings(url)
+    settings["sync"] = {**settings["sync"], "deal_on": "missed_call", "create_task": True}
+    return settings
+
+
 def install(stack: Stack, settings: dict[str, Any]) -> Any:
     path = stack.tmp_path / "hubspot.yaml"
     path.write_text(yaml.safe_dump(settings))
@@ -382,7 +389,7 @@ def test_oauth_without_a_token_store_refreshes_in_process(hub: Hub, caplog: pyte
 def test_missed_calls_land_once_linked_and_replays_change_nothing(
     stack: Stack, hub: Hub, secret_key: str
 ) -> None:
-    result = install(stack, sandbox.settings(hub.url))
+    result = install(stack, at_the_missed_call(hub.url))
     assert "ok: connected to HubSpot" in result.output
     caller = "+13125550142"
     stack.call(caller, "no-answer", voicemail_text="please call me back about the panel")
@@ -465,7 +472,7 @@ def test_missed_calls_land_once_linked_and_replays_change_nothing(
 
 
 def test_a_hubspot_outage_loses_nothing(stack: Stack, hub: Hub, secret_key: str) -> None:
-    install(stack, sandbox.settings(hub.url))
+    install(stack, at_the_missed_call(hub.url))
     # Down for a while: the caller lookup before the text and the first sync attempts all fail.
     hub.fault(path="/crm", status=503, body={"status": "error", "message": "unavailable"}, count=8)
     caller = "+13125550145"
@@ -487,7 +494,7 @@ def test_a_hubspot_outage_loses_nothing(stack: Stack, hub: Hub, secret_key: str)
 
 
 def test_a_429_pauses_the_connector_for_every_worker(stack: Stack, hub: Hub, secret_key: str) -> None:
-    install(stack, sandbox.settings(hub.url))
+    install(stack, at_the_missed_call(hub.url))
     hub.fault(
         path=paths.contacts_batch_upsert(),
         status=429,
@@ -576,7 +583,7 @@ def test_the_search_limit_binds_only_search_calls(stack: Stack, hub: Hub, secret
 
 def test_queued_leads_share_one_batch_upsert(stack: Stack, hub: Hub, secret_key: str) -> None:
     """Jobs that queued up together reach HubSpot as one batch call, not one call each."""
-    install(stack, sandbox.settings(hub.url))
+    install(stack, at_the_missed_call(hub.url))
     callers = [f"+1312555{n:04d}" for n in range(201, 206)]
     for caller in callers:  # no worker is running: the calls' jobs queue up
         stack.call(caller, "no-answer")
@@ -593,7 +600,7 @@ def test_queued_leads_share_one_batch_upsert(stack: Stack, hub: Hub, secret_key:
 def test_a_known_caller_gets_the_existing_customer_text_by_first_name(
     stack: Stack, hub: Hub, secret_key: str
 ) -> None:
-    install(stack, sandbox.settings(hub.url))
+    install(stack, at_the_missed_call(hub.url))
     caller = "+13125550231"
     hub.api(
         "POST",
@@ -645,11 +652,70 @@ def test_a_slow_crm_never_delays_the_first_text(stack: Stack, hub: Hub, secret_k
     assert any(e["type"] == "crm_match" and e["found"] is False for e in lead["timeline"])
 
 
+def test_a_lone_lead_takes_three_requests_with_the_default_settings(
+    stack: Stack, hub: Hub, secret_key: str
+) -> None:
+    """The product's defaults: the lookup, the contact and the call activity with the text in it."""
+    settings = sandbox.settings(hub.url)
+    assert not {"deal_on", "create_task"} & set(settings["sync"])  # the sandbox keeps the defaults
+    install(stack, settings)
+    caller = "+13125550233"
+    # The caller lookup answers slowly (within the text's 800 ms budget), so the missed call's push
+    # is claimed by another thread while the text is still on its way: it must wait for it.
+    for path in ("/crm/v3/objects/contacts/" + caller, "/crm/objects/2026-03/contacts/" + caller):
+        hub.fault(path=path, method="GET", delay_ms=500, count=1)
+    seen = len(hub.requests())
+    stop = threading.Event()
+    serving = threading.Thread(
+        target=stack.worker.serve, args=(stop,), kwargs={"threads": 2, "text_threads": 1}
+    )
+    serving.start()
+    try:
+        stack.call(caller, "no-answer")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            sync_jobs = jobs(stack)
+            if len(sync_jobs) >= 2 and all(j.status == "done" for j in sync_jobs):
+                break
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        serving.join(timeout=10)
+    assert [j.payload["event"] for j in jobs(stack)] == ["missed_call", "texted"]
+    assert all(j.status == "done" for j in jobs(stack))
+    made = hub.requests()[seen:]
+    assert [(r["method"], r["path"].split("?")[0]) for r in made] == [
+        ("GET", made[0]["path"].split("?")[0]),
+        ("POST", paths.contacts_batch_upsert()),
+        ("POST", "/crm/v3/objects/calls"),
+    ]
+    assert caller in made[0]["path"]
+    # The push waited for the text (the emulators' own clocks) and wrote it into the call activity.
+    twilio_log = requests.get(f"{stack.twilio_url}/_emulator/requests", timeout=5).json()["requests"]
+    [send] = [r for r in twilio_log if r["method"] == "POST" and r["path"].endswith("/Messages.json")]
+    assert made[1]["at"] >= send["at"]
+    state = hub.state()
+    assert by_type(state) == {"contacts": 1, "deals": 0, "calls": 1, "tasks": 0, "notes": 0}
+    [contact], [call] = hub.contacts(caller), state["calls"]
+    assert f"Texted back to {caller}" in call["properties"]["hs_call_body"]
+    assert hub.linked(state, "calls", call["id"], "contacts") == {contact["id"]: 194}
+
+    # The caller answers the text: an engaged lead, now a deal on the contact.
+    stack.inbound_sms(caller, "Yes please, can someone come tomorrow?")
+    settle_all(stack, lambda: len(hub.state()["deals"]) == 1 and all(j.status == "done" for j in jobs(stack)))
+    state = hub.state()
+    [deal] = state["deals"]
+    # Made at the reply ("new"), moved on as the conversation qualified them.
+    assert deal["properties"]["dealstage"] in ("appointmentscheduled", "qualifiedtobuy")
+    assert hub.linked(state, "deals", deal["id"], "contacts") == {contact["id"]: 3}
+    assert len(hub.contacts(caller)) == 1 and state["tasks"] == []
+
+
 # -- jobs claimed together: batch requests -----------------------------------------------------------
 
 
 def test_queued_leads_are_looked_up_and_created_in_batches(stack: Stack, hub: Hub, secret_key: str) -> None:
-    install(stack, sandbox.settings(hub.url))
+    install(stack, at_the_missed_call(hub.url))
     known = "+13125550190"
     hub.api("POST", "/crm/v3/objects/contacts", {"properties": {PHONE_PROP: known, "firstname": "Kim"}})
     callers = [f"+131255501{n:02d}" for n in range(91, 95)]
@@ -662,30 +728,30 @@ def test_queued_leads_are_looked_up_and_created_in_batches(stack: Stack, hub: Hu
     # One search looked up all five callers before their texts; no lookup one by one.
     assert made[objects + "contacts/search"] == 1
     assert not [m for m in made if m.startswith("GET /crm/v3/objects/contacts/")]
-    # Their deals, calls, tasks and (the "texted" events, claimed together later) notes were each
-    # made in one batch request: six requests for five leads.
-    for kind in ("deals", "calls", "tasks", "notes"):
+    # Their pushes waited for the texts (claimed with them), then their deals, calls (the texts
+    # written into them) and tasks were each made in one batch request: five requests for five leads.
+    for kind in ("deals", "calls", "tasks"):
         assert made[f"{objects}{kind}/batch/create"] == 1, made
         assert made[f"{objects}{kind}"] == 0, made
+    assert not [m for m in made if m.startswith("POST /crm/v3/objects/notes")], made
     assert made[objects + "contacts/batch/upsert"] == 1
     assert sum(made.values()) <= 3 * 5, made
     # The known caller got the existing-customer text with their name, and no deal.
     assert "Kim" in stack.sent(known)[0]["body"]
     state = hub.state()
-    assert by_type(state) == {"contacts": 5, "deals": 4, "calls": 5, "tasks": 5, "notes": 5}
+    assert by_type(state) == {"contacts": 5, "deals": 4, "calls": 5, "tasks": 5, "notes": 0}
     for caller in [known, *callers]:
         [contact] = hub.contacts(caller)
         cid = contact["id"]
         [call] = [c for c in state["calls"] if cid in hub.linked(state, "calls", c["id"], "contacts")]
         [task] = [t for t in state["tasks"] if cid in hub.linked(state, "tasks", t["id"], "contacts")]
-        [note] = [n for n in state["notes"] if cid in hub.linked(state, "notes", n["id"], "contacts")]
         assert call["properties"]["hs_call_status"] == "NO_ANSWER"
-        assert f"Text sent to {caller}" in note["properties"]["hs_note_body"]
+        assert f"Texted back to {caller}" in call["properties"]["hs_call_body"]
         deals = [d for d in state["deals"] if cid in hub.linked(state, "deals", d["id"], "contacts")]
         assert len(deals) == (0 if caller == known else 1)
-        for record, kind in ((call, "calls"), (task, "tasks"), (note, "notes")):
+        for record, kind in ((call, "calls"), (task, "tasks")):
             assert hub.linked(state, kind, record["id"], "deals") == (
-                {} if caller == known else {deals[0]["id"]: {"calls": 206, "tasks": 216, "notes": 214}[kind]}
+                {} if caller == known else {deals[0]["id"]: {"calls": 206, "tasks": 216}[kind]}
             )
     # Replaying every job's events changes nothing: the ledger knows every record.
     with stack.factory() as s:

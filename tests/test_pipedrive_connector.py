@@ -89,6 +89,11 @@ def persons_with(st: dict[str, Any], phone: str) -> list[dict[str, Any]]:
     return [p for p in st["persons"] if not p["is_deleted"] and any(x["value"] == phone for x in p["phones"])]
 
 
+def at_the_missed_call(url: str) -> dict[str, Any]:
+    """The sandbox's sync settings with a deal and a call-back task for every missed call."""
+    return {**sandbox.settings(url)["sync"], "deal_on": "missed_call", "create_task": True}
+
+
 def install(stack: Stack, url: str, **overrides: Any) -> Any:
     settings = {**sandbox.settings(url), **overrides}
     path = stack.tmp_path / "pipedrive.yaml"
@@ -161,7 +166,7 @@ def missed_call_records(url: str, phone: str) -> tuple[dict[str, Any], ...]:
 def test_missed_call_lands_once_linked_and_replays_change_nothing(
     stack: Stack, pd: str, secret_key: str
 ) -> None:
-    result = install(stack, pd)
+    result = install(stack, pd, sync=at_the_missed_call(pd))
     assert "ok: connected to Pipedrive as Emulator Owner" in result.output
     stack.call(CALLER, "no-answer", voicemail_text="please call me back about the panel")
     stack.drain()
@@ -210,8 +215,30 @@ def test_missed_call_lands_once_linked_and_replays_change_nothing(
     assert not any(r["path"].startswith(("/v1/persons", "/v1/deals", "/v1/activities")) for r in sent)
 
 
+def test_by_default_a_missed_call_makes_no_deal_or_task_and_a_reply_makes_the_deal(
+    stack: Stack, pd: str, secret_key: str
+) -> None:
+    sync_settings = {
+        k: v for k, v in sandbox.settings(pd)["sync"].items() if k not in ("deal_on", "create_task")
+    }
+    install(stack, pd, sync=sync_settings)  # the product's defaults, with the emulator's pipeline
+    stack.call(CALLER, "no-answer")
+    stack.drain()
+    st = state(pd)
+    [person] = persons_with(st, CALLER)
+    assert [c["person_id"] for c in st["call_logs"]] == [person["id"]]
+    assert [d for d in st["deals"] if not d["is_deleted"]] == []
+    assert [a for a in st["activities"] if not a["is_deleted"]] == []  # no call-back task
+    stack.inbound_sms(CALLER, "Yes please, can someone come tomorrow?")
+    run_until(stack, lambda: all(j.status == "done" for j in crm_jobs(stack)) and not stack.due_jobs())
+    st = state(pd)
+    [deal] = [d for d in st["deals"] if not d["is_deleted"]]
+    assert deal["person_id"] == person["id"] and deal["pipeline_id"] == 1
+    assert [a for a in st["activities"] if not a["is_deleted"]] == []
+
+
 def test_outage_loses_nothing(stack: Stack, pd: str, secret_key: str) -> None:
-    install(stack, pd)
+    install(stack, pd, sync=at_the_missed_call(pd))
     fault(pd, path="/api/v2", status=503, body={"success": False, "error": "unavailable"}, count=3)
     fault(pd, path="/v1/callLogs", status=503, body={"success": False, "error": "unavailable"}, count=2)
     stack.call(CALLER, "busy")
@@ -256,7 +283,7 @@ def test_rate_limit_pauses_the_connector_for_every_worker(stack: Stack, pd: str,
 
 
 def test_html_502_from_a_proxy_is_classified_and_retried(stack: Stack, pd: str, secret_key: str) -> None:
-    install(stack, pd)
+    install(stack, pd, sync=at_the_missed_call(pd))
     fault(
         pd,
         path="/api/v2/persons",
@@ -280,7 +307,7 @@ def test_html_502_from_a_proxy_is_classified_and_retried(stack: Stack, pd: str, 
 def test_oauth_refreshes_once_for_ten_workers_and_a_revoked_grant_pauses(
     stack: Stack, pd: str, secret_key: str
 ) -> None:
-    install(stack, pd, api_token=None, **SANDBOX_OAUTH)
+    install(stack, pd, api_token=None, sync=at_the_missed_call(pd), **SANDBOX_OAUTH)
     stack.call(CALLER, "no-answer")
     stack.drain()
     missed_call_records(pd, CALLER)

@@ -86,6 +86,11 @@ def connector(config: dict[str, Any], tokens: TokenStore | None = None, **contex
                                                         tokens=tokens, timeout=5, **context))
 
 
+def at_the_missed_call(url: str) -> dict[str, Any]:
+    """The sandbox's sync settings with a deal and a call-back task for every missed call."""
+    return {**sandbox.settings(url)["sync"], "deal_on": "missed_call", "create_task": True}
+
+
 def install(stack: Stack, url: str, **overrides: Any) -> Any:
     settings = {**sandbox.settings(url), **overrides}
     path = stack.tmp_path / "salesforce.yaml"
@@ -119,7 +124,7 @@ def pem_pair() -> tuple[str, str]:
 # -- through the real stack --------------------------------------------------------------------------
 def test_missed_call_is_one_lead_with_its_call_and_callback_tasks(stack: Stack, sf_url: str,
                                                                    secret_key: str) -> None:
-    result = install(stack, sf_url)
+    result = install(stack, sf_url, sync=at_the_missed_call(sf_url))
     assert "ok: connected to Salesforce" in result.output
     assert "deduplicated by upsert on Phone_E164__c" in result.output
     caller = "+13125550142"
@@ -160,7 +165,7 @@ def test_missed_call_is_one_lead_with_its_call_and_callback_tasks(stack: Stack, 
 
 
 def test_salesforce_outage_loses_nothing(stack: Stack, sf_url: str, secret_key: str) -> None:
-    install(stack, sf_url)
+    install(stack, sf_url, sync=at_the_missed_call(sf_url))
     fault(sf_url, path="/services/data/", status=503, count=3,
           body=[{"message": "Service unavailable", "errorCode": "SERVER_UNAVAILABLE"}])
     stack.call("+13125550143", "busy")
@@ -172,6 +177,7 @@ def test_salesforce_outage_loses_nothing(stack: Stack, sf_url: str, secret_key: 
     assert len(stack.sent("+13125550143")) == 1  # texts are unaffected by the CRM outage
 
 
+CONTACT_STAGES = {"new": "Prospecting", "qualified": "Qualification", "booked": "Value Proposition"}
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # nothing database-specific
 
 
@@ -179,8 +185,7 @@ SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # no
 def test_contact_mode_makes_contact_account_and_opportunity(stack: Stack, sf_url: str, secret_key: str
                                                             ) -> None:
     install(stack, sf_url, mode="contact",
-            sync={"deal_on": "missed_call", "stages": {"new": "Prospecting", "qualified": "Qualification",
-                                                      "booked": "Value Proposition"}})
+            sync={"deal_on": "missed_call", "create_task": True, "stages": CONTACT_STAGES})
     caller = "+13125550144"
     stack.call(caller, "no-answer")
     stack.drain()
@@ -200,6 +205,26 @@ def test_contact_mode_makes_contact_account_and_opportunity(stack: Stack, sf_url
     stack.drain()
     [moved] = state(sf_url)["Opportunity"]
     assert moved["StageName"] == "Value Proposition" and len(state(sf_url)["Contact"]) == 1
+
+
+def test_by_default_a_missed_call_makes_no_opportunity_or_task_and_a_reply_makes_one(
+        stack: Stack, sf_url: str, secret_key: str) -> None:
+    # The product's default sync settings (no deal_on, no create_task), in contact mode.
+    install(stack, sf_url, mode="contact",
+            sync={"stages": CONTACT_STAGES})
+    caller = "+13125550149"
+    stack.call(caller, "no-answer")
+    stack.drain()
+    org = state(sf_url)
+    [contact] = org["Contact"]
+    assert org["Opportunity"] == [] and [t for t in org["Task"] if t["Status"] == "Not Started"] == []
+    assert [t["WhoId"] for t in org["Task"] if t["TaskSubtype"] == "Call"] == [contact["Id"]]
+    stack.inbound_sms(caller, "Yes please, can someone come tomorrow?")
+    settle(stack, timeout=20)
+    org = state(sf_url)
+    [opp], [role] = org["Opportunity"], org["OpportunityContactRole"]
+    assert (role["OpportunityId"], role["ContactId"]) == (opp["Id"], contact["Id"])
+    assert [t for t in org["Task"] if t["Status"] == "Not Started"] == []
 
 
 @SQLITE_ONLY

@@ -11,8 +11,9 @@ def settings(emulator_url: str) -> dict[str, Any]:
     return {
         "access_token": SANDBOX_TOKEN,
         "api_base_url": emulator_url,
+        # The product's default sync settings (a deal at the first reply, no call-back task), with
+        # the emulator's pipeline stages.
         "sync": {
-            "deal_on": "missed_call",
             # The emulator's default "Sales Pipeline" stage ids (HubSpot's own defaults).
             "stages": {
                 "new": "appointmentscheduled",
