@@ -305,6 +305,40 @@ def test_unique_property_and_batch_upsert(hub: Hub) -> None:
     assert hub.state()["properties"]["contacts"] == ["phone_e164"]
 
 
+def test_unique_lookups_follow_updates_archives_and_resets(hub: Hub) -> None:
+    client = hub.client()
+    hub.unique_phone_property()
+    first = upsert(client, CALLER, email="Ana@Example.com").results[0]
+    assert upsert(client, CALLER, firstname="Ana").results[0].id == first.id  # now looked up by phone
+
+    # A value that moved to another number: the old number is free, the new one finds the contact.
+    moved_to = SimplePublicObjectInput(properties={"phone_e164": "+15550100001"})
+    client.crm.contacts.basic_api.update(first.id, moved_to)
+    moved = upsert(client, "+15550100001", lastname="Diaz").results[0]
+    assert moved.new is False and moved.id == first.id
+    fresh = upsert(client, CALLER).results[0]
+    assert fresh.new is True and fresh.id != first.id
+
+    # Email stays unique case-insensitively, also for a value written after the first lookup.
+    with pytest.raises(ContactsError) as taken:
+        client.crm.contacts.basic_api.create(contact_input(email="ana@example.COM"))
+    assert taken.value.status == 409 and first.id in body_of(taken.value)["message"]
+    got = hub.http("GET", f"/crm/v3/objects/contacts/{'ANA@example.com'}?idProperty=email")
+    assert got.status_code == 200 and got.json()["id"] == first.id
+
+    # An archived contact no longer holds its values; a cleared value is no longer found.
+    client.crm.contacts.basic_api.archive(first.id)
+    assert hub.http("GET", "/crm/v3/objects/contacts/ana@example.com?idProperty=email").status_code == 404
+    again = upsert(client, "+15550100001").results[0]
+    assert again.new is True and again.id != first.id
+    client.crm.contacts.basic_api.update(fresh.id, SimplePublicObjectInput(properties={"phone_e164": ""}))
+    assert upsert(client, CALLER).results[0].new is True
+
+    assert requests.post(f"{hub.url}/_emulator/reset", timeout=5).status_code == 200
+    hub.unique_phone_property()
+    assert upsert(client, "+15550100001").results[0].new is True  # forgotten with everything else
+
+
 def test_twenty_concurrent_upserts_make_one_contact(hub: Hub) -> None:
     hub.unique_phone_property()
     barrier = threading.Barrier(20)

@@ -7,7 +7,9 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
 import requests
@@ -240,6 +242,70 @@ def test_fail_code_numbers_end_failed_or_undelivered(emu: str, bridge: FakeBridg
     assert [(f["MessageStatus"], f.get("ErrorCode")) for f in got] == [("sent", None), (final, str(code))]
     fetched = wait_for(lambda: (m := client(emu).messages(msg.sid).fetch()).status == final and m)
     assert fetched.error_code == code
+
+
+class DroppingReceiver:
+    """A keep-alive HTTP/1.1 status-callback target that silently closes each connection after
+    ``per_connection`` requests, as a server timing out idle keep-alive connections does."""
+
+    def __init__(self, per_connection: int) -> None:
+        self.forms: list[dict[str, str]] = []
+        self.signed: list[bool] = []
+        self.connections = 0
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                self.served = 0
+                with lock:
+                    outer.connections += 1
+
+            def do_POST(self) -> None:
+                form = dict(parse_qsl(self.rfile.read(int(self.headers["Content-Length"])).decode()))
+                signature = self.headers["X-Twilio-Signature"]
+                ok = RequestValidator(AUTH_TOKEN).validate(outer.url, form, signature)
+                with lock:
+                    outer.forms.append(form)
+                    outer.signed.append(ok)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                self.served += 1
+                self.close_connection = self.served >= per_connection
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}/twilio/sms-status"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.mark.parametrize("per_connection", [1000, 1])
+def test_status_callbacks_keep_connections_alive_and_survive_dropped_ones(emu: str,
+                                                                           per_connection: int) -> None:
+    receiver = DroppingReceiver(per_connection)
+    try:
+        sids = []
+        for n in range(6):
+            sids.append(client(emu).messages.create(to=CALLER, from_=BUSINESS, body=f"hi {n}",
+                                                    status_callback=receiver.url).sid)
+            time.sleep(0.08)  # each message's callbacks are done before the next: one connection will do
+        wait_for(lambda: len(receiver.forms) >= 12)
+        assert all(receiver.signed)
+        for sid in sids:
+            statuses = [f["MessageStatus"] for f in receiver.forms if f["MessageSid"] == sid]
+            assert statuses == ["sent", "delivered"]
+        if per_connection > 12:
+            assert receiver.connections < 12  # kept alive, not one connection per callback
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()
 
 
 def test_status_callback_to_a_dead_bridge_is_swallowed(emu: str) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 
 @dataclass
@@ -190,15 +190,26 @@ class ServerThread:
         self.server.server_close()
 
 
+class _QuietHandler(WSGIRequestHandler):
+    """No access-log line per request: formatting and writing it cost the emulators as much CPU as
+    answering some requests, and ``/_emulator/requests`` already records every request."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
+def _server(app: Flask, host: str, port: int) -> BaseWSGIServer:
+    return make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
+
+
 def serve_in_thread(app: Flask, port: int = 0, host: str = "127.0.0.1") -> ServerThread:
     """Serve ``app`` threaded on ``host:port`` (0 picks a free port) and return the running server."""
-    server = make_server(host, port, app, threaded=True)
-    return ServerThread(server).start()
+    return ServerThread(_server(app, host, port)).start()
 
 
 def serve_foreground(app: Flask, host: str, port: int) -> None:
     """Serve ``app`` threaded in the foreground until Ctrl-C (the `textback emulator` commands)."""
-    server = make_server(host, port, app, threaded=True)
+    server = _server(app, host, port)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -101,6 +101,10 @@ class Store:
         # (from type, from id, to type, to id) -> [(category, type id)], stored in both directions
         self.links: dict[tuple[str, str, str, str], list[tuple[str, int]]] = {}
         self._next_id = 1001
+        # (type, property) -> value as find_by compares it -> ids of the objects holding it. Built on a
+        # property's first lookup, then kept up to date by every write: a scan of all objects per
+        # upsert and per unique check made each new lead cost more than the one before.
+        self._index: dict[tuple[str, str], dict[str, set[str]]] = {}
 
     # -- lookups ------------------------------------------------------------------------------------
     @staticmethod
@@ -128,12 +132,41 @@ class Store:
         return (otype.name == "contacts" and prop == "email") or bool(definition and definition.unique)
 
     def find_by(self, otype: ObjectType, prop: str, value: str) -> CrmObject | None:
-        fold = prop == "email"
-        for obj in self.live(otype):
-            stored = obj.properties.get(prop)
-            if stored is not None and (stored.lower() == value.lower() if fold else stored == value):
-                return obj
-        return None
+        """The oldest live object whose ``prop`` is ``value`` (case-insensitive for email)."""
+        ids = self._indexed(otype, prop).get(_index_key(prop, value))
+        if not ids:
+            return None
+        objects = self.objects[otype.name]
+        live = (objects[i] for i in ids if not objects[i].archived)
+        return min(live, key=lambda o: int(o.id), default=None)
+
+    def _indexed(self, otype: ObjectType, prop: str) -> dict[str, set[str]]:
+        index = self._index.get((otype.name, prop))
+        if index is None:
+            index = {}
+            for obj in self.objects[otype.name].values():
+                stored = obj.properties.get(prop)
+                if stored is not None:
+                    index.setdefault(_index_key(prop, stored), set()).add(obj.id)
+            self._index[(otype.name, prop)] = index
+        return index
+
+    def _indexed_values(self, obj: CrmObject) -> dict[str, str | None]:
+        return {prop: obj.properties.get(prop) for kind, prop in self._index if kind == obj.type.name}
+
+    def _reindex(self, obj: CrmObject, before: dict[str, str | None]) -> None:
+        for prop, old in before.items():
+            new = obj.properties.get(prop)
+            if new == old:
+                continue
+            index = self._index[(obj.type.name, prop)]
+            if old is not None:
+                key = _index_key(prop, old)
+                index[key].discard(obj.id)
+                if not index[key]:
+                    del index[key]
+            if new is not None:
+                index.setdefault(_index_key(prop, new), set()).add(obj.id)
 
     def get(self, otype: ObjectType, key: str, id_property: str | None = None) -> CrmObject:
         if id_property and id_property != "hs_object_id":
@@ -244,7 +277,10 @@ class Store:
                 raise ApiError(409, message, "CONFLICT")
 
     # -- writes ---------------------------------------------------------------------------------------
-    def _apply(self, obj: CrmObject, values: dict[str, str | None], moment: datetime) -> None:
+    def _apply(self, obj: CrmObject, values: dict[str, str | None], moment: datetime,
+               before: dict[str, str | None] | None = None) -> None:
+        if before is None:
+            before = self._indexed_values(obj)
         for name, value in values.items():
             if value is None:
                 obj.properties.pop(name, None)
@@ -254,6 +290,7 @@ class Store:
             _derive_contact(obj.properties)
         obj.updated = moment
         obj.properties[obj.type.modified_prop] = iso(moment)
+        self._reindex(obj, before)
         obj.remember(self.search_lag_s)
 
     def create(self, otype: ObjectType, values: dict[str, str | None]) -> CrmObject:
@@ -261,6 +298,7 @@ class Store:
         oid = str(self._next_id)
         self._next_id += 1
         obj = CrmObject(otype, oid, {}, moment, moment)
+        before = self._indexed_values(obj)  # all None: nothing of it is indexed yet
         base = {"hs_object_id": oid, otype.created_prop: iso(moment)}
         if otype.name == "contacts":
             base["lifecyclestage"] = "lead"  # what HubSpot sets on API-created contacts
@@ -268,7 +306,7 @@ class Store:
             base["pipeline"] = "default"
         obj.properties.update(base)
         self.objects[otype.name][oid] = obj
-        self._apply(obj, values, moment)
+        self._apply(obj, values, moment, before)
         return obj
 
     def update(self, obj: CrmObject, values: dict[str, str | None]) -> CrmObject:
@@ -396,6 +434,10 @@ class Store:
         if next_after is not None:
             answer["paging"] = {"next": {"after": str(next_after)}}
         return answer
+
+
+def _index_key(prop: str, value: str) -> str:
+    return value.lower() if prop == "email" else value
 
 
 def _not_unique(prop: str) -> ApiError:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -28,7 +27,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import phonenumbers
-import requests
 from flask import Response, jsonify, request
 
 from connectors.emulator.base import EmulatorApp, Hosted, serve_foreground
@@ -40,8 +38,9 @@ from connectors.twilio.emulator_calls import (
     parse_call,
     parse_inbound_sms,
     rfc2822,
-    signed_post,
 )
+from connectors.twilio.emulator_pool import POOL
+from connectors.twilio.emulator_webhooks import WebhookError, signed_post
 
 log = logging.getLogger(__name__)
 
@@ -302,37 +301,37 @@ class TwilioEmulator(Hosted):
             self.messages.append(message)
             payload = message.to_json()
             generation = self._generation
-        threading.Thread(
-            target=self._progress,
-            args=(message, number, generation),
-            daemon=True,
-            name=f"twilio-emulator-{message.sid}",
-        ).start()
+        self._progress(message, _plan(number), generation)
         return jsonify(payload), 201
 
-    def _progress(self, message: Message, number: dict[str, Any], generation: int) -> None:
-        """Move a message through sent → delivered/undelivered/failed, posting its status callback."""
-        plan: list[tuple[str, int | None]] = [("sent", None), ("delivered", None)]
-        if number.get("fail_code"):
-            fail = int(number["fail_code"])
-            final = number.get("fail_status") or ("undelivered" if fail in _UNDELIVERED_CODES else "failed")
-            plan[1] = (str(final), fail)
-        for status, code in plan:
-            with self.lock:
-                delay = self.status_delay_ms / 1000
-            time.sleep(delay)
-            with self.lock:
-                if generation != self._generation:
+    def _progress(self, message: Message, plan: list[tuple[str, int | None]], generation: int) -> None:
+        """Move ``message`` through the plan's statuses, each ``status_delay_ms`` after the previous
+        status callback was answered, posting each status callback (on a pooled thread)."""
+
+        def run() -> None:
+            for step in plan:
+                with self.lock:
+                    delay = self.status_delay_ms / 1000
+                time.sleep(delay)
+                if not self._advance(message, step, generation):
                     return
-                message.status = status
-                message.updated = datetime.now(UTC)
-                message.statuses.append(status)
-                if code is not None:
-                    message.error_code = code
-                    message.error_message = _error_text(code)
-                token = self.auth_token
-            if not message.status_callback:
-                continue
+
+        POOL.submit(run)
+
+    def _advance(self, message: Message, step: tuple[str, int | None], generation: int) -> bool:
+        """Apply one status and post its callback; False once a reset has forgotten the message."""
+        status, code = step
+        with self.lock:
+            if generation != self._generation:
+                return False
+            message.status = status
+            message.updated = datetime.now(UTC)
+            message.statuses.append(status)
+            if code is not None:
+                message.error_code = code
+                message.error_message = _error_text(code)
+            token = self.auth_token
+        if message.status_callback:
             params = {
                 "MessageSid": message.sid,
                 "SmsSid": message.sid,
@@ -349,8 +348,9 @@ class TwilioEmulator(Hosted):
                 params["ErrorCode"] = str(code)
             try:
                 signed_post(message.status_callback, params, token)
-            except requests.RequestException as exc:
+            except WebhookError as exc:
                 log.info("status callback for %s not delivered: %s", message.sid, exc)
+        return True
 
     def _fetch_message(self, account: str, sid: str) -> tuple[Response, int]:
         with self.lock:
@@ -500,7 +500,7 @@ class TwilioEmulator(Hosted):
         url = f"{bridge.rstrip('/')}/twilio/sms"
         try:
             response = signed_post(url, sms.params(account, message.sid), token)
-        except requests.RequestException as exc:
+        except WebhookError as exc:
             return jsonify({"message_sid": message.sid, "error": f"POST {url} failed: {exc}"}), 502
         return jsonify(
             {"message_sid": message.sid, "status": response.status_code, "response": response.text}
@@ -532,6 +532,15 @@ class TwilioEmulator(Hosted):
                 }
             )
         return jsonify(report), 200
+
+
+def _plan(number: dict[str, Any]) -> list[tuple[str, int | None]]:
+    """The statuses (and error codes) an accepted message moves through: sent, then delivered or not."""
+    if not number.get("fail_code"):
+        return [("sent", None), ("delivered", None)]
+    fail = int(number["fail_code"])
+    final = number.get("fail_status") or ("undelivered" if fail in _UNDELIVERED_CODES else "failed")
+    return [("sent", None), (str(final), fail)]
 
 
 def _matches(message: Message, filters: dict[str, str], checks: list[tuple[str, datetime, bool]]) -> bool:

@@ -20,14 +20,12 @@ from email.utils import format_datetime
 from typing import Any, NoReturn
 from urllib.parse import urljoin
 
-import requests
-from twilio.request_validator import RequestValidator
+from connectors.twilio.emulator_webhooks import WebhookError, signed_post
 
 API_VERSION = "2010-04-01"
 OUTCOMES = ("no-answer", "busy", "failed", "canceled", "completed", "voicemail")
 TALK_SECONDS = 30  # a bridged call lasts this long
 SCREEN_SECONDS = 5  # a child leg that answers but is not bridged (voicemail, declined screen)
-WEBHOOK_TIMEOUT = 15.0  # Twilio gives a webhook 15 s in total
 MAX_REQUESTS = 50  # per call; stops Redirect/Record loops
 _GSM = set(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿"
@@ -55,14 +53,6 @@ def num_segments(body: str) -> int:
         return 1 if units <= 160 else math.ceil(units / 153)
     units = len(body.encode("utf-16-le")) // 2
     return 1 if units <= 70 else math.ceil(units / 67)
-
-
-def signed_post(url: str, params: dict[str, str], auth_token: str,
-                timeout: float = WEBHOOK_TIMEOUT) -> requests.Response:
-    """POST ``params`` form-encoded to ``url`` with the signature Twilio would compute."""
-    signature = RequestValidator(auth_token).compute_signature(url, params)
-    headers = {"X-Twilio-Signature": signature, "User-Agent": "TwilioProxy/1.1 (textback emulator)"}
-    return requests.post(url, data=params, headers=headers, timeout=timeout)
 
 
 @dataclass
@@ -242,8 +232,8 @@ class CallDriver:
             return self._fail(step["error"])
         try:
             response = signed_post(url, params, self.auth_token)
-        except requests.RequestException as exc:
-            step["error"] = f"{type(exc).__name__}: {exc}"
+        except WebhookError as exc:
+            step["error"] = str(exc)
             return self._fail(f"POST {url} failed: {step['error']}")
         step["status"] = response.status_code
         step["twiml"] = response.text
