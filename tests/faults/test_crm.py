@@ -14,6 +14,7 @@ import time_machine
 from sqlalchemy import func, select
 
 from connectors.hubspot import mappers as hubspot_mappers
+from connectors.hubspot import sandbox as hubspot_sandbox
 from core import connector_state
 from core.models import Alert, Call, ConnectorState, OutboxJob
 from tests.conftest import BUSINESS_NUMBER
@@ -281,7 +282,9 @@ def test_12_twenty_concurrent_pushes_of_one_lead_make_one_record_in_each_crm(
         escalation={"business_hours_handoff": False},
     )
     world = make_world(http=True, businesses=[business], worker={"batch_size": 2})
-    world.add_crm("hubspot", rate_limit=None, search_rate_limit=None)
+    # A deal and a call-back task at the missed call (not the defaults), so each is pushed 20 times.
+    sync = {**hubspot_sandbox.settings("")["sync"], "deal_on": "missed_call", "create_task": True}
+    world.add_crm("hubspot", sync=sync, rate_limit=None, search_rate_limit=None)
     world.add_crm("salesforce")
     world.add_crm("pipedrive", burst_limit=None)
     world.add_crm("google_calendar")
