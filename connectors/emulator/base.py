@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from connectors.emulator.serving import Connections, KeepAliveHandler
 
 
 @dataclass
@@ -188,18 +190,15 @@ class ServerThread:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """No access-log line per request: formatting and writing it cost the emulators as much CPU as
-    answering some requests, and ``/_emulator/requests`` already records every request."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
+        connections = getattr(self.server, "connections", None)
+        if isinstance(connections, Connections):
+            connections.close_all()  # kept-alive clients must find the server gone, as before
 
 
 def _server(app: Flask, host: str, port: int) -> BaseWSGIServer:
-    return make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
+    server = make_server(host, port, app, threaded=True, request_handler=KeepAliveHandler)
+    server.connections = Connections()  # type: ignore[attr-defined]
+    return server
 
 
 def serve_in_thread(app: Flask, port: int = 0, host: str = "127.0.0.1") -> ServerThread:
