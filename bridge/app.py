@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import Flask, Response, g, jsonify, request
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import outbox
-from core.config import Config
+from core import logs, outbox
+from core.config import Business, Config
 from core.db import make_engine, require_migrated, session_factory
 
 log = logging.getLogger("textback.bridge")
@@ -27,10 +27,22 @@ class BridgeState:
     factory: sessionmaker[Session]
     insecure_dev: bool
 
+    # The called number of each webhook -> its business. Parsing a number costs more than most of
+    # a webhook's other steps, and the config (so the answer) is fixed for the state's lifetime.
+    numbers: dict[str, Business | None] = field(default_factory=dict)
+
     @property
     def tokens(self) -> list[str]:
         t = self.config.twilio
         return [tok for tok in (t.auth_token, t.secondary_auth_token) if tok]
+
+    def business_for_number(self, number: str) -> Business | None:
+        if number in self.numbers:
+            return self.numbers[number]
+        business = self.config.business_for_number(number)
+        if len(self.numbers) < 4096:  # a bounded cache: the To of a signed webhook is one of ours
+            self.numbers[number] = business
+        return business
 
 
 def state() -> BridgeState:
@@ -62,27 +74,40 @@ def create_app(config: Config, insecure_dev: bool = False, engine: Engine | None
 
     register_console(app, config)
 
+    from bridge import metrics
+
+    # One hook on each side of a request (request id, log context, timing, the request's log line
+    # and its metrics): Flask's per-hook dispatch is a real share of a webhook's CPU.
     @app.before_request
     def _start() -> None:
-        g.request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+        g.request_id = request_id
         g.started = time.perf_counter()
+        g.log_token = logs.bind(request_id=request_id)
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        rule = request.url_rule.rule if request.url_rule else None
+        request_id = g.get("request_id")
         log.info(
             "request",
             extra={
-                "request_id": g.get("request_id"),
-                "route": request.url_rule.rule if request.url_rule else request.path,
+                "request_id": request_id,
+                "route": rule or request.path,
                 "status": response.status_code,
-                "ms": round(elapsed, 2),
+                "ms": round(elapsed * 1000, 2),
             },
         )
-        response.headers["X-Request-Id"] = g.get("request_id", "")
+        metrics.observe(rule, elapsed, response.status_code)
+        response.headers["X-Request-Id"] = request_id or ""
         return response
 
-    from bridge import metrics
+    @app.teardown_request
+    def _unbind(_exc: BaseException | None) -> None:
+        token = g.pop("log_token", None)
+        if token is not None:
+            logs.unbind(token)
 
     metrics.init_app(app)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -28,7 +27,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import logs, outbox
+from core import outbox
 from core.outbox import Job
 from core.policy import Decision
 
@@ -158,35 +157,25 @@ def registry(factory: sessionmaker[Session] | None) -> CollectorRegistry:
 # -- the Flask side ---------------------------------------------------------------------------------
 
 
+def observe(rule: str | None, seconds: float, status_code: int) -> None:
+    """A request's timing (webhook routes) and what it decided, once its response is ready.
+
+    Called by the bridge's after-request hook (bridge.app), which also logs the request.
+    """
+    if rule and rule.startswith(WEBHOOK_PREFIXES):
+        WEBHOOK_SECONDS.labels(rule).observe(seconds)
+    if status_code < 400:
+        concluded = g.get("decision")
+        if concluded is not None:
+            decision(concluded)
+        status = g.get("sms_status")
+        if status is not None:
+            sms_status(*status)
+
+
 def init_app(app: Flask) -> None:
-    """``/metrics``, webhook timings, decision counts, and request ids on every log line."""
+    """``/metrics``; the per-request hooks are bridge.app's (see :func:`observe`)."""
     from bridge.app import state
-
-    @app.before_request
-    def _bind() -> None:
-        g.metrics_started = time.perf_counter()
-        g.log_token = logs.bind(request_id=g.get("request_id"))
-
-    @app.after_request
-    def _observe(response: Response) -> Response:
-        rule = request.url_rule.rule if request.url_rule else None
-        if rule and rule.startswith(WEBHOOK_PREFIXES):
-            started = g.get("metrics_started", time.perf_counter())
-            WEBHOOK_SECONDS.labels(rule).observe(time.perf_counter() - started)
-        if response.status_code < 400:
-            concluded = g.get("decision")
-            if concluded is not None:
-                decision(concluded)
-            status = g.get("sms_status")
-            if status is not None:
-                sms_status(*status)
-        return response
-
-    @app.teardown_request
-    def _unbind(_exc: BaseException | None) -> None:
-        token = g.pop("log_token", None)
-        if token is not None:
-            logs.unbind(token)
 
     @app.get("/metrics")
     def metrics() -> Response:

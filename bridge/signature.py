@@ -9,9 +9,9 @@ accepted. Like twilio's RequestValidator, the URL is tried with and without an e
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
-from collections.abc import Iterator
-from urllib.parse import ParseResult, urlparse
+from urllib.parse import urlparse
 
 from flask import Request
 from twilio.request_validator import RequestValidator, add_port, remove_port
@@ -59,20 +59,22 @@ def _form_signed(url: str, form: MultiDict[str, str], signature: str, tokens: li
     # Every value of every name, names and values sorted, duplicates once (as Twilio signs them).
     params = "".join(name + value for name in sorted(set(form)) for value in sorted(set(form.getlist(name))))
     expected = signature.encode()
-    for candidate in _variants(urlparse(url)):
+    keys = [token.encode() for token in tokens]
+    for candidate in _variants(url):
         message = (candidate + params).encode()
-        for token in tokens:
-            computed = base64.b64encode(hmac.digest(token.encode(), message, "sha1"))
+        for key in keys:
+            computed = base64.b64encode(hmac.digest(key, message, "sha1"))
             if hmac.compare_digest(computed, expected):
                 return True
     return False
 
 
-def _variants(parsed: ParseResult) -> Iterator[str]:
+# A voice webhook's URL is the same for every call, a status callback's differs only in its query:
+# parsing it and rebuilding both variants once per URL is enough.
+@functools.lru_cache(maxsize=1024)
+def _variants(url: str) -> tuple[str, str]:
     """The URL as requested first (Twilio signs what it requested), then with the port toggled."""
+    parsed = urlparse(url)
     if parsed.port:
-        yield add_port(parsed)
-        yield remove_port(parsed)
-    else:
-        yield remove_port(parsed)
-        yield add_port(parsed)
+        return add_port(parsed), remove_port(parsed)
+    return remove_port(parsed), add_port(parsed)

@@ -116,7 +116,7 @@ def sid_field(name: str, required: bool = True) -> str:
 
 
 def business_for(number: str) -> Business:
-    business = state().config.business_for_number(number)
+    business = state().business_for_number(number)
     if business is None:
         raise BadRequest(f"no business is configured for the number {mask(to_e164(number) or number)}", 404)
     return business

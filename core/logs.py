@@ -16,13 +16,12 @@ from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import Any
 
+from core.phones import _DIGIT_RUN as _PHONE_LIKE
 from core.phones import redact_numbers
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 _SECRET_KEYS = ("token", "secret", "password", "authorization", "body", "text")
 
-
-_mask_text = redact_numbers
 # Ids are not phone numbers even when they hold a run of digits (a UUID, a Twilio SID, a hex id
 # with a letter in it); masking those would make the lines useless for following a lead.
 _ID = re.compile(
@@ -31,11 +30,40 @@ _ID = re.compile(
 )
 
 
+# What a field's name says about its value, worked out once per name (log calls reuse a few).
+_SECRET, _ID_FIELD, _PLAIN = 0, 1, 2
+_kinds: dict[str, int] = {}
+
+
+def _kind(key: str) -> int:
+    kind = _kinds.get(key)
+    if kind is None:
+        lowered = key.lower()
+        if any(s in lowered for s in _SECRET_KEYS):
+            kind = _SECRET
+        elif key.endswith(("_id", "_sid")):
+            kind = _ID_FIELD
+        else:
+            kind = _PLAIN
+        if len(_kinds) < 4096:  # names come from the code's log calls; never grow without bound
+            _kinds[key] = kind
+    return kind
+
+
+def _mask_text(value: str) -> str:
+    # redact_numbers' own pattern, searched first: most values (ids, routes, reason codes) hold no
+    # candidate, and a search costs far less than a substitution with a callback.
+    if _PHONE_LIKE.search(value) is None:
+        return value
+    return redact_numbers(value)
+
+
 def _clean(key: str, value: Any) -> Any:
-    if any(s in key.lower() for s in _SECRET_KEYS):
+    kind = _kind(key)
+    if kind == _SECRET:
         return "***"
     if isinstance(value, str):
-        if key.endswith(("_id", "_sid")) and _ID.fullmatch(value):
+        if kind == _ID_FIELD and _ID.fullmatch(value):
             return value
         return _mask_text(value)
     if isinstance(value, (int, float, bool)) or value is None:
@@ -87,7 +115,10 @@ class JsonFormatter(logging.Formatter):
                 payload[key] = _clean(key, value)
         if record.exc_info and record.exc_info[0] is not None:
             payload["error"] = record.exc_info[0].__name__
-        return json.dumps(payload, default=str)
+        return _dumps(payload)
+
+
+_dumps = json.JSONEncoder(default=str).encode
 
 
 def setup(level: str = "INFO", stream: Any = None) -> None:
