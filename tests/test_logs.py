@@ -89,4 +89,5 @@ def test_the_context_adds_the_request_id_unless_the_call_passes_its_own(lines: i
     assert inside["request_id"] == "abcdef0123456789"
     assert own["request_id"] == "0000aaaa0000aaaa"
     assert "request_id" not in outside
-    assert inside["ts"].endswith("Z") and inside["level"] == "INFO" and inside["logger"] == "textback.test"
+    assert str(inside["ts"]).endswith("Z")
+    assert (inside["level"], inside["logger"]) == ("INFO", "textback.test")
