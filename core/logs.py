@@ -16,7 +16,7 @@ from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import Any
 
-from core.phones import _DIGIT_RUN as _PHONE_LIKE
+from core.phones import DIGIT_RUN as _PHONE_LIKE
 from core.phones import redact_numbers
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}

@@ -68,7 +68,7 @@ def national(e164: str) -> str:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
 
 
-_DIGIT_RUN = re.compile(r"\+?\d[\d\-\s().]{8,}\d")
+DIGIT_RUN = re.compile(r"\+?\d[\d\-\s().]{8,}\d")
 
 
 def redact_numbers(text: str) -> str:
@@ -80,4 +80,4 @@ def redact_numbers(text: str) -> str:
             return m.group(0)
         return "+" + "*" * (len(digits) - 2) + digits[-2:]
 
-    return _DIGIT_RUN.sub(repl, text)
+    return DIGIT_RUN.sub(repl, text)

@@ -52,6 +52,9 @@ MAX_ATTEMPTS = 16
 FOLD_WAIT_S = 2.0
 FOLD_STEP_S = 0.25
 FOLD_REASON = "waiting for the first text to go out"
+# Pushes of one claim that wait together come back together (and batch); a text's event does not
+# wake one of them alone, which would split the batch into one request per lead.
+FOLD_GROUP_REASON = "waiting with others for their first texts to go out"
 
 SYNC_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -212,7 +215,7 @@ class SyncJob:
         # Ledger keys (lead, connector, key) whose records a batch call just created for those jobs.
         self._made: set[tuple[str, str, str]] = set()
         # Jobs of a claim told to wait for their lead's first text (see ``prepare``).
-        self._waiting: dict[int, datetime] = {}  # job id -> when it comes back at the latest
+        self._waiting: dict[int, tuple[datetime, str]] = {}  # job id -> (when it comes back, why)
         self._fresh_lock = threading.Lock()
 
     def prepare(self, jobs: list[Job]) -> int:
@@ -270,7 +273,8 @@ class SyncJob:
         now = utcnow()
         waiting = {run.job.id: back for run in runs if (back := run.fold_until(now)) is not None}
         with self._fresh_lock:
-            self._waiting.update(waiting)
+            reason = FOLD_GROUP_REASON if len(waiting) > 1 else FOLD_REASON
+            self._waiting.update({job_id: (back, reason) for job_id, back in waiting.items()})
         runs = [run for run in runs if run.job.id not in waiting]
         by_lead = {run.lead["id"]: run for run in runs}
         pushed = self._push_contacts(connector_id, connector, [r for r in by_lead.values() if r.needs_push()])
@@ -402,11 +406,12 @@ class SyncJob:
         run.fresh = self.take_fresh(lead_json["id"], connector_id)
         run.made_now = self.take_made(lead_json["id"], connector_id)
         with self._fresh_lock:
-            back = self._waiting.pop(job.id, None)
-        if back is None:
-            back = run.fold_until()
-        if back is not None:
-            raise Deferred(back, FOLD_REASON)
+            held = self._waiting.pop(job.id, None)
+        if held is None:
+            alone = run.fold_until()
+            held = (alone, FOLD_REASON) if alone is not None else None
+        if held is not None:
+            raise Deferred(*held)
         try:
             result = run.apply(job.payload["event"], job.payload.get("data") or {})
         except RateLimited as exc:
