@@ -54,6 +54,9 @@ class KeepAliveHandler(WSGIRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # The status line and headers, then the body, go out as separate writes: on a kept-alive
+        # connection Nagle's algorithm holds the body until the client's delayed ACK (~40 ms).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         tracked = getattr(self.server, "connections", None)
         if isinstance(tracked, Connections):
             tracked.add(self.connection)
