@@ -12,10 +12,11 @@ then one batch create per record type (core.sync_batch), with the same intents a
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -52,6 +53,7 @@ MAX_ATTEMPTS = 16
 FOLD_WAIT_S = 2.0
 FOLD_STEP_S = 0.25
 FOLD_REASON = "waiting for the first text to go out"
+HELD_MEMORY = 10_000  # job ids of pushes already held once, per process
 # Pushes of one claim that wait together come back together (and batch); a text's event does not
 # wake one of them alone, which would split the batch into one request per lead.
 FOLD_GROUP_REASON = "waiting with others for their first texts to go out"
@@ -216,7 +218,16 @@ class SyncJob:
         self._made: set[tuple[str, str, str]] = set()
         # Jobs of a claim told to wait for their lead's first text (see ``prepare``).
         self._waiting: dict[int, tuple[datetime, str]] = {}  # job id -> (when it comes back, why)
+        # Jobs this process held once already: a push waits for its text at most once here, so a
+        # slow text under load costs one more claim of the push, not one every FOLD_STEP_S.
+        self._held: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._fresh_lock = threading.Lock()
+
+    def _remember_held(self, job_ids: Iterable[int]) -> None:
+        for job_id in job_ids:
+            self._held[job_id] = None
+        while len(self._held) > HELD_MEMORY:
+            self._held.popitem(last=False)
 
     def prepare(self, jobs: list[Job]) -> int:
         """Push the records of jobs claimed together in one batch call per connector and kind.
@@ -271,10 +282,14 @@ class SyncJob:
         # others of this claim are pushed together now.
         # One clock for all, so the jobs that waited come back together and batch then.
         now = utcnow()
-        waiting = {run.job.id: back for run in runs if (back := run.fold_until(now)) is not None}
         with self._fresh_lock:
-            reason = FOLD_GROUP_REASON if len(waiting) > 1 else FOLD_REASON
+            fresh = [run for run in runs if run.job.id not in self._held]
+        alone = len(fresh) == 1
+        waiting = {run.job.id: back for run in fresh if (back := run.fold_until(now, alone)) is not None}
+        with self._fresh_lock:
+            reason = FOLD_REASON if alone else FOLD_GROUP_REASON
             self._waiting.update({job_id: (back, reason) for job_id, back in waiting.items()})
+            self._remember_held(waiting)
         runs = [run for run in runs if run.job.id not in waiting]
         by_lead = {run.lead["id"]: run for run in runs}
         pushed = self._push_contacts(connector_id, connector, [r for r in by_lead.values() if r.needs_push()])
@@ -407,9 +422,13 @@ class SyncJob:
         run.made_now = self.take_made(lead_json["id"], connector_id)
         with self._fresh_lock:
             held = self._waiting.pop(job.id, None)
-        if held is None:
-            alone = run.fold_until()
-            held = (alone, FOLD_REASON) if alone is not None else None
+            first_hold = job.id not in self._held
+        if held is None and first_hold:
+            until = run.fold_until(alone=True)
+            if until is not None:
+                held = (until, FOLD_REASON)
+                with self._fresh_lock:
+                    self._remember_held([job.id])
         if held is not None:
             raise Deferred(*held)
         try:
@@ -516,11 +535,13 @@ class _Run:
         self.planner: sync_batch.Planner | None = None  # set while only working out what to create
         self.folds_texts = bool(getattr(connector, "folds_first_text", False)) and settings.log_messages
 
-    def fold_until(self, now: datetime | None = None) -> datetime | None:
+    def fold_until(self, now: datetime | None = None, alone: bool = True) -> datetime | None:
         """When to look again, if this missed call's push should wait for the lead's first text.
 
         It waits while a first text due now has no outcome yet (not sent, failed or skipped), at
         most until FOLD_WAIT_S after that text was queued: pushed together they cost one request.
+        A push waiting alone is woken by the text's "texted" event (``emit``); pushes claimed
+        together come back together after FOLD_STEP_S, so they still batch.
         """
         if self.job.payload.get("event") != "missed_call" or not self.folds_texts or not self.s.log_calls:
             return None
@@ -539,7 +560,7 @@ class _Run:
             return None
         if self._ledger(f"call:{(self.job.payload.get('data') or {}).get('call_sid', '')}") is not None:
             return None  # a retry: the call was tried already, with whatever text it had
-        return min(end, now + timedelta(seconds=FOLD_STEP_S))
+        return end if alone else min(end, now + timedelta(seconds=FOLD_STEP_S))
 
     def plan(self) -> list[tuple[str, NewRecord]]:
         """The records this job's event would create now, worked out without calling the CRM."""
