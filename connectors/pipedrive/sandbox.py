@@ -19,7 +19,6 @@ def settings(emulator_url: str) -> dict[str, Any]:
         "company_domain": COMPANY["domain"],
         "pipeline_id": SEED_PIPELINE["id"],
         "sync": {
-            "deal_on": "missed_call",
             "pipeline": str(SEED_PIPELINE["id"]),
             "stages": {"new": "1", "qualified": "3", "booked": "4"},
         },

@@ -21,7 +21,6 @@ def settings(emulator_url: str) -> dict[str, Any]:
         "domain": SANDBOX["domain"],
         "api_base_url": emulator_url,
         "sync": {
-            "deal_on": "missed_call",
             "stages": {"new": "Open - Not Contacted", "qualified": "Working - Contacted",
                        "booked": "Working - Contacted"},
         },
