@@ -28,7 +28,7 @@ from core.outbox import Deferred, Job
 from core.phones import mask
 from core.sending_statements import Statements, statements
 from core.sync import emit
-from core.worker import crash_point
+from core.worker import crash_point, pause_point
 
 log = logging.getLogger("textback.sending")
 
@@ -363,13 +363,15 @@ class SmsJob:
             # The message with its lead and any status callbacks that beat this commit (one row each).
             rows = conn.execute(st.stored, {"message_id": message_id, "sid": sent.sid}).all()
             assert rows
+            pause_point("sent_read", conn)  # test hook: a callback lands between the read and the write
             row = rows[0]
             status, error = _advance(row.status, row.error_code, sent.status or "queued")
             best = texting.furthest([(r.known_status, r.known_error) for r in rows if r.known_status])
             if best is not None:
                 status, error = _advance(status, error, *best)
+            # Guarded in SQL too (Statements.sent): a callback may commit between the read and here.
             conn.execute(
-                st.sent,
+                st.sent.get(status, st.sent_unranked),
                 {
                     "message_id": message_id,
                     "sid": sent.sid,

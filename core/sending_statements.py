@@ -10,7 +10,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, exists, func, select, update
+from sqlalchemy import Table, bindparam, case, exists, func, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Select, Update
 
@@ -35,7 +35,9 @@ class Statements:
     attempt: Update
     body: Update
     personalised: Update
-    sent: Update
+    # the status the worker computed -> the UPDATE that stores the sent text (see _sent)
+    sent: dict[str, Update]
+    sent_unranked: Update
     texted: Update
     named: Update
     lead_name: Select[Any]
@@ -44,6 +46,33 @@ class Statements:
 
 def _table(model: type[Any]) -> Table:
     return cast(Table, model.__table__)
+
+
+def _sent(m: Table, state: str | None) -> Update:
+    """Store the sid and the status the worker computed, which only moves forward.
+
+    The status test runs on the row being updated, not on the worker's earlier read: a status
+    callback that committed after that read (or that holds the row until this UPDATE re-reads it,
+    on PostgreSQL) is never overwritten by an older status. ``state`` None: a status outside
+    texting.STATUS_RANK, which replaces only a text not sent yet (texting.moves).
+    """
+    if state is None:
+        moves: Any = m.c.status.in_([literal_column("'pending'"), literal_column("'scheduled'")])
+    else:
+        # Literal values, as in texting's guarded UPDATEs: not an IN rendered anew per execution.
+        blocked = [c for c in texting.STATUS_RANK if not texting.moves(c, state)]
+        moves = m.c.status.not_in([literal_column(f"'{c}'") for c in blocked])
+    return (
+        update(m)
+        .where(m.c.id == bindparam("message_id"))
+        .values(
+            sid=bindparam("sid"),
+            sent_at=bindparam("sent_at", type_=m.c.sent_at.type),
+            status=case((moves, bindparam("state", type_=m.c.status.type)), else_=m.c.status),
+            error_code=case((moves, bindparam("error", type_=m.c.error_code.type)), else_=m.c.error_code),
+            updated_at=bindparam("at", type_=m.c.updated_at.type),
+        )
+    )
 
 
 @functools.cache
@@ -149,15 +178,8 @@ def statements(dialect: str) -> Statements:
         personalised=update(m)
         .where(m.c.id == message_id)
         .values(body=bindparam("text"), attempt_started_at=bindparam("started", type_=stamp), updated_at=at),
-        sent=update(m)
-        .where(m.c.id == message_id)
-        .values(
-            sid=bindparam("sid"),
-            sent_at=bindparam("sent_at", type_=stamp),
-            status=bindparam("state"),
-            error_code=bindparam("error"),
-            updated_at=at,
-        ),
+        sent={state: _sent(m, state) for state in texting.STATUS_RANK},
+        sent_unranked=_sent(m, None),
         texted=update(lead)
         .where(lead.c.id == lead_id, lead.c.status.in_(("new", "scheduled")))
         .values(status="texted", updated_at=at),

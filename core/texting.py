@@ -32,6 +32,7 @@ from core.config import Business
 from core.hours import is_open, next_send_time
 from core.models import Lead, Message, MessageStatusEvent, Suppression, utcnow
 from core.phones import time_zones
+from core.worker import pause_point
 
 # Twilio error codes that end a send for good and mark the number.
 PERMANENT_CODES: dict[int, str] = {
@@ -321,14 +322,25 @@ def apply_status(
 def _apply_to_message(
     session: Session, message_id: str | None, sid: str, status: str, error_code: int | None
 ) -> None:
-    """The general path of a recorded callback, through the ORM."""
+    """The general path of a recorded callback, through the ORM.
+
+    The text is read FOR UPDATE (PostgreSQL; SQLite's writers are serialised already): a worker
+    committing the sent text after a plain read would otherwise be overwritten by this callback's
+    write, computed from the older row (a late 'sent' over the 'delivered' the worker stored).
+    """
     message = None
     if message_id:
-        message = session.get(Message, message_id)
+        message = session.get(Message, message_id, with_for_update=True, populate_existing=True)
     if message is None:
-        message = session.scalars(select(Message).where(Message.sid == sid)).first()
+        message = session.scalars(
+            select(Message)
+            .where(Message.sid == sid)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).first()
     if message is None:
         return  # kept in message_status_events; applied when the worker stores the sid
+    pause_point("status_read", session.connection())  # test hook: the worker commits in between
     if message.sid is None:
         message.sid = sid
     advance(message, status, error_code)

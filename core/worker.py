@@ -15,13 +15,17 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from core import logs
 from core.errors import JobError, TransientError
 from core.outbox import TEXT_PRIORITY, Deferred, Finished, Job, LeaseLost, Outbox
 from core.wakeup import Waker
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 log = logging.getLogger("textback.worker")
 
@@ -45,6 +49,35 @@ def crash_point(name: str) -> None:
         return
     if random.random() < float(os.environ.get("TEXTBACK_CRASH_PROBABILITY", "1")):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+# A point in a transaction -> what a test runs there (see pausing); empty outside tests.
+_PAUSES: dict[str, Callable[[Connection], None]] = {}
+PAUSE_POINTS = ("sent_read", "status_read")
+
+
+def pause_point(name: str, conn: Connection) -> None:
+    """Test hook: inert (one dict lookup) unless a test registered ``name`` with :func:`pausing`.
+
+    Given the transaction's connection, a test runs a competing transaction at an exact point
+    (a status callback between the worker's read and write of a sent text, say) instead of
+    sleeping and hoping the race happens.
+    """
+    hook = _PAUSES.get(name)
+    if hook is not None:
+        hook(conn)
+
+
+@contextmanager
+def pausing(name: str, hook: Callable[[Connection], None]) -> Iterator[None]:
+    """Run ``hook`` at every :func:`pause_point` called ``name`` while the block runs (tests only)."""
+    if name not in PAUSE_POINTS:
+        raise ValueError(f"no pause point {name!r}")
+    _PAUSES[name] = hook
+    try:
+        yield
+    finally:
+        _PAUSES.pop(name, None)
 
 
 class Worker:
