@@ -274,6 +274,7 @@ def conclude_new(
         now=now,
         from_number=to or business.numbers[0],
         delay_seconds=business.policy.send_delay_seconds,
+        planned=(send_after, message_status),
     )
     if message is None:
         if new_lead:  # it was stored as texted: put it back as get_or_create leaves it

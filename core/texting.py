@@ -162,13 +162,18 @@ def enqueue_text(
     from_number: str | None = None,
     delay_seconds: float = 0.0,
     to_number: str | None = None,
+    planned: tuple[datetime, str] | None = None,
 ) -> dict[str, Any] | None:
     """Queue the send job for a text; the ``messages`` row values for the caller to store.
 
-    None when a text with this dedupe key was already queued (store nothing then).
+    ``planned``: what :func:`planned_status` answered for this business, phone, kind, ``now`` and
+    ``delay_seconds``, when the caller needed it first (it costs a phone number parse for a new
+    caller). None when a text with this dedupe key was already queued (store nothing then).
     """
+    if planned is not None and now is None:
+        raise ValueError("planned needs the now it was computed for")
     now = now or utcnow()
-    send_at, status = planned_status(business, phone, kind, now, delay_seconds)
+    send_at, status = planned or planned_status(business, phone, kind, now, delay_seconds)
     values: dict[str, Any] = {
         "id": str(uuid.uuid4()),
         "lead_id": lead_id,
