@@ -87,6 +87,9 @@ class TimelineEntry(Base):
 
 class Call(Base):
     __tablename__ = "calls"
+    # Every missed call counts the caller's recent misses (the repeat-caller escalation): without
+    # this the count scans the whole table, a cost that grows with every call ever taken.
+    __table_args__ = (Index("ix_calls_caller", "business_id", "from_number", "started_at"),)
 
     call_sid: Mapped[str] = mapped_column(String(64), primary_key=True)
     business_id: Mapped[str] = mapped_column(String(64))
