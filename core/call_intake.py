@@ -251,16 +251,8 @@ def conclude_new(
             "decision": {"outcome": decision.outcome, "reason": decision.reason, "call_sid": call.call_sid},
         },
     )
-    if row.has_connectors:
-        sync.emit(
-            session,
-            business.id,
-            lead_id,
-            "missed_call",
-            call.call_sid,
-            {"call_sid": call.call_sid, "repeat": repeat},
-        )
     if not (decision.texts and caller):
+        _emit_missed(session, business.id, lead_id, call.call_sid, repeat, row.has_connectors, False)
         return decision, lead_id, None
     assert send_after is not None
     message = texting.enqueue_text(
@@ -279,6 +271,7 @@ def conclude_new(
     if message is None:
         if new_lead:  # it was stored as texted: put it back as get_or_create leaves it
             conn.execute(st.untexted, {"lead_id": lead_id})
+        _emit_missed(session, business.id, lead_id, call.call_sid, repeat, row.has_connectors, False)
         return decision, lead_id, None
     conn.execute(st.insert_message, message)
     if not new_lead:
@@ -286,7 +279,24 @@ def conclude_new(
         if message["status"] == "scheduled" and status == "new":
             values["status"] = "scheduled"
         conn.execute(st.texted, values)
+    due = message["status"] == "pending"
+    _emit_missed(session, business.id, lead_id, call.call_sid, repeat, row.has_connectors, due)
     return decision, lead_id, message["id"]
+
+
+def _emit_missed(
+    session: Session,
+    business_id: str,
+    lead_id: str,
+    call_sid: str,
+    repeat: bool,
+    has_connectors: bool,
+    first_text_due: bool,
+) -> None:
+    """The missed call's CRM push, queued after its text: a text going now holds it (core.sync)."""
+    if has_connectors:
+        data = {"call_sid": call_sid, "repeat": repeat}
+        sync.emit(session, business_id, lead_id, "missed_call", call_sid, data, first_text_due=first_text_due)
 
 
 def _create_lead(

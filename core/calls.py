@@ -163,6 +163,7 @@ def conclude(
         )
 
     message_id = None
+    first_text_due = False
     if decision.texts and caller:
         lead, _created = leads.get_or_create(session, business.id, caller, source="missed_call")
     if lead is not None:
@@ -187,14 +188,6 @@ def conclude(
         session.execute(update(Call).where(Call.call_sid == call.call_sid).values(lead_id=lead.id))
         if not answered:
             _escalate_repeat_caller(session, business, lead, call, now)
-            sync.emit(
-                session,
-                business.id,
-                lead.id,
-                "missed_call",
-                call.call_sid,
-                {"call_sid": call.call_sid, "repeat": decision.reason == "cooldown"},
-            )
         if decision.texts:
             body = texting.first_text_body(business, lead, now)
             message = texting.queue_text(
@@ -210,9 +203,21 @@ def conclude(
             )
             if message is not None:
                 message_id = message.id
+                first_text_due = message.status == "pending"
                 lead.last_text_at = now
                 if message.status == "scheduled":
                     leads.set_status(lead, "scheduled", only_from=("new",))
+        if not answered:
+            # After the text: one going now holds the push until its outcome (core.sync.emit).
+            sync.emit(
+                session,
+                business.id,
+                lead.id,
+                "missed_call",
+                call.call_sid,
+                {"call_sid": call.call_sid, "repeat": decision.reason == "cooldown"},
+                first_text_due=first_text_due,
+            )
     return Concluded(decision, lead.id if lead else None, message_id, True)
 
 

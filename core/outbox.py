@@ -11,7 +11,8 @@ Jobs sharing an ``ordering_key`` (a lead and a target) run one at a time, oldest
 On PostgreSQL, queueing a job that is due now also sends ``NOTIFY textback_outbox`` (delivered at
 commit), so idle workers wake at once instead of at their next poll; a write that makes a job due
 later (a job queued for later, a retry, a deferral, an admin retry) sends ``due``, so idle workers
-re-read when the next job is due (see core.wakeup).
+re-read when the next job is due (see core.wakeup). A job queued for later may say why it waits
+(``reason``, kept in ``last_error`` as a deferral's is); :func:`wake` makes such jobs due now.
 
 The statements a worker runs for every job (claim, renew, complete, defer, fail, enqueue) are Core
 statements built once (see :func:`_statements`) and run on the session's connection: building an
@@ -112,8 +113,13 @@ def enqueue(
     payload: dict[str, Any] | None = None,
     run_at: datetime | None = None,
     max_attempts: int = 8,
+    reason: str | None = None,
 ) -> bool:
-    """Add a job inside the caller's transaction. Returns False when ``dedupe_key`` exists."""
+    """Add a job inside the caller's transaction. Returns False when ``dedupe_key`` exists.
+
+    ``reason``: why a job queued for later (``run_at``) waits, recorded as a deferral records it,
+    so :func:`wake` can make it due early.
+    """
     priority = PRIORITIES.get(kind, DEFAULT_PRIORITY)
     values = {
         "kind": kind,
@@ -131,6 +137,8 @@ def enqueue(
         "created_at": utcnow(),
         "updated_at": utcnow(),
     }
+    if reason is not None:
+        values["last_error"] = reason
     _autoflush(session)
     conn = session.connection()
     st = _statements(conn.dialect.name)
@@ -140,6 +148,24 @@ def enqueue(
     # PostgreSQL delivers it at commit: a woken worker always finds the job.
     lane = DUE if run_at is not None else "text" if priority <= TEXT_PRIORITY else "job"
     return conn.execute(st.enqueue_notify[lane], values).first() is not None
+
+
+def wake(session: Session, ordering_keys: list[str], reason: str) -> int:
+    """Make the pending jobs with these ordering keys that wait for ``reason`` due now.
+
+    In the caller's transaction: one UPDATE, which clears the reason (a job is woken once). On
+    PostgreSQL it announces the jobs as a new job due now does, so an idle worker wakes at its
+    commit; SQLite's probe sees the commit itself. Returns how many jobs it woke.
+    """
+    if not ordering_keys:
+        return 0
+    _autoflush(session)
+    conn = session.connection()
+    now = utcnow()
+    result = conn.execute(
+        _statements(conn.dialect.name).wake, {"ordering_keys": ordering_keys, "reason": reason, "at": now}
+    )
+    return _updated(result)
 
 
 def _autoflush(session: Session) -> None:
@@ -163,6 +189,7 @@ class _Statements:
     fail: Update
     pause: Select[Any]
     defer_siblings: Update
+    wake: Update
 
 
 @functools.cache
@@ -183,6 +210,19 @@ def _statements(dialect: str) -> _Statements:
             for lane in ("text", "job", DUE)
         }
         announce = (c.id, literal_column(f"pg_notify('{CHANNEL}', '{DUE}')"))
+    # Held jobs' own reason only: a job deferred for anything else (a backoff, a pause) keeps its time.
+    wake_held = (
+        update(jobs)
+        .where(
+            c.ordering_key.in_(bindparam("ordering_keys", expanding=True)),
+            c.status == "pending",
+            c.last_error == bindparam("reason"),
+        )
+        .values(next_attempt_at=at, last_error=None, updated_at=at)
+    )
+    if dialect == "postgresql":
+        # Due now, like a new job of the general lane (the text lane's jobs are never held).
+        wake_held = wake_held.returning(c.id, literal_column(f"pg_notify('{CHANNEL}', 'job')"))
     state = cast(Table, ConnectorState.__table__)
     wake: Any = bindparam("wake", type_=stamp)
     defer = (
@@ -237,6 +277,7 @@ def _statements(dialect: str) -> _Statements:
             c.next_attempt_at < wake,
         )
         .values(next_attempt_at=wake, updated_at=at),
+        wake=wake_held,
     )
 
 

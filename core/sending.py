@@ -27,7 +27,7 @@ from core.models import Lead, LineType, Message, utcnow
 from core.outbox import Deferred, Job
 from core.phones import mask
 from core.sending_statements import Statements, statements
-from core.sync import emit
+from core.sync import emit, release
 from core.worker import crash_point, pause_point
 
 log = logging.getLogger("textback.sending")
@@ -314,6 +314,7 @@ class SmsJob:
         sent_lead = session.get(Lead, message.lead_id)
         if sent_lead is not None and message.kind == "first_text":
             texting.mark_lead_texted(sent_lead)
+            release(session, message.business_id, sent_lead.id)  # its missed call's push goes now
         return {"sid": message.sid, "note": "already sent"}
 
     def _cancel_id(self, session: Session, message_id: str, reason: str) -> None:
@@ -350,8 +351,10 @@ class SmsJob:
     def _cancel(self, session: Session, message: Message, lead: Lead, reason: str) -> None:
         message.status = "canceled"
         leads.add_entry(session, lead.id, "decision", outcome="skip", reason=reason, message_id=message.id)
-        if message.kind == "first_text" and lead.status in ("new", "scheduled"):
-            leads.set_status(lead, "closed")
+        if message.kind == "first_text":
+            if lead.status in ("new", "scheduled"):
+                leads.set_status(lead, "closed")
+            release(session, lead.business_id, lead.id)  # its missed call's push need not wait
         message.updated_at = utcnow()
 
     def _store_sent(
@@ -430,5 +433,7 @@ class SmsJob:
                     reason=f"twilio_{code or 'rejected'}",
                     message_id=message.id,
                 )
-                if message.kind == "first_text" and lead.status in ("new", "scheduled"):
-                    leads.set_status(lead, "closed")
+                if message.kind == "first_text":
+                    if lead.status in ("new", "scheduled"):
+                        leads.set_status(lead, "closed")
+                    release(session, lead.business_id, lead.id)  # its missed call's push need not wait

@@ -12,16 +12,15 @@ then one batch create per record type (core.sync_batch), with the same intents a
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, and_, bindparam, delete, select, update
+from sqlalchemy import Row, Table, and_, bindparam, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import connector_state, outbox, sync_batch
@@ -30,7 +29,7 @@ from core.crm import ActivityData, Capability, ContactData, DealData, NewRecord,
 from core.db import reading, transaction
 from core.errors import AuthError, JobError, RateLimited, TransientError
 from core.leads import documents
-from core.models import ConnectorInstall, ConnectorState, OutboxJob, SyncLedger, utcnow
+from core.models import ConnectorInstall, ConnectorState, SyncLedger, utcnow
 from core.outbox import Deferred, Job
 from core.phones import national
 from core.worker import crash_point
@@ -45,18 +44,13 @@ MAX_ATTEMPTS = 16
 
 # A missed call's push waits for the outcome of the lead's first text (sent, failed or skipped) so
 # that a connector which folds the text into the call activity (``folds_first_text``) spends one
-# request on both instead of a note of its own. The text normally goes out ~150 ms after the call;
-# its "texted" event wakes the waiting push at once (``emit``), and the push looks again every
-# FOLD_STEP_S in case the text failed or was skipped (no event then). FOLD_WAIT_S after the text
-# was queued it stops waiting whatever happened to the text, so a text that never completes never
-# holds the call back longer (its note follows when it does go out).
+# request on both instead of a note of its own. The wait is decided when the call is stored: when
+# its first text is queued to go now, the push is queued FOLD_WAIT_S later, held for FOLD_REASON
+# (``emit``). The text's outcome makes it due at once (``release``: the "texted" event, a rejected
+# or skipped text); a text that never completes holds the call back no longer than FOLD_WAIT_S
+# (its note follows when it does go out).
 FOLD_WAIT_S = 2.0
-FOLD_STEP_S = 0.25
 FOLD_REASON = "waiting for the first text to go out"
-HELD_MEMORY = 10_000  # job ids of pushes already held once, per process
-# Pushes of one claim that wait together come back together (and batch); a text's event does not
-# wake one of them alone, which would split the batch into one request per lead.
-FOLD_GROUP_REASON = "waiting with others for their first texts to go out"
 
 SYNC_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -105,14 +99,12 @@ class _Statements:
     target: Any
     ledger: Any
     forget_contacts: Any
-    wake_folds: Any
 
 
 @functools.cache
 def _statements() -> _Statements:
     """The engine's reads, built once (Core: no ORM entity loads, no statement built per job)."""
     installs, state, ledger = _table(ConnectorInstall), _table(ConnectorState), _table(SyncLedger)
-    jobs = _table(OutboxJob)
     b: Any = bindparam("business_id")
     c: Any = bindparam("connector_id")
     # A job's connector: its install and its pause in one read, so a deferred job costs only this.
@@ -130,7 +122,7 @@ def _statements() -> _Statements:
         .where(installs.c.business_id == b, installs.c.connector_id == c)
     )
     return _Statements(
-        installed=select(installs.c.connector_id).where(
+        installed=select(installs.c.connector_id, installs.c.sync).where(
             installs.c.business_id == b, installs.c.enabled.is_(True)
         ),
         target=target,
@@ -145,29 +137,32 @@ def _statements() -> _Statements:
             ledger.c.key == "contact",
             ledger.c.remote_id.is_(None),
         ),
-        # A missed call's push held for this lead's first text (see FOLD_WAIT_S): due now. Only a
-        # job deferred for that reason (a backoff or a pause keeps its own time).
-        wake_folds=update(jobs)
-        .where(
-            jobs.c.ordering_key.in_(bindparam("ordering_keys", expanding=True)),
-            jobs.c.status == "pending",
-            jobs.c.kind == "crm.sync",
-            jobs.c.last_error == FOLD_REASON,
-            jobs.c.next_attempt_at > bindparam("now", type_=jobs.c.updated_at.type),
-        )
-        .values(next_attempt_at=bindparam("now", type_=jobs.c.updated_at.type)),
     )
 
 
 def emit(
-    session: Session, business_id: str, lead_id: str, event: str, ref: str, data: dict[str, Any] | None = None
+    session: Session,
+    business_id: str,
+    lead_id: str,
+    event: str,
+    ref: str,
+    data: dict[str, Any] | None = None,
+    *,
+    first_text_due: bool = False,
 ) -> int:
-    """Queue ``event`` for every enabled connector of the business. ``ref`` makes it idempotent."""
+    """Queue ``event`` for every enabled connector of the business. ``ref`` makes it idempotent.
+
+    ``first_text_due``: the lead's first text was queued to go now in this transaction. A missed
+    call's push then waits for it (see FOLD_WAIT_S) where the call is logged with the texts.
+    """
     assert event in EVENTS, event
     conn = session.connection()
-    installed = conn.execute(_statements().installed, {"business_id": business_id}).scalars().all()
+    installed = conn.execute(_statements().installed, {"business_id": business_id}).all()
+    hold = event == "missed_call" and first_text_due
+    until = utcnow() + timedelta(seconds=FOLD_WAIT_S) if hold else None
     queued = 0
-    for connector_id in installed:
+    for connector_id, sync in installed:
+        held = hold and _folds_texts(sync)
         queued += outbox.enqueue(
             session,
             kind="crm.sync",
@@ -178,13 +173,39 @@ def emit(
             lead_id=lead_id,
             payload={"event": event, "ref": ref, "data": data or {}},
             max_attempts=MAX_ATTEMPTS,
+            run_at=until if held else None,
+            reason=FOLD_REASON if held else None,
         )
     if event == "texted" and installed:
-        # A text went out: a missed call's push held for it goes now, and writes it in. This commit
-        # announces the "texted" job, which wakes a worker; the held push is ahead of it in order.
-        keys = [_ordering_key(business_id, c, lead_id) for c in installed]
-        conn.execute(_statements().wake_folds, {"ordering_keys": keys, "now": utcnow()})
+        # A text went out: a missed call's push held for it goes now, and writes it in. It is ahead
+        # of this "texted" push in order.
+        _wake(session, business_id, lead_id, [c for c, _ in installed])
     return queued
+
+
+def release(session: Session, business_id: str, lead_id: str) -> int:
+    """The lead's first text failed or was skipped: a missed call's push held for it goes now."""
+    conn = session.connection()
+    installed = conn.execute(_statements().installed, {"business_id": business_id}).scalars().all()
+    return _wake(session, business_id, lead_id, list(installed)) if installed else 0
+
+
+def _wake(session: Session, business_id: str, lead_id: str, connector_ids: list[str]) -> int:
+    keys = [_ordering_key(business_id, c, lead_id) for c in connector_ids]
+    return outbox.wake(session, keys, FOLD_REASON)
+
+
+def _folds_texts(sync: dict[str, Any] | None) -> bool:
+    """Whether these sync settings log the call with its texts, so its push should wait for them.
+
+    Whether the connector itself folds texts (``folds_first_text``) is known only to the worker,
+    which loads it: a connector that does not just waits for the same text.
+    """
+    settings = sync or {}
+    return bool(
+        settings.get("log_calls", SyncSettings.log_calls)
+        and settings.get("log_messages", SyncSettings.log_messages)
+    )
 
 
 def _ordering_key(business_id: str, connector_id: str, lead_id: str) -> str:
@@ -216,18 +237,7 @@ class SyncJob:
         self._fresh: dict[tuple[str, str], tuple[Remote, str]] = {}
         # Ledger keys (lead, connector, key) whose records a batch call just created for those jobs.
         self._made: set[tuple[str, str, str]] = set()
-        # Jobs of a claim told to wait for their lead's first text (see ``prepare``).
-        self._waiting: dict[int, tuple[datetime, str]] = {}  # job id -> (when it comes back, why)
-        # Jobs this process held once already: a push waits for its text at most once here, so a
-        # slow text under load costs one more claim of the push, not one every FOLD_STEP_S.
-        self._held: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._fresh_lock = threading.Lock()
-
-    def _remember_held(self, job_ids: Iterable[int]) -> None:
-        for job_id in job_ids:
-            self._held[job_id] = None
-        while len(self._held) > HELD_MEMORY:
-            self._held.popitem(last=False)
 
     def prepare(self, jobs: list[Job]) -> int:
         """Push the records of jobs claimed together in one batch call per connector and kind.
@@ -278,19 +288,6 @@ class SyncJob:
             for job in group
             if job.lead_id in leads_json
         ]
-        # A missed call whose first text has no outcome yet waits for it (see _Run.fold_until); the
-        # others of this claim are pushed together now.
-        # One clock for all, so the jobs that waited come back together and batch then.
-        now = utcnow()
-        with self._fresh_lock:
-            fresh = [run for run in runs if run.job.id not in self._held]
-        alone = len(fresh) == 1
-        waiting = {run.job.id: back for run in fresh if (back := run.fold_until(now, alone)) is not None}
-        with self._fresh_lock:
-            reason = FOLD_REASON if alone else FOLD_GROUP_REASON
-            self._waiting.update({job_id: (back, reason) for job_id, back in waiting.items()})
-            self._remember_held(waiting)
-        runs = [run for run in runs if run.job.id not in waiting]
         by_lead = {run.lead["id"]: run for run in runs}
         pushed = self._push_contacts(connector_id, connector, [r for r in by_lead.values() if r.needs_push()])
         if Capability.BATCH_CREATE in set(getattr(connector, "capabilities", set())):
@@ -420,17 +417,6 @@ class SyncJob:
         )
         run.fresh = self.take_fresh(lead_json["id"], connector_id)
         run.made_now = self.take_made(lead_json["id"], connector_id)
-        with self._fresh_lock:
-            held = self._waiting.pop(job.id, None)
-            first_hold = job.id not in self._held
-        if held is None and first_hold:
-            until = run.fold_until(alone=True)
-            if until is not None:
-                held = (until, FOLD_REASON)
-                with self._fresh_lock:
-                    self._remember_held([job.id])
-        if held is not None:
-            raise Deferred(*held)
         try:
             result = run.apply(job.payload["event"], job.payload.get("data") or {})
         except RateLimited as exc:
@@ -534,33 +520,6 @@ class _Run:
         self.folds: dict[str, list[str]] = {}
         self.planner: sync_batch.Planner | None = None  # set while only working out what to create
         self.folds_texts = bool(getattr(connector, "folds_first_text", False)) and settings.log_messages
-
-    def fold_until(self, now: datetime | None = None, alone: bool = True) -> datetime | None:
-        """When to look again, if this missed call's push should wait for the lead's first text.
-
-        It waits while a first text due now has no outcome yet (not sent, failed or skipped), at
-        most until FOLD_WAIT_S after that text was queued: pushed together they cost one request.
-        A push waiting alone is woken by the text's "texted" event (``emit``); pushes claimed
-        together come back together after FOLD_STEP_S, so they still batch.
-        """
-        if self.job.payload.get("event") != "missed_call" or not self.folds_texts or not self.s.log_calls:
-            return None
-        now = now or utcnow()
-        ends = [
-            _parse_at(e.get("at")) + timedelta(seconds=FOLD_WAIT_S)
-            for e in self.lead["timeline"]
-            if e.get("type") == "message"
-            and e.get("direction") == "outbound"
-            and e.get("kind") == "first_text"
-            and not e.get("sid")
-            and e.get("status") == "pending"  # "scheduled" goes out later: no wait for it
-        ]
-        end = max((t for t in ends if t > now), default=None)
-        if end is None:
-            return None
-        if self._ledger(f"call:{(self.job.payload.get('data') or {}).get('call_sid', '')}") is not None:
-            return None  # a retry: the call was tried already, with whatever text it had
-        return end if alone else min(end, now + timedelta(seconds=FOLD_STEP_S))
 
     def plan(self) -> list[tuple[str, NewRecord]]:
         """The records this job's event would create now, worked out without calling the CRM."""

@@ -300,6 +300,9 @@ def snapshot(factory: sessionmaker[Session], business_id: str) -> dict[str, Any]
                         j.max_attempts,
                         j.lead_id == (lead.id if lead else None),
                         sorted(j.payload),
+                        # A CRM push held for the first text, and why (both paths hold it alike).
+                        j.last_error,
+                        (j.next_attempt_at - j.created_at).total_seconds() > 1,
                     )
                     for j in s.scalars(select(OutboxJob).where(OutboxJob.business_id == business_id))
                 ),

@@ -28,11 +28,14 @@ from connectors.hubspot.connector import HubSpotConnector
 from connectors.hubspot.emulator import SANDBOX_OAUTH, SANDBOX_TOKEN, HubSpotEmulator
 from connectors.hubspot.kit import HubSpotKit
 from connectors.testing import conformance_suite
+from core import sync
 from core.connector_state import TokenStore
 from core.crm import ActivityData, ContactData, DealData, NewRecord, Remote, TaskData
 from core.errors import AuthError, ConnectorConfigError, RateLimited, Rejected, TransientError
 from core.models import Alert, ConnectorState, OutboxJob, utcnow
+from core.outbox import Job
 from core.secrets import generate_key
+from core.worker import Worker
 from tests.stack import Stack, stop_servers
 
 TestHubSpotConformance = conformance_suite(HubSpotKit())
@@ -709,6 +712,81 @@ def test_a_lone_lead_takes_three_requests_with_the_default_settings(
     assert deal["properties"]["dealstage"] in ("appointmentscheduled", "qualifiedtobuy")
     assert hub.linked(state, "deals", deal["id"], "contacts") == {contact["id"]: 3}
     assert len(hub.contacts(caller)) == 1 and state["tasks"] == []
+
+
+def test_a_lone_leads_push_is_held_when_the_call_is_stored_and_claimed_once(
+    stack: Stack, hub: Hub, secret_key: str
+) -> None:
+    """The wait for the first text is decided at the call: the push is claimed once, after the text."""
+    install(stack, sandbox.settings(hub.url))
+    caller = "+13125550235"
+    # A slow caller lookup keeps the text on its way while a general thread is idle.
+    for path in ("/crm/v3/objects/contacts/" + caller, "/crm/objects/2026-03/contacts/" + caller):
+        hub.fault(path=path, method="GET", delay_ms=500, count=1)
+    outcomes: list[tuple[int, str]] = []
+
+    def record(job: Job, outcome: str) -> None:
+        outcomes.append((job.id, outcome))
+
+    # The stack's own outbox and handlers, with an outcome hook that hears every claimed job's fate.
+    worker = Worker(stack.worker.outbox, stack.worker.handlers, on_outcome=record)
+    stop = threading.Event()
+    serving = threading.Thread(target=worker.serve, args=(stop,), kwargs={"threads": 2, "text_threads": 1})
+    stack.call(caller, "no-answer")
+    [push] = jobs(stack)
+    # Queued with the call, held for the text queued with it (no worker has seen it yet).
+    assert (push.payload["event"], push.status, push.last_error) == (
+        "missed_call",
+        "pending",
+        sync.FOLD_REASON,
+    )
+    assert (push.next_attempt_at - push.created_at).total_seconds() > sync.FOLD_WAIT_S / 2
+    serving.start()
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            sync_jobs = jobs(stack)
+            if len(sync_jobs) >= 2 and all(j.status == "done" for j in sync_jobs):
+                break
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        serving.join(timeout=10)
+    [push, texted] = jobs(stack)
+    [text] = jobs(stack, "sms.send")
+    assert [(push.status, texted.status, text.status)] == [("done", "done", "done")]
+    # Claimed once, never deferred; woken (its hold cleared) by the text's commit.
+    assert [o for job_id, o in outcomes if job_id == push.id] == ["done"]
+    assert push.attempts == 1 and push.last_error is None
+    assert text.finished_at is not None and push.next_attempt_at <= text.finished_at
+    [call] = hub.state()["calls"]
+    assert f"Texted back to {caller}" in call["properties"]["hs_call_body"]
+
+
+def test_a_lone_leads_push_goes_at_once_when_its_first_text_fails(
+    stack: Stack, hub: Hub, secret_key: str
+) -> None:
+    """A text Twilio refuses releases the missed call's push: it does not wait out its hold."""
+    install(stack, sandbox.settings(hub.url))
+    caller = "+13125550236"
+    resp = requests.post(
+        f"{stack.twilio_url}/_emulator/config", json={"numbers": {caller: {"reject_code": 21211}}}, timeout=5
+    )
+    assert resp.status_code == 200, resp.text
+    stack.call(caller, "no-answer")
+    [push] = jobs(stack)
+    assert (push.status, push.last_error) == ("pending", sync.FOLD_REASON)
+    # Runs only what is due: the push runs here only because the refusal made it due.
+    stack.drain()
+    [text] = jobs(stack, "sms.send")
+    [push] = jobs(stack)  # no "texted" push: nothing went out
+    assert (text.status, text.last_error_code) == ("dead", "21211")
+    assert (push.status, push.attempts, push.last_error) == ("done", 1, None)
+    # Woken in the transaction that recorded the refusal, before the text's job was closed.
+    assert text.finished_at is not None and push.next_attempt_at <= text.finished_at
+    state = hub.state()
+    assert by_type(state) == {"contacts": 1, "deals": 0, "calls": 1, "tasks": 0, "notes": 0}
+    assert "Texted back" not in state["calls"][0]["properties"]["hs_call_body"]
 
 
 # -- jobs claimed together: batch requests -----------------------------------------------------------

@@ -79,6 +79,30 @@ def test_a_job_queued_for_later_elsewhere_starts_once_due_while_workers_idle(
     assert started[0] >= due
 
 
+def test_a_held_job_woken_elsewhere_starts_at_once_while_workers_idle(
+    factory: sessionmaker[Session], elsewhere: sessionmaker[Session]
+) -> None:
+    """``outbox.wake`` makes a job held for its reason due now, and says so to idle workers."""
+    started: list[str] = []
+    worker = Worker(Outbox(factory, "w"), {"crm.sync": lambda j: started.append(j.target) or None}, POLL)
+    later = utcnow() + timedelta(seconds=POLL)  # past every deadline here: only a wake runs them
+    with transaction(elsewhere) as s:
+        for target, reason in (("held", "waiting for a text"), ("paused", "hubspot is paused")):
+            outbox.enqueue(s, kind="crm.sync", target=target, dedupe_key=target, run_at=later, reason=reason)
+    with Serving(worker):
+        with transaction(elsewhere) as s:
+            assert outbox.wake(s, ["held", "paused"], "waiting for a text") == 1
+        assert wait_for(lambda: started == ["held"]), started
+        with transaction(elsewhere) as s:
+            assert outbox.wake(s, ["held", "paused"], "waiting for a text") == 0  # woken once
+    with factory() as s:
+        jobs = {j.target: j for j in outbox.list_jobs(s)}
+    assert (jobs["held"].status, jobs["held"].last_error) == ("done", None)
+    # Held for another reason: it keeps its time and its reason.
+    assert (jobs["paused"].status, jobs["paused"].last_error) == ("pending", "hubspot is paused")
+    assert jobs["paused"].next_attempt_at > utcnow() + timedelta(seconds=POLL / 2)
+
+
 def test_retries_and_deferrals_run_again_once_due_while_workers_idle(factory: sessionmaker[Session]) -> None:
     runs: dict[str, int] = {}
 

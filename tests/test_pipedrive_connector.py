@@ -136,7 +136,7 @@ def tried(stack: Stack, phone: str | None = None) -> Any:
         lead = stack.lead(phone) if phone else None
         return any(
             j.payload["event"] == "missed_call"
-            and j.last_error is not None
+            and j.last_error not in (None, sync.FOLD_REASON)  # held for its text is not tried
             and (lead is None or j.lead_id == lead["id"])
             for j in crm_jobs(stack)
         )
