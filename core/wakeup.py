@@ -243,17 +243,24 @@ class Waker:
         return None
 
     def _new_jobs(self, conn: sqlite3.Connection, seen: int) -> int:
-        """Wake a thread per job queued since ``seen`` (the highest id seen); returns the new highest."""
+        """Wake a thread per job due now queued since ``seen`` (the highest id seen); returns the new highest.
+
+        A job queued for later (a missed call's push held for its text) wakes nobody: a thread woken
+        for it would only find nothing to claim, and the schedule, re-read after this commit, wakes
+        one when it is due.
+        """
         rows = conn.execute(
-            "SELECT id, priority FROM outbox_jobs WHERE id > ? ORDER BY id LIMIT 500", (seen,)
+            "SELECT id, priority, next_attempt_at FROM outbox_jobs WHERE id > ? ORDER BY id LIMIT 500",
+            (seen,),
         ).fetchall()
         if not rows:
             return seen
-        texts = sum(1 for _, priority in rows if priority <= TEXT_PRIORITY)
+        due = [priority for _, priority, at in rows if (seconds_until((at,)) or 0.0) <= 0]
+        texts = sum(1 for priority in due if priority <= TEXT_PRIORITY)
         if texts:
             self.notify("text", texts)
-        if len(rows) > texts:
-            self.notify("job", len(rows) - texts)
+        if len(due) > texts:
+            self.notify("job", len(due) - texts)
         return int(rows[-1][0])
 
     def _tick_only(self) -> None:

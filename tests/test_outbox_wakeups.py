@@ -133,3 +133,30 @@ def test_a_job_whose_worker_died_is_taken_over_when_its_lease_runs_out(
     with Serving(Worker(Outbox(factory, "w"), {"crm.sync": lambda j: done.append(j.attempts) or None}, POLL)):
         assert wait_for(lambda: done == [2]), done
     assert claimed.attempts == 1
+
+
+class CountingOutbox(Outbox):
+    """The real outbox, counting the claims its worker threads make."""
+
+    claims = 0
+
+    def claim(self, *args: Any, **kwargs: Any) -> list[Job]:
+        type(self).claims += 1
+        return super().claim(*args, **kwargs)
+
+
+def test_a_job_queued_for_later_wakes_no_thread_before_it_is_due(
+    factory: sessionmaker[Session], elsewhere: sessionmaker[Session]
+) -> None:
+    """A held push is queued for later with every missed call: waking a thread for it is a wasted claim."""
+    started: list[str] = []
+    box = CountingOutbox(factory, "w")
+    with Serving(Worker(box, {"crm.sync": lambda j: started.append(j.target) or None}, POLL)):
+        time.sleep(0.5)  # the threads' first claims are done; all of them wait on the waker
+        before = CountingOutbox.claims
+        add(elsewhere, "later", run_at=utcnow() + timedelta(seconds=POLL / 2))
+        time.sleep(1.5)  # the SQLite probe and PostgreSQL's LISTEN have seen the commit by now
+        assert CountingOutbox.claims == before
+        add(elsewhere, "now")
+        assert wait_for(lambda: started == ["hubspot"])  # a job due now still wakes a thread at once
+    assert CountingOutbox.claims > before
