@@ -399,6 +399,22 @@ def test_service_account_401_is_an_auth_error_and_the_next_call_mints_afresh(url
     assert state(url)["tokens_issued"]["jwt"] == 2
 
 
+def test_service_account_connectors_share_the_key_but_not_the_token(url: str) -> None:
+    first, second = connector(sa_config(url)), connector(sa_config(url))
+    for gc in (first, second, first, second):
+        assert gc.free_busy(NOW, NOW + timedelta(hours=1)) == []
+    assert state(url)["tokens_issued"]["jwt"] == 2  # one token per connector, each reused
+
+    # A damaged key under the same key id is read afresh (and refused), not served from memory.
+    info = service_account_info(url + "/token")
+    lines = info["private_key"].splitlines()
+    damaged = {**info, "private_key": "\n".join([*lines[:4], lines[-1]])}
+    broken = connector(sa_config(url, service_account_json=json.dumps(damaged)))
+    with pytest.raises(ConnectorConfigError, match="private key in service_account_json cannot be read"):
+        broken.free_busy(NOW, NOW + timedelta(hours=1))
+    assert state(url)["tokens_issued"]["jwt"] == 2
+
+
 def test_manifest_config_schema_accepts_both_auth_kinds() -> None:
     from connectors import manifest, registry
 

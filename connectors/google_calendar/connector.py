@@ -1,13 +1,15 @@
 """Google Calendar: free/busy for bookable slots, and bookings as events with deterministic ids.
 
-- The client is google-api-python-client with the Calendar discovery document it ships
-  (``static_discovery=True``): nothing is fetched at run time. Every call is ``execute(num_retries=0)``
-  because the outbox owns retries; httplib2 carries ``context.timeout``.
+- The client is google-api-python-client with the Calendar discovery document it ships: nothing is
+  fetched at run time, and the document is read and parsed once per process. Every call is
+  ``execute(num_retries=0)`` because the outbox owns retries; httplib2 carries ``context.timeout``.
 - Auth: a service account (optionally acting for a Workspace user through domain-wide delegation), or
-  OAuth user credentials. Tokens are minted by this module through google-auth's grant functions with
-  retries off. OAuth access tokens live in the shared :class:`~core.connector_state.TokenStore` so
-  that many workers refreshing at once cause one call to Google's token endpoint; a 401 refreshes
-  once (naming the rejected token) and replays the call once.
+  OAuth user credentials. Tokens are minted by this module through google-auth's grant functions
+  with retries off. A service account's private key is parsed once per process (the signer is
+  immutable, so connectors share it); its tokens stay per connector. OAuth access tokens live in the
+  shared :class:`~core.connector_state.TokenStore` so that many workers refreshing at once cause one
+  call to Google's token endpoint; a 401 refreshes once (naming the rejected token) and replays the
+  call once.
 - Bookings: the event id is base32hex of SHA-1 of the booking key, so a retried insert answers 409
   ``duplicate``, which counts as success (the existing event is returned).
 """
@@ -15,10 +17,12 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.client
 import json
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,8 +34,9 @@ from google.auth import credentials as google_credentials
 from google.auth import crypt, jwt
 from google.auth.exceptions import GoogleAuthError, RefreshError, TransportError
 from google.oauth2 import _client as oauth_client
+from googleapiclient import discovery_cache
 from googleapiclient import errors as api_errors
-from googleapiclient.discovery import build
+from googleapiclient.discovery import build_from_document, fix_method_name
 
 from connectors import http_errors
 from connectors import manifest as manifest_mod
@@ -58,6 +63,65 @@ Mint = Callable[[Any, "str | None"], "tuple[str, datetime | None]"]
 @functools.cache
 def _allowed_hosts() -> tuple[str, ...]:
     return manifest_mod.load(MANIFEST).allowed_hosts
+
+
+# Parsed private keys kept per process: a handful of businesses share a worker, so a small bound is
+# plenty, and an LRU keeps a rotated-away key from living forever.
+_SIGNER_CACHE_SIZE = 16
+_signers: OrderedDict[str, crypt.Signer] = OrderedDict()
+_signers_lock = threading.Lock()
+
+
+def _signer(info: Mapping[str, Any]) -> crypt.Signer:
+    """The key file's signer, parsed once per process (parsing and validating an RSA key costs ~50 ms).
+
+    A signer is immutable, so connectors and threads may share it; tokens are not shared (each
+    connector's credentials mint and hold their own). The cache is keyed by a digest of the key, so
+    it keeps no second copy of the key's text, and a changed key is parsed afresh. Parse failures are
+    not cached.
+    """
+    digest = hashlib.sha256(repr((info.get("private_key_id"), info.get("private_key"))).encode()).hexdigest()
+    # Parse under the lock: twenty workers starting at once then wait for one parse instead of
+    # each doing their own.
+    with _signers_lock:
+        signer = _signers.get(digest)
+        if signer is None:
+            signer = crypt.RSASigner.from_service_account_info(info)
+            _signers[digest] = signer
+            if len(_signers) > _SIGNER_CACHE_SIZE:
+                _signers.popitem(last=False)
+        else:
+            _signers.move_to_end(digest)
+        return signer
+
+
+_discovery_lock = threading.Lock()
+_discovery: dict[str, Any] | None = None
+
+
+def _calendar_discovery() -> dict[str, Any]:
+    """The shipped Calendar v3 discovery document, read and parsed once per process.
+
+    Every thread's client is built from this one dict. The client library adds its own parameters
+    to each method's description the first time it builds that method (inserting keys into
+    shared dicts, which would break a thread iterating them), so every resource is built once here,
+    before the dict is handed out; later builds only overwrite those keys with equal values.
+    """
+    global _discovery
+    with _discovery_lock:
+        if _discovery is None:
+            content = discovery_cache.get_static_doc("calendar", "v3")
+            if not content:  # pragma: no cover (the document ships with google-api-python-client)
+                raise ConnectorConfigError("google-api-python-client ships no Calendar v3 discovery document")
+            doc: dict[str, Any] = json.loads(content)
+            _build_every_resource(build_from_document(doc, http=httplib2.Http()), doc)
+            _discovery = doc
+        return _discovery
+
+
+def _build_every_resource(resource: Any, description: Mapping[str, Any]) -> None:
+    for name, nested in description.get("resources", {}).items():
+        _build_every_resource(getattr(resource, fix_method_name(name))(), nested)
 
 
 def _naive_utc(moment: datetime | None) -> datetime | None:
@@ -157,7 +221,7 @@ class GoogleCalendarConnector(Connector):
         private_key = str(info["private_key"])
         self._secrets.append(private_key)
         try:
-            signer = crypt.RSASigner.from_service_account_info(info)
+            signer = _signer(info)
         except (ValueError, TypeError, GoogleAuthError):
             raise ConnectorConfigError("the private key in service_account_json cannot be read") from None
         email = str(info["client_email"])
@@ -262,14 +326,7 @@ class GoogleCalendarConnector(Connector):
                 self._credentials(), http=raw, refresh_status_codes=()
             )
             options = {"api_endpoint": f"{self._api_base}/calendar/v3/"} if self._api_base else None
-            service = build(
-                "calendar",
-                "v3",
-                http=authed,
-                static_discovery=True,
-                cache_discovery=False,
-                client_options=options,
-            )
+            service = build_from_document(_calendar_discovery(), http=authed, client_options=options)
             self._local.service = service
             self._local.raw = raw
         return service
