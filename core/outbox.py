@@ -12,7 +12,8 @@ On PostgreSQL, queueing a job that is due now also sends ``NOTIFY textback_outbo
 commit), so idle workers wake at once instead of at their next poll; a write that makes a job due
 later (a job queued for later, a retry, a deferral, an admin retry) sends ``due``, so idle workers
 re-read when the next job is due (see core.wakeup). A job queued for later may say why it waits
-(``reason``, kept in ``last_error`` as a deferral's is); :func:`wake` makes such jobs due now.
+(``reason``, kept in ``last_error`` as a deferral's is); :func:`wake` makes such jobs due now. A job
+whose work another job did may be finished unclaimed, by its dedupe key (:func:`complete_pending`).
 
 The statements a worker runs for every job (claim, renew, complete, defer, fail, enqueue) are Core
 statements built once (see :func:`_statements`) and run on the session's connection: building an
@@ -168,6 +169,26 @@ def wake(session: Session, ordering_keys: list[str], reason: str) -> int:
     return _updated(result)
 
 
+def complete_pending(session: Session, results: dict[str, dict[str, Any]]) -> int:
+    """Mark the pending jobs with these dedupe keys done, with their results, without running them.
+
+    In the caller's transaction, which must also record the work that makes them needless (the
+    caller's own job did it). Only a ``pending`` job is finished: one running is left to its worker
+    and a dead one to an admin. Its attempts stay as they were (0 for a job never claimed). Returns
+    how many it finished.
+    """
+    if not results:
+        return 0
+    _autoflush(session)
+    conn = session.connection()
+    now = utcnow()
+    params = [{"key": key, "job_result": result, "at": now} for key, result in results.items()]
+    result = conn.execute(
+        _statements(conn.dialect.name).complete_pending, params if len(params) > 1 else params[0]
+    )
+    return int(result.rowcount)
+
+
 def _autoflush(session: Session) -> None:
     """What ``session.execute`` of an ORM statement does first: the caller's pending rows go first."""
     if session.autoflush:
@@ -190,6 +211,7 @@ class _Statements:
     pause: Select[Any]
     defer_siblings: Update
     wake: Update
+    complete_pending: Update
 
 
 @functools.cache
@@ -278,6 +300,14 @@ def _statements(dialect: str) -> _Statements:
         )
         .values(next_attempt_at=wake, updated_at=at),
         wake=wake_held,
+        complete_pending=update(jobs)
+        .where(c.dedupe_key == bindparam("key"), c.status == "pending")
+        .values(
+            status="done",
+            result=bindparam("job_result", type_=c.result.type),
+            finished_at=at,
+            updated_at=at,
+        ),
     )
 
 

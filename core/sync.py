@@ -8,6 +8,12 @@ answer and our commit) is looked up by its key before it is tried again.
 
 Jobs claimed together share requests (``SyncJob.prepare``): one contact upsert for all their leads,
 then one batch create per record type (core.sync_batch), with the same intents and keys.
+
+A push that writes a lead's first text into its call activity (a connector that ``folds_first_text``)
+also finishes that text's own "texted" push, unclaimed, in the transaction that records the fold in
+the ledger (``_record_folds``): it would only find the text logged. That push is always still
+pending then: it was queued with the sent text, after the call's push, and a lead's pushes to a
+connector run one at a time, oldest first (core.outbox).
 """
 
 from __future__ import annotations
@@ -167,7 +173,7 @@ def emit(
             session,
             kind="crm.sync",
             target=connector_id,
-            dedupe_key=f"crm:{connector_id}:{lead_id}:{event}:{ref}",
+            dedupe_key=_dedupe_key(connector_id, lead_id, event, ref),
             ordering_key=_ordering_key(business_id, connector_id, lead_id),
             business_id=business_id,
             lead_id=lead_id,
@@ -206,6 +212,25 @@ def _folds_texts(sync: dict[str, Any] | None) -> bool:
         settings.get("log_calls", SyncSettings.log_calls)
         and settings.get("log_messages", SyncSettings.log_messages)
     )
+
+
+def _dedupe_key(connector_id: str, lead_id: str, event: str, ref: str) -> str:
+    return f"crm:{connector_id}:{lead_id}:{event}:{ref}"
+
+
+def _record_folds(session: Session, connector_id: str, folds: list[tuple[str, str, Remote]]) -> int:
+    """Finish the pending "texted" pushes of texts written into call activities, unclaimed.
+
+    ``folds``: (lead id, the text's ledger key ``msg:<message id>``, the call), which the caller
+    records in the ledger in this same transaction: a crash loses both or neither. Returns how many
+    pushes it finished. A push that is running or dead is left alone; one that runs later finds its
+    text logged and adds nothing.
+    """
+    results = {
+        _dedupe_key(connector_id, lead_id, "texted", key.removeprefix("msg:")): {"folded_into": call.id}
+        for lead_id, key, call in folds
+    }
+    return outbox.complete_pending(session, results)
 
 
 def _ordering_key(business_id: str, connector_id: str, lead_id: str) -> str:
@@ -363,15 +388,18 @@ class SyncJob:
             raise
         crash_point("after_vendor_call")  # test hook: inert unless $TEXTBACK_CRASH_AT is set
         done: list[tuple[str, str, Remote]] = []
+        folded: list[tuple[str, str, Remote]] = []
         refused: list[tuple[str, str]] = []
         for (run, key, _), answer in zip(todo, answers, strict=True):
             if isinstance(answer, Remote):
                 done.append((run.lead["id"], key, answer))
-                done.extend((run.lead["id"], k, answer) for k in run.folds.get(key, ()))
+                folded.extend((run.lead["id"], k, answer) for k in run.folds.get(key, ()))
             elif not isinstance(answer, TransientError):
                 refused.append((run.lead["id"], key))
                 refused.extend((run.lead["id"], k) for k in run.folds.get(key, ()))
-        sync_batch.record(self.factory, connector_id, done)
+        with transaction(self.factory) as session:
+            sync_batch.save(session, connector_id, done + folded, intent=False)
+            _record_folds(session, connector_id, folded)
         sync_batch.forget_intents(self.factory, connector_id, refused)
         with self._fresh_lock:
             self._made.update((lead_id, connector_id, key) for lead_id, key, _ in done)
@@ -720,25 +748,35 @@ class _Run:
 
         The texts folded into a call are marked in the ledger (a bare intent under their own key)
         before the call is created, so a retry after a crash writes the same texts into it, and
-        then point at the call: their own "texted" push finds them logged and adds no note.
+        then point at the call. Their own "texted" pushes, still pending behind this one, are
+        finished in that same transaction, never claimed (``_record_folds``).
         """
         key = f"call:{call_sid}"
-        texts = self._folded_texts(key)
+        rows: dict[str, Row[Any] | None] = {}
+        texts = self._folded_texts(key, rows)
         self.folds[key] = [f"msg:{m['message_id']}" for m in texts]
         for folded in self.folds[key]:
-            if self._ledger(folded) is None:
+            if rows[folded] is None:
                 self._save(folded, None, intent=True)
         call = self.activity(key, self._call_activity(call_sid, texts), contact)
-        if call is not None and key not in self.made_now:
-            for folded in self.folds[key]:
-                if self.known(folded) != Remote(call.id, call.url, folded):
-                    self._save(folded, call)
+        if call is None or key in self.made_now or self.planner is not None:
+            return  # a batch call recorded its folds with it (SyncJob._create)
+        todo = [
+            (self.lead["id"], folded, call)
+            for folded in self.folds[key]
+            if (row := rows[folded]) is None or (row.remote_id, row.remote_url) != (call.id, call.url)
+        ]
+        if todo:
+            with transaction(self.factory) as session:
+                sync_batch.save(session, self.cid, todo, intent=False)
+                _record_folds(session, self.cid, todo)
 
-    def _folded_texts(self, key: str) -> list[dict[str, Any]]:
+    def _folded_texts(self, key: str, rows: dict[str, Row[Any] | None] | None = None) -> list[dict[str, Any]]:
         """The sent first texts that belong in the call activity under ``key``.
 
         For a call never tried: those not in the CRM yet. Afterwards: those marked as folded into
-        it (a bare intent, from a try that died, or pointing at this call).
+        it (a bare intent, from a try that died, or pointing at this call). ``rows`` receives the
+        ledger rows read for them, by ledger key.
         """
         if not self.folds_texts:
             return []
@@ -751,13 +789,15 @@ class _Run:
             and e.get("sid")
         ]
         call = self._ledger(key)
-        rows = {m["message_id"]: self._ledger(f"msg:{m['message_id']}") for m in sent}
+        read = {f"msg:{m['message_id']}": self._ledger(f"msg:{m['message_id']}") for m in sent}
+        if rows is not None:
+            rows.update(read)
         if call is None:
-            return [m for m in sent if rows[m["message_id"]] is None]
+            return [m for m in sent if read[f"msg:{m['message_id']}"] is None]
         return [
             m
             for m in sent
-            if (row := rows[m["message_id"]]) is not None
+            if (row := read[f"msg:{m['message_id']}"]) is not None
             and (row.remote_id is None or row.remote_id == call.remote_id)
         ]
 

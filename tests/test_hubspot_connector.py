@@ -17,7 +17,7 @@ import pytest
 import requests
 import yaml
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from bridge.cli import main
 from bridge.runtime import Connectors, build_worker
@@ -42,6 +42,7 @@ TestHubSpotConformance = conformance_suite(HubSpotKit())
 
 PHONE_PROP = mappers.PHONE_PROPERTY
 BUSINESS = "bright-spark"
+HOUR = timedelta(hours=1)
 OAUTH_KEYS = ("client_id", "client_secret", "refresh_token")
 
 
@@ -703,6 +704,9 @@ def test_a_lone_lead_takes_three_requests_with_the_default_settings(
     [contact], [call] = hub.contacts(caller), state["calls"]
     assert f"Texted back to {caller}" in call["properties"]["hs_call_body"]
     assert hub.linked(state, "calls", call["id"], "contacts") == {contact["id"]: 194}
+    # The text's own push was finished by the push that wrote the text into the call: never claimed.
+    [_, texted] = jobs(stack)
+    assert (texted.status, texted.attempts, texted.result) == ("done", 0, {"folded_into": call["id"]})
 
     # The caller answers the text: an engaged lead, now a deal on the contact.
     stack.inbound_sms(caller, "Yes please, can someone come tomorrow?")
@@ -790,6 +794,38 @@ def test_a_lone_leads_push_goes_at_once_when_its_first_text_fails(
     assert "Texted back" not in state["calls"][0]["properties"]["hs_call_body"]
 
 
+def test_a_text_sent_after_its_calls_push_gets_a_note_from_its_own_push(
+    stack: Stack, hub: Hub, secret_key: str
+) -> None:
+    """The push ran before the text (its hold ran out): nothing was folded, the text's push logs it."""
+    install(stack, sandbox.settings(hub.url))
+    caller = "+13125550237"
+    stack.call(caller, "no-answer")
+    [text], [push] = jobs(stack, "sms.send"), jobs(stack)
+    # The text is held up past the push's hold (as a send slower than FOLD_WAIT_S would be).
+    with stack.factory() as s:
+        s.execute(update(OutboxJob).where(OutboxJob.id == text.id).values(next_attempt_at=utcnow() + HOUR))
+        s.execute(update(OutboxJob).where(OutboxJob.id == push.id).values(next_attempt_at=utcnow()))
+        s.commit()
+    stack.drain()
+    [push] = jobs(stack)
+    state = hub.state()
+    assert push.status == "done" and stack.sent(caller) == []
+    assert by_type(state) == {"contacts": 1, "deals": 0, "calls": 1, "tasks": 0, "notes": 0}
+    with stack.factory() as s:
+        s.execute(update(OutboxJob).where(OutboxJob.id == text.id).values(next_attempt_at=utcnow()))
+        s.commit()
+    stack.drain()
+    [_, texted] = jobs(stack)
+    [contact] = hub.contacts(caller)
+    assert (texted.status, texted.attempts) == ("done", 1)
+    assert texted.result == {"event": "texted", "contact": contact["id"]}
+    state = hub.state()
+    assert by_type(state) == {"contacts": 1, "deals": 0, "calls": 1, "tasks": 0, "notes": 1}
+    assert "Texted back" not in state["calls"][0]["properties"]["hs_call_body"]
+    assert "Text sent to" in state["notes"][0]["properties"]["hs_note_body"]
+
+
 # -- jobs claimed together: batch requests -----------------------------------------------------------
 
 
@@ -819,6 +855,8 @@ def test_queued_leads_are_looked_up_and_created_in_batches(stack: Stack, hub: Hu
     assert "Kim" in stack.sent(known)[0]["body"]
     state = hub.state()
     assert by_type(state) == {"contacts": 5, "deals": 4, "calls": 5, "tasks": 5, "notes": 0}
+    texted = {j.lead_id: j for j in jobs(stack) if j.payload["event"] == "texted"}
+    assert len(texted) == 5
     for caller in [known, *callers]:
         [contact] = hub.contacts(caller)
         cid = contact["id"]
@@ -826,6 +864,11 @@ def test_queued_leads_are_looked_up_and_created_in_batches(stack: Stack, hub: Hu
         [task] = [t for t in state["tasks"] if cid in hub.linked(state, "tasks", t["id"], "contacts")]
         assert call["properties"]["hs_call_status"] == "NO_ANSWER"
         assert f"Texted back to {caller}" in call["properties"]["hs_call_body"]
+        # Its text's own push was finished, unclaimed, with the batch that wrote the text in.
+        lead = stack.lead(caller)
+        assert lead is not None
+        job = texted[lead["id"]]
+        assert (job.status, job.attempts, job.result) == ("done", 0, {"folded_into": call["id"]})
         deals = [d for d in state["deals"] if cid in hub.linked(state, "deals", d["id"], "contacts")]
         assert len(deals) == (0 if caller == known else 1)
         for record, kind in ((call, "calls"), (task, "tasks")):

@@ -180,6 +180,35 @@ def test_a_deferred_first_job_blocks_the_second(factory: sessionmaker[Session]) 
     assert box.claim() == []
 
 
+def test_complete_pending_finishes_only_pending_jobs_unclaimed(factory: sessionmaker[Session]) -> None:
+    for key in ("waiting", "running", "dead", "rolled-back", "untouched"):
+        add(factory, key, ordering_key=key, max_attempts=1)
+    box = Outbox(factory, "w")
+    claimed = {row(factory, j.id).dedupe_key: j for j in box.claim()}
+    for key, job in claimed.items():
+        if key == "dead":
+            assert box.fail(job, Rejected("refused")) == "dead"
+        elif key != "running":
+            assert box.defer(job, utcnow(), "back") is True  # pending again, its attempt given back
+    with pytest.raises(RuntimeError), transaction(factory) as s:
+        outbox.complete_pending(s, {"rolled-back": {"by": "x"}})
+        raise RuntimeError("the work that made it needless rolled back too")
+    with transaction(factory) as s:
+        done = outbox.complete_pending(s, {k: {"by": k} for k in ("waiting", "running", "dead", "missing")})
+    assert done == 1
+    states = {r.dedupe_key: (r.status, r.attempts, r.result) for r in all_rows(factory)}
+    assert states == {
+        "waiting": ("done", 0, {"by": "waiting"}),
+        "running": ("running", 1, None),  # its worker finishes it
+        "dead": ("dead", 1, None),
+        "rolled-back": ("pending", 0, None),
+        "untouched": ("pending", 0, None),
+    }
+    assert row(factory, claimed["waiting"].id).finished_at is not None
+    # The worker that claimed it earlier cannot finish it again.
+    assert box.complete(claimed["waiting"]) is False
+
+
 # -- failures ---------------------------------------------------------------------------------------
 
 

@@ -108,5 +108,13 @@ def test_workers_killed_after_batch_requests_make_every_record_once(
             if c["id"] in _linked(state, "calls", cid) and "Texted back to" in c["properties"]["hs_call_body"]
         ]
         assert len(notes) + len(calls) == 1, contact["properties"].get("phone")
+    # A text written into its call: its own push was finished with the fold (even when a killed
+    # attempt made the call and its retry found it), never claimed; a text with a note: it ran.
+    texted = [j for j in world.jobs("crm.sync") if j.payload["event"] == "texted"]
+    folded = [j for j in texted if "folded_into" in (j.result or {})]
+    folded_calls = [c["id"] for c in state["calls"] if "Texted back to" in c["properties"]["hs_call_body"]]
+    assert sorted(j.result["folded_into"] for j in folded) == sorted(folded_calls)
+    assert all(j.attempts == 0 for j in folded)
+    assert all(j.attempts >= 1 for j in texted if j not in folded)
     for kind in ("deals", "calls", "tasks"):
         assert len(state[kind]) == len(callers), kind
