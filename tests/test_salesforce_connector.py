@@ -233,7 +233,7 @@ def test_request_limit_exceeded_pauses_the_connector(stack: Stack, sf_url: str, 
     usage = state(sf_url)["api_usage"]
     emulate(sf_url, daily_limit=usage, api_usage=usage)  # the org's daily allocation is used up
     stack.call("+13125550145", "no-answer")
-    stack.drain(timeout=1, settle=0.1)  # the text's job waits behind the deferred one (same lead): never due
+    stack.drain(timeout=5, settle=0.1)  # the text's job waits behind the deferred one (same lead): never due
     with stack.factory() as session:
         until = connector_state.paused_until(session, BUSINESS, "salesforce")
     assert until is not None and until > utcnow() + timedelta(minutes=10)  # a long pause, every worker
@@ -255,7 +255,7 @@ def test_always_invalid_session_is_an_auth_error_after_one_renewal(stack: Stack,
     emulate(sf_url, always_invalid_session=True)
     before = state(sf_url)["tokens_issued"]
     stack.call("+13125550146", "no-answer")
-    stack.drain(timeout=1, settle=0.1)  # the text's job waits behind the deferred one (same lead): never due
+    stack.drain(timeout=5, settle=0.1)  # the text's job waits behind the deferred one (same lead): never due
     assert state(sf_url)["tokens_issued"] - before <= 2  # one sign-in, one renewal, then AuthError
     with stack.factory() as session:
         assert connector_state.paused_until(session, BUSINESS, "salesforce") is not None
