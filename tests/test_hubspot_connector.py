@@ -147,6 +147,16 @@ def connector_state(stack: Stack) -> ConnectorState | None:
         return s.get(ConnectorState, (BUSINESS, "hubspot"))
 
 
+def until_pushed(stack: Stack, timeout: float = 15.0) -> None:
+    """Wait (while a worker serves) until the lead's two pushes, the call's and the text's, are done."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sync_jobs = jobs(stack)
+        if len(sync_jobs) >= 2 and all(j.status == "done" for j in sync_jobs):
+            return
+        time.sleep(0.05)
+
+
 def settle_all(stack: Stack, done: Any, timeout: float = 20.0) -> None:
     """Drive the worker (waiting out backoffs and pauses) until ``done()``."""
     deadline = time.monotonic() + timeout
@@ -678,12 +688,7 @@ def test_a_lone_lead_takes_three_requests_with_the_default_settings(
     serving.start()
     try:
         stack.call(caller, "no-answer")
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            sync_jobs = jobs(stack)
-            if len(sync_jobs) >= 2 and all(j.status == "done" for j in sync_jobs):
-                break
-            time.sleep(0.05)
+        until_pushed(stack)
     finally:
         stop.set()
         serving.join(timeout=10)
@@ -749,12 +754,7 @@ def test_a_lone_leads_push_is_held_when_the_call_is_stored_and_claimed_once(
     assert (push.next_attempt_at - push.created_at).total_seconds() > sync.FOLD_WAIT_S / 2
     serving.start()
     try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            sync_jobs = jobs(stack)
-            if len(sync_jobs) >= 2 and all(j.status == "done" for j in sync_jobs):
-                break
-            time.sleep(0.05)
+        until_pushed(stack)
     finally:
         stop.set()
         serving.join(timeout=10)
