@@ -351,10 +351,7 @@ class SmsJob:
     def _cancel(self, session: Session, message: Message, lead: Lead, reason: str) -> None:
         message.status = "canceled"
         leads.add_entry(session, lead.id, "decision", outcome="skip", reason=reason, message_id=message.id)
-        if message.kind == "first_text":
-            if lead.status in ("new", "scheduled"):
-                leads.set_status(lead, "closed")
-            release(session, lead.business_id, lead.id)  # its missed call's push need not wait
+        _first_text_ended(session, message, lead)
         message.updated_at = utcnow()
 
     def _store_sent(
@@ -433,7 +430,13 @@ class SmsJob:
                     reason=f"twilio_{code or 'rejected'}",
                     message_id=message.id,
                 )
-                if message.kind == "first_text":
-                    if lead.status in ("new", "scheduled"):
-                        leads.set_status(lead, "closed")
-                    release(session, lead.business_id, lead.id)  # its missed call's push need not wait
+                _first_text_ended(session, message, lead)
+
+
+def _first_text_ended(session: Session, message: Message, lead: Lead) -> None:
+    """A first text that will not go out (skipped or refused) closes a fresh lead and frees its push."""
+    if message.kind != "first_text":
+        return
+    if lead.status in ("new", "scheduled"):
+        leads.set_status(lead, "closed")
+    release(session, lead.business_id, lead.id)  # its missed call's push need not wait
