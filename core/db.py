@@ -18,6 +18,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import ConfigError, NotMigratedError
+from core.sqlite_writer import QueuedWriterConnection, open_queue
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 15000
@@ -39,7 +40,8 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, background: bool = False, **kwargs: Any) -> Engine:
+    """An engine for ``url``. ``background`` (outbox workers): on SQLite the bridge's writes go first."""
     url = normalise_url(url)
     try:
         parsed = make_url(url)
@@ -50,8 +52,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # (every autoincrement table on PostgreSQL) unless asked to keep it.
     kwargs["execution_options"] = {"preserve_rowcount": True, **kwargs.get("execution_options", {})}
     if parsed.get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs)
-        _tune_sqlite(engine)
+        connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "factory": QueuedWriterConnection}
+        engine = create_engine(url, connect_args=connect_args, **kwargs)
+        _tune_sqlite(engine, parsed.database, background)
         return engine
     if parsed.get_backend_name() != "postgresql":
         raise ConfigError("database_url must be sqlite:///FILE or postgresql://...")
@@ -123,11 +126,12 @@ def _end_read_only(conn: Any) -> None:
         dbapi_conn.commit()
 
 
-def _tune_sqlite(engine: Engine) -> None:
+def _tune_sqlite(engine: Engine, database: str | None, background: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Take transaction control away from pysqlite so BEGIN IMMEDIATE below is what runs.
         dbapi_conn.isolation_level = None
+        open_queue(dbapi_conn, database, background)
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
@@ -141,8 +145,11 @@ def _tune_sqlite(engine: Engine) -> None:
         # to a write is what makes SQLite answer SQLITE_BUSY despite the busy timeout.
         if conn.get_execution_options().get("textback_read_only"):
             conn.exec_driver_sql("BEGIN")
-        else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        dbapi_conn = conn.connection.dbapi_connection
+        if isinstance(dbapi_conn, QueuedWriterConnection):
+            dbapi_conn.take_writer_lock()
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

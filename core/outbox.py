@@ -47,6 +47,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import Select, Update
 from tenacity import RetryCallState, wait_exponential_jitter
 
+from core.db import READ_ONLY
 from core.errors import JobError, TransientError
 from core.models import ConnectorState, OutboxJob, utcnow
 
@@ -311,6 +312,20 @@ def _statements(dialect: str) -> _Statements:
     )
 
 
+def _ready(c: Any, now: Any) -> Any:
+    return or_(
+        and_(c.status == "pending", c.next_attempt_at <= now),
+        and_(c.status == "running", c.locked_until < now),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _ready_statement(max_priority: int | None) -> Select[Any]:
+    c = _jobs().c
+    lane = [] if max_priority is None else [c.priority <= max_priority]
+    return select(c.id).where(_ready(c, bindparam("now", type_=c.updated_at.type)), *lane).limit(1)
+
+
 @functools.lru_cache(maxsize=64)
 def _claim_statement(limit: int, max_priority: int | None) -> Update:
     """Claim up to ``limit`` ready jobs (of priority <= ``max_priority``): one statement per lane."""
@@ -326,10 +341,7 @@ def _claim_statement(limit: int, max_priority: int | None) -> Update:
             earlier.c.status.in_(ACTIVE),
         )
     )
-    ready = or_(
-        and_(c.status == "pending", c.next_attempt_at <= now),
-        and_(c.status == "running", c.locked_until < now),
-    )
+    ready = _ready(c, now)
     lane = [] if max_priority is None else [c.priority <= max_priority]
     candidates = (
         select(c.id)
@@ -414,6 +426,8 @@ class Outbox:
     ) -> None:
         self.factory = factory
         self.worker_id = worker_id
+        bind = factory.kw.get("bind")
+        self._sqlite = bind is not None and bind.dialect.name == "sqlite"
         # The deployment's cap (worker.max_attempts) wins over the budget a job was queued with.
         self.max_attempts = max_attempts
         self.lease = timedelta(seconds=lease_seconds)
@@ -428,6 +442,8 @@ class Outbox:
         now = now or utcnow()
         token = str(uuid.uuid4())
         params = {"now": now, "worker": self.worker_id, "token": token, "lease_end": now + self.lease}
+        if self._sqlite and not self._any_ready(now, max_priority):
+            return []
         with self.factory() as session, session.begin():
             rows = session.connection().execute(_claim_statement(limit, max_priority), params).all()
         lease = self.lease.total_seconds()
@@ -449,6 +465,16 @@ class Outbox:
         ]
         # Run them in priority order too: a caller's text goes before the CRM work claimed with it.
         return sorted(jobs, key=lambda j: (j.priority, j.id))
+
+    def _any_ready(self, now: datetime, max_priority: int | None) -> bool:
+        """Is a job ready to claim? Asked without SQLite's write lock, which a claim takes up front.
+
+        Several threads are woken for one job (one per worker process whose watcher saw it); all
+        but one would otherwise queue for the write lock only to claim nothing.
+        """
+        with self.factory() as session:
+            conn = session.connection(execution_options=READ_ONLY)
+            return conn.execute(_ready_statement(max_priority), {"now": now}).first() is not None
 
     def _guarded(self, job: Job) -> Any:
         return _guarded(job)

@@ -243,19 +243,28 @@ class Waker:
         return None
 
     def _new_jobs(self, conn: sqlite3.Connection, seen: int) -> int:
-        """Wake a thread per job due now queued since ``seen`` (the highest id seen); returns the new highest.
+        """Wake a thread per pending job due now queued since ``seen`` (the highest id seen).
+
+        Returns the new highest id.
 
         A job queued for later (a missed call's push held for its text) wakes nobody: a thread woken
         for it would only find nothing to claim, and the schedule, re-read after this commit, wakes
         one when it is due.
         """
         rows = conn.execute(
-            "SELECT id, priority, next_attempt_at FROM outbox_jobs WHERE id > ? ORDER BY id LIMIT 500",
+            "SELECT id, priority, next_attempt_at, status FROM outbox_jobs"
+            " WHERE id > ? ORDER BY id LIMIT 500",
             (seen,),
         ).fetchall()
         if not rows:
             return seen
-        due = [priority for _, priority, at in rows if (seconds_until((at,)) or 0.0) <= 0]
+        # A job another process's thread already claimed (its watcher saw the commit first) wakes
+        # nobody here: the woken thread would take the write lock only to find nothing.
+        due = [
+            priority
+            for _, priority, at, status in rows
+            if status == "pending" and (seconds_until((at,)) or 0.0) <= 0
+        ]
         texts = sum(1 for priority in due if priority <= TEXT_PRIORITY)
         if texts:
             self.notify("text", texts)

@@ -14,13 +14,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import outbox
 from core.db import make_engine, session_factory, transaction
 from core.errors import TransientError
-from core.models import utcnow
+from core.models import OutboxJob, utcnow
 from core.outbox import Deferred, Job, Outbox
 from core.worker import Worker
 
@@ -160,3 +160,37 @@ def test_a_job_queued_for_later_wakes_no_thread_before_it_is_due(
         add(elsewhere, "now")
         assert wait_for(lambda: started == ["hubspot"])  # a job due now still wakes a thread at once
     assert CountingOutbox.claims > before
+
+
+def test_a_job_claimed_elsewhere_before_the_watcher_saw_it_wakes_no_thread(
+    factory: sessionmaker[Session], elsewhere: sessionmaker[Session], db_url: str
+) -> None:
+    """Every worker process's watcher sees each new job; only the ones still pending wake a thread."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip(
+            "PostgreSQL's NOTIFY at the queueing commit wakes a thread, whose claim skips locked rows"
+        )
+    started: list[str] = []
+    box = CountingOutbox(factory, "w")
+    with Serving(Worker(box, {"crm.sync": lambda j: started.append(j.target) or None}, POLL)):
+        time.sleep(0.5)
+        before = CountingOutbox.claims
+        with transaction(elsewhere) as s:
+            # Queued and claimed by another process's thread in one commit, as a fast claim looks
+            # to a watcher that probes a few milliseconds later.
+            outbox.enqueue(s, kind="crm.sync", target="taken", dedupe_key="taken")
+            s.execute(
+                update(OutboxJob)
+                .where(OutboxJob.dedupe_key == "taken")
+                .values(
+                    status="running",
+                    locked_by="other",
+                    claim_token="t",
+                    locked_until=utcnow() + timedelta(hours=1),
+                )
+            )
+        time.sleep(1.5)
+        assert CountingOutbox.claims == before
+        add(elsewhere, "now")
+        assert wait_for(lambda: started == ["hubspot"])
+    assert "taken" not in started
