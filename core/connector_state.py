@@ -9,12 +9,12 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, bindparam, func, or_, select
+from sqlalchemy import Select, Table, bindparam, func, or_, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -40,6 +40,7 @@ class _Statements:
     success: Any
     error: Any
     take: Any
+    counts: Select[Any]
 
 
 @functools.cache
@@ -104,6 +105,9 @@ def _statements(dialect: str) -> _Statements:
         success=success,
         error=error,
         take=take,
+        counts=select(rw.c.limiter, rw.c.window_start, rw.c.count).where(
+            tuple_(rw.c.limiter, rw.c.window_start).in_(bindparam("windows", expanding=True))
+        ),
     )
 
 
@@ -128,6 +132,13 @@ def pause_of(session: Session, business_id: str, connector_id: str) -> tuple[dat
     """(paused_until, pause_reason) as stored, with no ORM load: (None, None) for no row."""
     found = _run(session, "pause_of", {"business_id": business_id, "connector_id": connector_id}).first()
     return (found.paused_until, found.pause_reason) if found is not None else (None, None)
+
+
+def rate_limit_pause(session: Session, business_id: str, connector_id: str) -> float:
+    """Seconds left of a pause set after a vendor's rate limit; 0 when there is none (or another kind)."""
+    until, reason = pause_of(session, business_id, connector_id)
+    left = (until - utcnow()).total_seconds() if until is not None else 0.0
+    return left if left > 0 and (reason or "").startswith("rate limited") else 0.0
 
 
 def paused_until(session: Session, business_id: str, connector_id: str) -> datetime | None:
@@ -229,6 +240,31 @@ def acquire(
     if taken:
         return 0.0
     return (window + 1) * limit.per_seconds - now
+
+
+def window_counts(session: Session, windows: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """The requests taken so far from each ``(limiter, window_start)``, in one statement; absent: none."""
+    if not windows:
+        return {}
+    rows = _run(session, "counts", {"windows": list(windows)})
+    return {(r.limiter, r.window_start): r.count for r in rows}
+
+
+def full_window(
+    session: Session, limiters: Sequence[tuple[str, Limit]], cost: int = 1
+) -> tuple[Limit, float] | None:
+    """The first limit whose current window cannot fit ``cost``, with the seconds until it ends.
+
+    None when every window has room as last committed. It only reads, so a window that has room
+    here may still be full by the time ``acquire`` takes from it: ``acquire`` decides.
+    """
+    now = time.time()
+    windows = [(limiter, int(now // limit.per_seconds)) for limiter, limit in limiters]
+    counts = window_counts(session, windows)
+    for (key, window), (_, limit) in zip(windows, limiters, strict=True):
+        if counts.get((key, window), 0) + cost > limit.requests:
+            return limit, (window + 1) * limit.per_seconds - now
+    return None
 
 
 def _take(session: Session, limiter: str, window: int, limit: Limit, cost: int) -> bool:
