@@ -111,29 +111,41 @@ class Connectors:
         scoped = set(getattr(loaded.cls, "scoped_limits", ()))
         factory = self.factory
 
+        def refuse_if_paused(session: Session) -> None:
+            # A vendor's 429 pauses the connector for every worker at once, jobs in progress too.
+            left = connector_state.rate_limit_pause(session, business_id, connector_id)
+            if left > 0:
+                raise RateLimited(f"{connector_id} is paused after a rate limit", retry_after=left)
+
+        def limited(limit: connector_state.Limit, wait: float) -> RateLimited:
+            rate = f"{limit.requests}/{limit.per_seconds:g}s"
+            return RateLimited(f"{connector_id}: local rate limit ({rate})", retry_after=wait)
+
         def throttle(cost: int = 1, *scopes: str) -> None:
+            # An endpoint's own budget (HubSpot search) binds only the calls that name it.
+            applying = [
+                (f"{business_id}:{connector_id}:{i}", limit)
+                for i, (name, limit) in enumerate(limits)
+                if name not in scoped or name in scopes
+            ]
+            # Under load most calls find a window used up: finding that out must not queue for
+            # SQLite's write lock, which every write of the bridge needs.
+            with reading(factory) as session:
+                refuse_if_paused(session)
+                full = connector_state.full_window(session, applying, cost)
+            if full is not None:
+                raise limited(*full)
             # The pause and the shared windows in one transaction (each window is one statement).
             refused: tuple[connector_state.Limit, float] | None = None
             with transaction(factory) as session:
-                until, reason = connector_state.pause_of(session, business_id, connector_id)
-                # A vendor's 429 pauses the connector for every worker at once, jobs in progress too.
-                left = (until - utcnow()).total_seconds() if until is not None else 0.0
-                if left > 0 and (reason or "").startswith("rate limited"):
-                    raise RateLimited(f"{connector_id} is paused after a rate limit", retry_after=left)
-                for i, (name, limit) in enumerate(limits):
-                    if name in scoped and name not in scopes:
-                        continue  # an endpoint's own budget (HubSpot search): only the calls that name it
-                    limiter = f"{business_id}:{connector_id}:{i}"
+                refuse_if_paused(session)
+                for limiter, limit in applying:
                     wait = connector_state.acquire(factory, limiter, limit, cost, session=session)
                     if wait > 0:
                         refused = (limit, wait)  # raised once the windows already taken are committed
                         break
             if refused is not None:
-                limit, wait = refused
-                raise RateLimited(
-                    f"{connector_id}: local rate limit ({limit.requests}/{limit.per_seconds:g}s)",
-                    retry_after=wait,
-                )
+                raise limited(*refused)
             metrics.crm_call(connector_id)  # every connector throttles right before each request
 
         context = ConnectorContext(
@@ -314,7 +326,7 @@ def build_worker(config: Config, engine: Engine | None = None) -> Worker:
             # A connection per job thread, plus the lookups running beside them (core.db's default
             # of 5 + 10 would make text threads queue for a connection at 100 texts/s).
             pool = {"pool_size": job_threads, "max_overflow": job_threads + 2}
-        engine = make_engine(config.database_url, **pool)
+        engine = make_engine(config.database_url, background=True, **pool)
     require_migrated(engine, config.source)
     factory = session_factory(engine)
     outbox = Outbox(factory, worker_id(), w.lease_seconds, w.backoff_initial, w.backoff_max, w.max_attempts)
