@@ -20,11 +20,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import leads, outbox, texting
 from core.config import Business, Config
 from core.crm import Remote
-from core.db import transaction
+from core.db import reading, transaction
 from core.errors import AuthError, Rejected, TransientError
 from core.hours import next_send_time
 from core.models import Lead, LineType, Message, utcnow
-from core.outbox import Deferred, Job
+from core.outbox import Deferred, Job, LeaseLost
 from core.phones import mask
 from core.sending_statements import Statements, statements
 from core.sync import emit, release
@@ -71,14 +71,33 @@ def _advance(
     return new, error_code if new_error is None else new_error
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What a text's facts decide in its first step (SmsJob._plan)."""
+
+    business: Business | None = None
+    ended: dict[str, Any] | None = None  # the job's result as things stand: nothing to write
+    sent: bool = False  # the text went out already: its send is finished (a write)
+    blocked: str | None = None  # why it must not go out: it is canceled (a write)
+    needs_lookup: bool = False  # the caller's line type first
+    personalise: bool = False  # the caller looked up in the CRM first
+    budget: float = 0.0  # seconds the CRM lookup may take
+    recorded: bool = False  # nothing to look up: the attempt goes on record now (a write)
+
+    @property
+    def writes(self) -> bool:
+        return self.sent or self.blocked is not None or self.recorded
+
+
 class SmsJob:
     """Handler for ``sms.send`` jobs, bound to a config, a session factory and a gateway.
 
-    A text takes as few transactions as its safety allows: the lease is renewed in the first one
-    (which also records the attempt when nothing needs looking up first), and the sent text is
-    recorded in the same transaction that marks the job done. Its common path runs prebuilt
-    statements (see :func:`statements`); the rare branches (a cancel, a rejection, an earlier send
-    found) go through the ORM.
+    A text takes as few write transactions as its safety allows (on SQLite each one holds the
+    database's write lock): its facts are read without it; the first write renews the lease and
+    records the attempt (with the caller's lookup, once looked up), and the sent text is recorded
+    in the same transaction that marks the job done. Its common path runs prebuilt statements (see
+    :func:`statements`); the rare branches (a cancel, a rejection, an earlier send found) go
+    through the ORM.
     """
 
     renews_lease = True  # see core.outbox.renew_in
@@ -103,63 +122,56 @@ class SmsJob:
     def __call__(self, job: Job) -> dict[str, Any] | outbox.Finished:
         now = utcnow()
         message_id = job.payload["message_id"]
-        with transaction(self.factory) as session:
+        facts = {
+            "message_id": message_id,
+            "since": now - timedelta(hours=24),
+            "job_id": job.id,
+            "token": job.claim_token,
+        }
+        # Read without SQLite's write lock: a first text that looks its caller up writes nothing
+        # before the lookup, and the transaction after it renews the lease before anything is
+        # recorded or sent.
+        with reading(self.factory) as session:
             conn = session.connection()
             st = statements(conn.dialect.name)
-            outbox.renew_in(session, job, now)
-            row = conn.execute(
-                st.facts, {"message_id": message_id, "since": now - timedelta(hours=24)}
-            ).one_or_none()
-            if row is None:
-                raise Rejected(f"message {message_id} does not exist")
-            if row.sid:
-                # A status callback can record the sid before the worker does (after an ambiguous
-                # attempt, say): the text went out, so the send is finished all the same.
-                return self._already_sent(session, message_id, now)
-            if row.status == "canceled":
-                return {"canceled": True}
-            business = self.config.business(row.business_id)
-            if business is None:
-                raise Rejected(f"business {row.business_id!r} is no longer configured")
-            assert row.lead_found is not None
-            blocked = self._blocked_reason(row, business)
-            if blocked:
-                self._cancel_id(session, message_id, blocked)
-                return {"canceled": blocked}
-            if row.kind in texting.AUTOMATED_KINDS:
-                zones = texting.caller_zones(row.to_number, business)
-                opens = next_send_time(now, zones, business.policy.window)
-                if opens > now + timedelta(seconds=1):
-                    # The rollback undoes the renewal too; the worker puts the job back.
-                    raise Deferred(opens, "outside the sending window")
-            needs_lookup = (
-                row.kind == "first_text"
-                and business.policy.lookup_line_type
-                and not self._fresh_line_type(row.line_type, row.checked_at)
-            )
-            started = row.attempt_started_at
-            budget = business.policy.crm_lookup_budget_ms / 1000
-            # A caller already looked up (a batch's prepare, an earlier attempt) is not asked again.
-            personalise = (
-                started is None
-                and row.kind == "first_text"
-                and self.find_contact is not None
-                and not row.crm_matched
-                and budget > 0
-            )
-            # Nothing to look up first: the attempt is on record with this commit, before the send.
-            recorded = started is None and not needs_lookup and not personalise
-            if recorded:
-                conn.execute(st.attempt, {"message_id": message_id, "started": now, "at": utcnow()})
-        to, from_, body = row.to_number, row.from_number, row.body
-        if needs_lookup:
-            self._lookup(to)
+            row = self._facts(conn, st, facts)
+        if row.lease_until is None:
+            raise LeaseLost(f"job {job.id}")  # re-claimed before it started: nothing of it ran
+        plan = self._plan(row, now)
+        if plan.ended is not None:
+            return plan.ended  # the worker's completion of the job checks the lease
+        # A text claimed in a batch may start late: its lookups get a lease of their own then.
+        lease_short = row.lease_until - now < timedelta(seconds=job.lease_seconds / 2)
+        if plan.writes or lease_short:
             with transaction(self.factory) as session:
-                if self._cached_line_type(session, to) == "landline":
-                    self._cancel_id(session, message_id, "landline")
-                    return {"canceled": "landline"}
+                conn = session.connection()
+                outbox.renew_in(session, job, now)
+                if plan.blocked is not None:
+                    # A cancel is for good: decided again on what is true under the lock (a status
+                    # callback may have recorded an earlier attempt's sid since the read).
+                    row = self._facts(conn, st, facts)
+                    plan = self._plan(row, now)
+                    if plan.ended is not None:
+                        return plan.ended
+                if plan.sent:
+                    return self._already_sent(session, message_id, now)
+                if plan.blocked is not None:
+                    self._cancel_id(session, message_id, plan.blocked)
+                    return {"canceled": plan.blocked}
+                if plan.recorded:
+                    # Not read again: only this job's lease holder cancels or sends the text, and an
+                    # opt-out landing after the read is as late as one landing during a caller lookup.
+                    conn.execute(st.attempt, {"message_id": message_id, "started": now, "at": utcnow()})
+        assert plan.business is not None
+        business, started, budget = plan.business, row.attempt_started_at, plan.budget
+        to, from_, body = row.to_number, row.from_number, row.body
+        if plan.needs_lookup and self._lookup(to) == "landline":
+            with transaction(self.factory) as session:
+                outbox.renew_in(session, job)  # the lease holder's cancel only
+                self._cancel_id(session, message_id, "landline")
+            return {"canceled": "landline"}
         match: tuple[str, Remote] | None = None
-        if personalise:
+        if plan.personalise:
             assert self.find_contact is not None
             match = self.find_contact(business.id, to, budget)
         if started is not None:
@@ -167,7 +179,7 @@ class SmsJob:
             if found is not None:
                 adopted = {"sid": found.sid, "note": "adopted after an ambiguous attempt"}
                 return self._store_sent(message_id, found, now, job, adopted)
-        if not recorded:
+        if not plan.recorded:
             with transaction(self.factory) as session:
                 # The lookups may have outlasted the lease and another worker may own the job now:
                 # only the lease holder records the caller's lookup and an attempt, and sends
@@ -176,7 +188,7 @@ class SmsJob:
                 outbox.renew_in(session, job)
                 named = (
                     self._record_match(conn, st, business, message_id, row.lead_id, match)
-                    if personalise
+                    if plan.personalise
                     else None
                 )
                 if named is not None:  # the existing-customer text, stored as sent
@@ -209,6 +221,60 @@ class SmsJob:
         log.info("sms sent", extra={"message_id": message_id, "lead_id": job.lead_id, "to": mask(to)})
         return finished
 
+    @staticmethod
+    def _facts(conn: Connection, st: Statements, facts: dict[str, Any]) -> Any:
+        row = conn.execute(st.facts, facts).one_or_none()
+        if row is None:
+            raise Rejected(f"message {facts['message_id']} does not exist")
+        return row
+
+    def _plan(self, row: Any, now: datetime) -> _Plan:
+        """What the text's facts decide before anything is looked up or sent.
+
+        Raises Rejected (the text cannot be sent) or Deferred (not before the sending window opens).
+        """
+        if row.sid:
+            # A status callback can record the sid before the worker does (after an ambiguous
+            # attempt, say): the text went out, so the send is finished all the same.
+            return _Plan(sent=True)
+        if row.status == "canceled":
+            return _Plan(ended={"canceled": True})
+        business = self.config.business(row.business_id)
+        if business is None:
+            raise Rejected(f"business {row.business_id!r} is no longer configured")
+        assert row.lead_found is not None
+        blocked = self._blocked_reason(row, business)
+        if blocked:
+            return _Plan(business, blocked=blocked)
+        if row.kind in texting.AUTOMATED_KINDS:
+            zones = texting.caller_zones(row.to_number, business)
+            opens = next_send_time(now, zones, business.policy.window)
+            if opens > now + timedelta(seconds=1):
+                raise Deferred(opens, "outside the sending window")  # the worker puts the job back
+        needs_lookup = bool(
+            row.kind == "first_text"
+            and business.policy.lookup_line_type
+            and not self._fresh_line_type(row.line_type, row.checked_at)
+        )
+        started = row.attempt_started_at
+        budget = business.policy.crm_lookup_budget_ms / 1000
+        # A caller already looked up (a batch's prepare, an earlier attempt) is not asked again.
+        personalise = (
+            started is None
+            and row.kind == "first_text"
+            and self.find_contact is not None
+            and not row.crm_matched
+            and budget > 0
+        )
+        return _Plan(
+            business,
+            needs_lookup=needs_lookup,
+            personalise=personalise,
+            budget=budget,
+            # Nothing to look up first: the attempt goes on record before the send, with the lease.
+            recorded=started is None and not needs_lookup and not personalise,
+        )
+
     def prepare(self, jobs: list[Job]) -> int:
         """Look up the callers of first texts claimed together: one CRM request per business.
 
@@ -223,7 +289,7 @@ class SmsJob:
         now = utcnow()
         due: dict[str, list[tuple[str, str, str]]] = {}  # business id -> [(message id, lead id, phone)]
         ids = [str(job.payload.get("message_id", "")) for job in jobs]
-        with self.factory() as session:
+        with reading(self.factory) as session:
             conn = session.connection()
             st = statements(conn.dialect.name)
             rows = {r.id: r for r in conn.execute(st.batch, {"message_ids": ids})}
@@ -330,11 +396,8 @@ class SmsJob:
             return None
         return line_type
 
-    def _cached_line_type(self, session: Session, phone: str) -> str | None:
-        row = session.get(LineType, phone)
-        return self._fresh_line_type(row.line_type, row.checked_at) if row else None
-
-    def _lookup(self, phone: str) -> None:
+    def _lookup(self, phone: str) -> str:
+        """The caller's line type, asked of the vendor and kept for the next texts."""
         line_type = self.gateway.line_type(phone) or "unknown"
         with transaction(self.factory) as session:
             # One statement: two workers that looked the same caller up (one of them past its lease)
@@ -347,6 +410,7 @@ class SmsJob:
                     index_elements=[LineType.phone], set_={"line_type": line_type, "checked_at": now}
                 )
             )
+        return line_type
 
     def _cancel(self, session: Session, message: Message, lead: Lead, reason: str) -> None:
         message.status = "canceled"

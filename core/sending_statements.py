@@ -20,6 +20,7 @@ from core.models import (
     LineType,
     Message,
     MessageStatusEvent,
+    OutboxJob,
     Suppression,
     TimelineEntry,
 )
@@ -109,6 +110,18 @@ def statements(dialect: str) -> Statements:
         .scalar_subquery()
     )
     line = _table(LineType)
+    # The job's lease while the claim that ran it holds it (NULL once another worker re-claimed it,
+    # as core.outbox's renew guard sees it): read with the facts, so checking it takes no write lock.
+    jobs = _table(OutboxJob)
+    lease = (
+        select(jobs.c.locked_until)
+        .where(
+            jobs.c.id == bindparam("job_id"),
+            jobs.c.claim_token == bindparam("token"),
+            jobs.c.status == "running",
+        )
+        .scalar_subquery()
+    )
     facts = (
         select(
             m.c.lead_id,
@@ -129,6 +142,7 @@ def statements(dialect: str) -> Statements:
             line.c.line_type,
             line.c.checked_at,
             crm_matched.label("crm_matched"),
+            lease.label("lease_until"),
         )
         .select_from(
             m.outerjoin(lead, lead.c.id == m.c.lead_id).outerjoin(line, line.c.phone == m.c.to_number)
