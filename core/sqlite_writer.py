@@ -9,10 +9,12 @@ the next waiter the moment the holder commits, across threads and processes alik
 when a process dies (``kill -9`` included). SQLite's own lock and busy timeout stay underneath, so
 a writer that does not take this lock (the ``sqlite3`` shell, an older textback) is still safe.
 
-Background writers (the outbox workers) first queue on a second lock, ``<database>-background``:
-at most one of them waits for the write lock at a time, so a webhook's transaction competes with
-one worker transaction, not with every worker thread. Webhooks are what Twilio times; texts and
-CRM pushes can wait a few milliseconds longer.
+Webhooks are what Twilio times; texts and CRM pushes can wait a few milliseconds longer. So
+background writers (the outbox workers) first queue among themselves on ``<database>-background``
+(one of them at a time goes on), and then let foreground writers (the bridge) go first: a
+foreground writer holds ``<database>-waiting`` shared while it waits for the write lock, and the
+background writer waits until it can take that file exclusively, for at most YIELD_AT_MOST_S, so
+that under a flood of webhooks the texts still move.
 """
 
 from __future__ import annotations
@@ -21,9 +23,29 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 from typing import Any
 
 _held = threading.local()
+# The longest a background writer lets waiting foreground writers go first: under a flood of
+# webhooks the texts still move.
+YIELD_AT_MOST_S = 0.02
+_POLL_S = 0.001
+
+
+def _let_foreground_go_first(waiting_fd: int) -> None:
+    """Wait while a foreground writer waits (they hold ``waiting_fd`` shared), at most YIELD_AT_MOST_S."""
+    deadline = time.monotonic() + YIELD_AT_MOST_S
+    while True:
+        try:
+            fcntl.flock(waiting_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(_POLL_S)
+            continue
+        fcntl.flock(waiting_fd, fcntl.LOCK_UN)
+        return
 
 
 class QueuedWriterConnection(sqlite3.Connection):
@@ -31,6 +53,7 @@ class QueuedWriterConnection(sqlite3.Connection):
 
     writer_fd: int | None = None
     background_fd: int | None = None
+    waiting_fd: int | None = None
     writer_locked: bool = False
 
     def take_writer_lock(self) -> None:
@@ -41,7 +64,16 @@ class QueuedWriterConnection(sqlite3.Connection):
         if self.background_fd is not None:
             fcntl.flock(self.background_fd, fcntl.LOCK_EX)
         try:
-            fcntl.flock(self.writer_fd, fcntl.LOCK_EX)
+            if self.waiting_fd is not None:
+                if self.background_fd is not None:
+                    _let_foreground_go_first(self.waiting_fd)
+                else:
+                    fcntl.flock(self.waiting_fd, fcntl.LOCK_SH)
+            try:
+                fcntl.flock(self.writer_fd, fcntl.LOCK_EX)
+            finally:
+                if self.waiting_fd is not None and self.background_fd is None:
+                    fcntl.flock(self.waiting_fd, fcntl.LOCK_UN)
         except BaseException:
             if self.background_fd is not None:
                 fcntl.flock(self.background_fd, fcntl.LOCK_UN)
@@ -74,10 +106,10 @@ class QueuedWriterConnection(sqlite3.Connection):
             super().close()
         finally:
             self.give_writer_lock_back()
-            for fd in (self.writer_fd, self.background_fd):
+            for fd in (self.writer_fd, self.background_fd, self.waiting_fd):
                 if fd is not None:
                     os.close(fd)
-            self.writer_fd = self.background_fd = None
+            self.writer_fd = self.background_fd = self.waiting_fd = None
 
 
 def open_queue(dbapi_conn: Any, database: str | None, background: bool) -> None:
@@ -85,5 +117,6 @@ def open_queue(dbapi_conn: Any, database: str | None, background: bool) -> None:
     if not isinstance(dbapi_conn, QueuedWriterConnection) or not database or database == ":memory:":
         return
     dbapi_conn.writer_fd = os.open(f"{database}-writer", os.O_RDWR | os.O_CREAT, 0o600)
+    dbapi_conn.waiting_fd = os.open(f"{database}-waiting", os.O_RDWR | os.O_CREAT, 0o600)
     if background:
         dbapi_conn.background_fd = os.open(f"{database}-background", os.O_RDWR | os.O_CREAT, 0o600)

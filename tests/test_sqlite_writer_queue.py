@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from core import outbox
+from core import outbox, sqlite_writer
 from core.db import make_engine, reading, session_factory, transaction
 from core.outbox import Outbox
 
@@ -184,3 +184,46 @@ def test_a_claim_with_nothing_ready_does_not_wait_for_the_write_lock(sqlite_url:
     claimed = box.claim(10)
     assert [j.target for j in claimed] == ["hubspot"]  # with work ready, it claims as before
     eng.dispose()
+
+
+def test_webhook_writes_waiting_go_before_a_workers_write(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While bridge writers wait for the lock, a worker's write lets them go first."""
+    # Longer than the pauses below, so that the order does not depend on the machine's speed.
+    monkeypatch.setattr(sqlite_writer, "YIELD_AT_MOST_S", 5.0)
+    holder, worker = _engine(sqlite_url), _engine(sqlite_url, background=True)
+    bridges = [_engine(sqlite_url), _engine(sqlite_url)]
+    holding, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def hold() -> None:
+        with transaction(session_factory(holder)) as s:
+            s.execute(text("SELECT 1"))
+            holding.set()
+            release.wait(10)
+
+    def write(eng: Engine, who: str) -> None:
+        with transaction(session_factory(eng)) as s:
+            outbox.enqueue(s, kind="crm.sync", target="hubspot", dedupe_key=who)
+            s.flush()
+            order.append(who)
+
+    threads = [threading.Thread(target=hold)]
+    try:
+        threads[0].start()
+        assert holding.wait(10)
+        # In arrival order: a webhook, a worker, another webhook, each waiting before the next.
+        for eng, who in ((bridges[0], "bridge 1"), (worker, "worker"), (bridges[1], "bridge 2")):
+            t = threading.Thread(target=write, args=(eng, who))
+            t.start()
+            threads.append(t)
+            t.join(0.3)
+        release.set()
+        for t in threads:
+            t.join(10)
+        assert sorted(order[:2]) == ["bridge 1", "bridge 2"] and order[2] == "worker"
+    finally:
+        release.set()
+        for eng in (holder, worker, *bridges):
+            eng.dispose()
