@@ -238,7 +238,11 @@ def _statements(dialect: str) -> _Statements:
         update(jobs)
         .where(
             c.ordering_key.in_(bindparam("ordering_keys", expanding=True)),
-            c.status == "pending",
+            # ``status || ''``: SQLite without ANALYZE statistics would otherwise search by status
+            # (ix_outbox_claim) and read every pending job of every business, a backlog of
+            # thousands when a CRM's budget is used up, for each text sent. By ordering key it
+            # reads the lead's few jobs. PostgreSQL's planner picks that index either way.
+            c.status.concat("") == "pending",
             c.last_error == bindparam("reason"),
         )
         .values(next_attempt_at=at, last_error=None, updated_at=at)

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import outbox
@@ -380,3 +381,51 @@ def test_a_worker_never_starts_a_job_whose_lease_another_took(factory: sessionma
     assert worker.process(job) == "lost"
     assert ran == []  # the first worker never ran it: no second send, no second CRM push
     assert row(factory, job.id).locked_by == "second"
+
+
+def test_waking_a_leads_held_job_reads_its_jobs_not_the_backlog(
+    factory: sessionmaker[Session], engine: Engine
+) -> None:
+    """Every text sent wakes its lead's held push: SQLite must find it by ordering key.
+
+    Without statistics (no ANALYZE ever runs) SQLite chose the status index and read every pending
+    job: thousands when a CRM's budget is used up. The query plan shows which index it reads.
+    """
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL plans from its statistics; the fix is SQLite's planner without them")
+    later = utcnow() + timedelta(hours=1)
+    with transaction(factory) as s:
+        for i in range(500):
+            outbox.enqueue(
+                s,
+                kind="crm.sync",
+                target="hubspot",
+                dedupe_key=f"b{i}",
+                ordering_key=f"lead-{i}",
+                run_at=later,
+            )
+        outbox.enqueue(
+            s,
+            kind="crm.sync",
+            target="hubspot",
+            dedupe_key="held",
+            ordering_key="lead-x",
+            run_at=later,
+            reason="waiting",
+        )
+    ran: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, sql: str, params: Any, *_rest: Any) -> None:
+        if sql.lstrip().upper().startswith("UPDATE OUTBOX_JOBS"):
+            ran.append((sql, params))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with transaction(factory) as s:
+            assert outbox.wake(s, ["lead-x"], "waiting") == 1
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    ((sql, params),) = ran
+    with engine.connect() as conn:
+        plan = [r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, tuple(params))]
+    assert plan == ["SEARCH outbox_jobs USING INDEX ix_outbox_order (ordering_key=?)"], plan
