@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, bindparam, func, or_, select, tuple_
+from sqlalchemy import Select, Table, and_, bindparam, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -40,7 +40,6 @@ class _Statements:
     success: Any
     error: Any
     take: Any
-    counts: Select[Any]
 
 
 @functools.cache
@@ -105,9 +104,6 @@ def _statements(dialect: str) -> _Statements:
         success=success,
         error=error,
         take=take,
-        counts=select(rw.c.limiter, rw.c.window_start, rw.c.count).where(
-            tuple_(rw.c.limiter, rw.c.window_start).in_(bindparam("windows", expanding=True))
-        ),
     )
 
 
@@ -246,8 +242,23 @@ def window_counts(session: Session, windows: Sequence[tuple[str, int]]) -> dict[
     """The requests taken so far from each ``(limiter, window_start)``, in one statement; absent: none."""
     if not windows:
         return {}
-    rows = _run(session, "counts", {"windows": list(windows)})
-    return {(r.limiter, r.window_start): r.count for r in rows}
+    params: dict[str, Any] = {}
+    for i, (limiter, window) in enumerate(windows):
+        params[f"l{i}"], params[f"w{i}"] = limiter, window
+    rows = session.connection().execute(_counts(len(windows)), params)
+    return {(r.limiter, r.window_start): int(r[2]) for r in rows}
+
+
+@functools.lru_cache(maxsize=8)
+def _counts(n: int) -> Select[Any]:
+    # One (limiter = ? AND window_start = ?) term per window: each an index search on both
+    # databases, where SQLite plans ``(limiter, window_start) IN (VALUES ...)`` as a scan of the
+    # whole table, which keeps every past window.
+    rw = _table(RateWindow)
+    terms = [
+        and_(rw.c.limiter == bindparam(f"l{i}"), rw.c.window_start == bindparam(f"w{i}")) for i in range(n)
+    ]
+    return select(rw.c.limiter, rw.c.window_start, rw.c.count).where(or_(*terms))
 
 
 def full_window(

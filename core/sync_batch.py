@@ -14,7 +14,7 @@ import functools
 from collections.abc import Iterable
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, or_, select, tuple_
+from sqlalchemy import Table, and_, bindparam, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -145,14 +145,26 @@ def record(
         save(session, connector_id, made, intent=False)
 
 
-@functools.cache
-def _keyed() -> tuple[Any, Any]:
+@functools.lru_cache(maxsize=32)
+def _keyed(n: int) -> tuple[Any, Any]:
+    """Statements for ``n`` (lead, key) pairs: one term per pair, each an index search.
+
+    SQLite plans ``(lead_id, key) IN (VALUES ...)`` as a scan of the whole ledger, which grows
+    with every lead ever synced.
+    """
     t = _LEDGER
-    keys: Any = bindparam("keys", expanding=True)
-    match = (tuple_(t.c.lead_id, t.c.key).in_(keys), t.c.connector_id == bindparam("connector_id"))
+    pairs = [and_(t.c.lead_id == bindparam(f"l{i}"), t.c.key == bindparam(f"k{i}")) for i in range(n)]
+    match = (or_(*pairs), t.c.connector_id == bindparam("connector_id"))
     forget = delete(t).where(*match, t.c.remote_id.is_(None))
     seen = select(t.c.lead_id, t.c.key).where(*match)
     return forget, seen
+
+
+def _keyed_params(connector_id: str, keys: list[Key]) -> dict[str, Any]:
+    params: dict[str, Any] = {"connector_id": connector_id}
+    for i, (lead_id, key) in enumerate(keys):
+        params[f"l{i}"], params[f"k{i}"] = lead_id, key
+    return params
 
 
 def forget_intents(factory: sessionmaker[Session], connector_id: str, keys: list[Key]) -> None:
@@ -160,7 +172,7 @@ def forget_intents(factory: sessionmaker[Session], connector_id: str, keys: list
     if not keys:
         return
     with transaction(factory) as session:
-        session.connection().execute(_keyed()[0], {"keys": list(keys), "connector_id": connector_id})
+        session.connection().execute(_keyed(len(keys))[0], _keyed_params(connector_id, keys))
 
 
 def untouched(factory: sessionmaker[Session], connector_id: str, keys: list[Key]) -> set[Key]:
@@ -170,7 +182,7 @@ def untouched(factory: sessionmaker[Session], connector_id: str, keys: list[Key]
     with factory() as session:
         seen = (
             session.connection()
-            .execute(_keyed()[1], {"keys": list(keys), "connector_id": connector_id})
+            .execute(_keyed(len(keys))[1], _keyed_params(connector_id, keys))
             .all()
         )
     return set(keys) - {(lead_id, key) for lead_id, key in seen}
