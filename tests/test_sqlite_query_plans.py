@@ -1,10 +1,10 @@
-"""Statements that run for every CRM request or batch read the rows they need, not whole tables.
+"""Tables that keep history are read by key, and past rate windows do not pile up.
 
 SQLite plans from indexes alone (textback never runs ANALYZE), and it plans a row-value
-``(a, b) IN (VALUES ...)`` as a scan. ``rate_windows`` keeps every past window and
-``sync_ledger`` every lead ever synced, so a scan grows with the business's history. The query
-plan (``EXPLAIN QUERY PLAN`` of the statement as it ran) shows what SQLite reads. SQLite only:
-PostgreSQL plans from its statistics.
+``(a, b) IN (VALUES ...)`` as a scan. ``sync_ledger`` keeps every lead ever synced and
+``rate_windows`` a row per limiter and window until it is pruned, so a scan grows with history. The query
+plan (``EXPLAIN QUERY PLAN`` of the statement as it ran) shows what SQLite reads; those tests are
+SQLite's only (PostgreSQL plans from its statistics).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import connector_state, sync_batch
@@ -78,3 +78,18 @@ def test_batch_ledger_reads_and_deletes_look_up_their_keys(
         sync_batch.forget_intents(factory, "hubspot", keys)
 
     assert scans(plans_of(sqlite_engine, read_and_forget, "sync_ledger"), "sync_ledger") == []
+
+
+def test_past_rate_windows_do_not_pile_up(factory: sessionmaker[Session]) -> None:
+    """A 10 s limit uses 8,640 windows a day; only the recent ones are kept."""
+    limit = Limit(100, 10)
+    with transaction(factory) as s:
+        for window in range(1_000):
+            assert connector_state._take(s, "b:hubspot:0", window, limit, 1)
+            assert connector_state._take(s, "b:other:0", window, limit, 1)
+    with reading(factory) as s:
+        rows = s.execute(
+            text("SELECT limiter, MIN(window_start), COUNT(*) FROM rate_windows GROUP BY limiter")
+        )
+        kept = {limiter: (first, count) for limiter, first, count in rows}
+    assert kept == {"b:hubspot:0": (992, 8), "b:other:0": (992, 8)}
