@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, and_, bindparam, delete, func, or_, select
+from sqlalchemy import Select, Table, bindparam, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import transaction
 from core.models import Alert, ConnectorState, OAuthToken, RateWindow, utcnow
+from core.pairs import any_pair, pair_params
 from core.secrets import SecretBox
 
 log = logging.getLogger("textback.connectors")
@@ -247,23 +248,15 @@ def window_counts(session: Session, windows: Sequence[tuple[str, int]]) -> dict[
     """The requests taken so far from each ``(limiter, window_start)``, in one statement; absent: none."""
     if not windows:
         return {}
-    params: dict[str, Any] = {}
-    for i, (limiter, window) in enumerate(windows):
-        params[f"l{i}"], params[f"w{i}"] = limiter, window
-    rows = session.connection().execute(_counts(len(windows)), params)
+    rows = session.connection().execute(_counts(len(windows)), pair_params(windows))
     return {(r.limiter, r.window_start): int(r[2]) for r in rows}
 
 
 @functools.lru_cache(maxsize=8)
 def _counts(n: int) -> Select[Any]:
-    # One (limiter = ? AND window_start = ?) term per window: each an index search on both
-    # databases, where SQLite plans ``(limiter, window_start) IN (VALUES ...)`` as a scan of the
-    # whole table, which keeps every past window.
     rw = _table(RateWindow)
-    terms = [
-        and_(rw.c.limiter == bindparam(f"l{i}"), rw.c.window_start == bindparam(f"w{i}")) for i in range(n)
-    ]
-    return select(rw.c.limiter, rw.c.window_start, rw.c.count).where(or_(*terms))
+    match = any_pair(rw.c.limiter, rw.c.window_start, n)
+    return select(rw.c.limiter, rw.c.window_start, rw.c.count).where(match)
 
 
 def full_window(

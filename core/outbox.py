@@ -215,13 +215,18 @@ class _Statements:
     complete_pending: Update
 
 
+def claim_holds(c: Any) -> tuple[Any, ...]:
+    """The job ``:job_id`` is still held by the claim ``:token`` (the guard of every lease write)."""
+    return (c.id == bindparam("job_id"), c.claim_token == bindparam("token"), c.status == "running")
+
+
 @functools.cache
 def _statements(dialect: str) -> _Statements:
     jobs = _jobs()
     c = jobs.c
     stamp = c.updated_at.type
     at: Any = bindparam("at", type_=stamp)
-    guard = (c.id == bindparam("job_id"), c.claim_token == bindparam("token"), c.status == "running")
+    guard = claim_holds(c)
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     enqueue = insert(jobs).on_conflict_do_nothing(index_elements=["dedupe_key"])
     enqueue_notify = None

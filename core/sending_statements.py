@@ -24,6 +24,7 @@ from core.models import (
     Suppression,
     TimelineEntry,
 )
+from core.outbox import claim_holds
 
 
 @dataclass(frozen=True)
@@ -110,16 +111,12 @@ def statements(dialect: str) -> Statements:
         .scalar_subquery()
     )
     line = _table(LineType)
-    # The job's lease while the claim that ran it holds it (NULL once another worker re-claimed it,
-    # as core.outbox's renew guard sees it): read with the facts, so checking it takes no write lock.
+    # The job's lease while the claim that ran it holds it (NULL once another worker re-claimed it):
+    # read with the facts, so checking it takes no write lock.
     jobs = _table(OutboxJob)
     lease = (
         select(jobs.c.locked_until)
-        .where(
-            jobs.c.id == bindparam("job_id"),
-            jobs.c.claim_token == bindparam("token"),
-            jobs.c.status == "running",
-        )
+        .where(*claim_holds(jobs.c))
         .scalar_subquery()
     )
     facts = (

@@ -14,13 +14,14 @@ import functools
 from collections.abc import Iterable
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, delete, or_, select
+from sqlalchemy import Table, bindparam, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.crm import ActivityData, DealData, NewRecord, Remote, TaskData
 from core.db import transaction
 from core.models import SyncLedger, utcnow
+from core.pairs import any_pair, pair_params
 
 
 class Unplanned(Exception):
@@ -147,24 +148,16 @@ def record(
 
 @functools.lru_cache(maxsize=32)
 def _keyed(n: int) -> tuple[Any, Any]:
-    """Statements for ``n`` (lead, key) pairs: one term per pair, each an index search.
-
-    SQLite plans ``(lead_id, key) IN (VALUES ...)`` as a scan of the whole ledger, which grows
-    with every lead ever synced.
-    """
+    """Statements for ``n`` (lead, key) pairs, each looked up by index (see core.pairs)."""
     t = _LEDGER
-    pairs = [and_(t.c.lead_id == bindparam(f"l{i}"), t.c.key == bindparam(f"k{i}")) for i in range(n)]
-    match = (or_(*pairs), t.c.connector_id == bindparam("connector_id"))
+    match = (any_pair(t.c.lead_id, t.c.key, n), t.c.connector_id == bindparam("connector_id"))
     forget = delete(t).where(*match, t.c.remote_id.is_(None))
     seen = select(t.c.lead_id, t.c.key).where(*match)
     return forget, seen
 
 
 def _keyed_params(connector_id: str, keys: list[Key]) -> dict[str, Any]:
-    params: dict[str, Any] = {"connector_id": connector_id}
-    for i, (lead_id, key) in enumerate(keys):
-        params[f"l{i}"], params[f"k{i}"] = lead_id, key
-    return params
+    return {"connector_id": connector_id, **pair_params(keys)}
 
 
 def forget_intents(factory: sessionmaker[Session], connector_id: str, keys: list[Key]) -> None:
