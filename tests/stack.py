@@ -161,6 +161,13 @@ class Stack:
         if self._worker_thread:
             self._worker_thread.join(timeout=5)
         stop_servers(self.bridge_server, self.twilio_server)
+        # A request the bridge was still handling (a status callback for the last text) holds a
+        # connection in its own thread: let it finish before the test's database is dropped, or
+        # PostgreSQL's DROP SCHEMA and its write deadlock.
+        checked_out = getattr(self.engine.pool, "checkedout", lambda: 0)
+        deadline = time.monotonic() + 5
+        while checked_out() and time.monotonic() < deadline:
+            time.sleep(0.01)
         self.engine.dispose()
 
 
