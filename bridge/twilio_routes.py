@@ -201,9 +201,13 @@ def voice() -> Response:
                 concluded = calls.conclude_forwarded(
                     session, business, call_sid, caller, called, direction, redelivered=not first
                 )
-                _log_decision(business, call_sid, concluded)
-                return voicemail_response(business)
-            calls.record_incoming(session, business, call_sid, caller, called, direction)
+            else:
+                calls.record_incoming(session, business, call_sid, caller, called, direction)
+        if business.mode == "forward":
+            # Logged once committed: not for an attempt that rolled back, and not while the
+            # transaction holds SQLite's write lock.
+            _log_decision(business, call_sid, concluded)
+            return voicemail_response(business)
         vr = VoiceResponse()
         dial = Dial(
             action="/twilio/dial-result", method="POST", timeout=business.ring_timeout, answer_on_bridge=True

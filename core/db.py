@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from core import sqlite_checkpoint
 from core.errors import ConfigError, NotMigratedError
 from core.sqlite_writer import QueuedWriterConnection, open_queue
 
@@ -136,6 +137,10 @@ def _tune_sqlite(engine: Engine, database: str | None, background: bool) -> None
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA synchronous=NORMAL")
+        if database and database != ":memory:":
+            # Checkpoints run beside the writers, not in a commit that holds the write queue.
+            cur.execute("PRAGMA wal_autocheckpoint=0")
+            sqlite_checkpoint.ensure_running(engine, database)
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 

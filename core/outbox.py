@@ -40,6 +40,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -58,6 +59,7 @@ PRIORITIES = {"sms.send": 0, "convo.reply": 1, "notify.email": 3, "notify.webhoo
 DEFAULT_PRIORITY = 5
 # Texts to callers and conversation replies: the jobs a caller is waiting for (the text lane).
 TEXT_PRIORITY = 1
+_ANY_PRIORITY = 2**31 - 1
 # The NOTIFY channel. Payload "text": a text-lane job is due now; "job": another job is due now;
 # "due": a job's due time moved (queued for later, retried, deferred): re-read the next due time.
 CHANNEL = "textback_outbox"
@@ -337,7 +339,15 @@ def _ready_statement(max_priority: int | None) -> Select[Any]:
 
 @functools.lru_cache(maxsize=64)
 def _claim_statement(limit: int, max_priority: int | None) -> Update:
-    """Claim up to ``limit`` ready jobs (of priority <= ``max_priority``): one statement per lane."""
+    """Claim up to ``limit`` ready jobs (of priority <= ``max_priority``): one statement per lane.
+
+    A ready job is due (pending, its time come) or lapsed (running past its lease: its worker
+    died). Each kind is read in the order of ``ix_outbox_claim`` and only until ``limit`` are
+    found, and the claim takes the first ``limit`` of the two: as one query over both kinds, the
+    database read, checked and sorted every ready job to pick one, so that a claim's cost grew
+    with the backlog (4 ms on SQLite, 7 ms on PostgreSQL at 2,000 queued) just when the workers
+    fall behind.
+    """
     jobs = _jobs()
     c = jobs.c
     stamp = c.updated_at.type
@@ -350,18 +360,27 @@ def _claim_statement(limit: int, max_priority: int | None) -> Update:
             earlier.c.status.in_(ACTIVE),
         )
     )
-    ready = _ready(c, now)
-    lane = [] if max_priority is None else [c.priority <= max_priority]
-    candidates = (
-        select(c.id)
-        .where(ready, ~blocked, *lane)
-        .order_by(c.priority, c.next_attempt_at, c.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True, of=jobs)
-    )
+    # Bounded in every lane: on ``status`` and ``priority`` SQLite reads ix_outbox_claim in the
+    # order wanted; with ``status`` alone it prefers ix_outbox_ready and sorts every due job.
+    lane = c.priority <= (_ANY_PRIORITY if max_priority is None else max_priority)
+
+    def first(name: str, *ready: Any) -> Any:
+        return (
+            select(c.id, c.priority, c.next_attempt_at)
+            .where(*ready, lane, ~blocked)
+            .order_by(c.priority, c.next_attempt_at, c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=jobs)
+            .cte(name)
+        )
+
+    due = first("due", c.status == "pending", c.next_attempt_at <= now)
+    lapsed = first("lapsed", c.status == "running", c.locked_until < now)
+    ready = union_all(select(due), select(lapsed)).subquery("ready")
+    chosen = select(ready.c.id).order_by(ready.c.priority, ready.c.next_attempt_at, ready.c.id).limit(limit)
     return (
         update(jobs)
-        .where(c.id.in_(candidates.scalar_subquery()))
+        .where(c.id.in_(chosen.scalar_subquery()))
         .values(
             status="running",
             locked_by=bindparam("worker"),

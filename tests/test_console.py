@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 from flask import Flask, url_for
 from flask.testing import FlaskClient
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.security import generate_password_hash
 
@@ -524,7 +523,12 @@ def test_dashboard_for_one_business_is_its_report(tmp_path: Path, db_url: str) -
         stack.close()
 
 
-def test_pages_stay_fast_with_thousands_of_rows(env: Env) -> None:
+def test_pages_read_a_few_statements_and_a_page_of_rows_with_thousands_of_rows(env: Env) -> None:
+    """Whatever the table sizes, a page runs a bounded number of statements and shows one page.
+
+    How long a page takes is measured by benchmarks, not here: a test that times it fails on a slow
+    or busy machine, and passes for an N+1 query on a fast one.
+    """
     now = utcnow()
     n = 3000
     lead_rows: list[dict[str, Any]] = [
@@ -557,14 +561,16 @@ def test_pages_stay_fast_with_thousands_of_rows(env: Env) -> None:
         s.execute(update(OutboxJob).values(status="dead", last_error="Twilio 21408: permission denied"))
         s.execute(insert(Alert), [{"kind": "auth", "message": f"alert {i}", "at": now} for i in range(300)])
     client, _ = logged_in(env.app)
+    ran: list[str] = []
+    event.listen(env.factory.kw["bind"], "before_cursor_execute", lambda _c, _u, sql, *_a: ran.append(sql))
     for url in ("/console/?days=90", "/console/leads", "/console/leads?q=555-0042", "/console/leads?page=3",
                 "/console/outbox", "/console/outbox?page=2", "/console/suppressions", "/console/alerts",
                 f"/console/leads/{lead_rows[42]['id']}"):
-        started = time.perf_counter()
+        ran.clear()
         resp = client.get(url)
-        elapsed = time.perf_counter() - started
         assert resp.status_code == 200, url
-        assert elapsed < 2.0, f"{url} took {elapsed:.2f} s"
+        # A few statements whatever the row count: no query per lead, job or alert shown.
+        assert len(ran) <= 10, (url, len(ran))
         assert len(resp.data) < 400_000, url  # paged: never thousands of rows in one page
     assert "+13125550042" in client.get("/console/leads?q=(312) 555-0042").text
     assert 'rel="next"' in client.get("/console/leads").text

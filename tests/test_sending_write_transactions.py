@@ -10,6 +10,7 @@ transactions that ran an INSERT, UPDATE or DELETE.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -34,6 +35,12 @@ from tests.stack import Stack, all_day_business
 KNOWN = "+13125550142"  # a contact of the CRM
 WARM_UP = "+13125550143"  # a caller the CRM does not know
 WRITES = ("INSERT", "UPDATE", "DELETE")
+# A statement after a WITH list (the outbox claim): the WITH's last ")" then the verb.
+_AFTER_WITH = re.compile(r"\)\s*(INSERT|UPDATE|DELETE)\s")
+
+
+def _writes(sql: str) -> bool:
+    return sql.startswith(WRITES) or (sql.startswith("WITH") and _AFTER_WITH.search(sql) is not None)
 
 
 class WriteTransactions:
@@ -55,7 +62,7 @@ class WriteTransactions:
             if self.sqlite:
                 if words.startswith("BEGIN IMMEDIATE"):
                     self.count += 1
-            elif words.startswith(WRITES) and not self._writing.get(id(conn)):
+            elif _writes(words) and not self._writing.get(id(conn)):
                 self._writing[id(conn)] = True
                 self.count += 1
 
