@@ -147,7 +147,13 @@ def render(path: Path) -> str:
         "",
         f"`{report['command']}`",
         "",
-        f"{m['nproc']} CPUs ({m['cpu']}), {m['memory_gb']} GB; wall time {report['wall_s']} s",
+        f"{m['nproc']} CPUs ({m['cpu']}), {m['memory_gb']} GB; wall time {report['wall_s']} s"
+        + (
+            f"; calibration {m['calibration_ms']} ms at the start, "
+            f"{report.get('calibration_end_ms')} ms at the end"
+            if "calibration_ms" in m
+            else ""
+        ),
         "",
         *phases_table(cells),
         "",

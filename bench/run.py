@@ -87,7 +87,24 @@ def machine() -> dict[str, Any]:
         "memory_gb": round(mem_kb / 1024 / 1024, 1),
         "python": platform.python_version(),
         "kernel": platform.release(),
+        "calibration_ms": calibration_ms(),
     }
+
+
+def calibration_ms() -> float:
+    """CPU milliseconds of a fixed piece of Python (dict, str, JSON), the quickest of five.
+
+    The model name says little: two sessions' "AMD EPYC" machines ran the same code at speeds a
+    factor of two apart, and one machine's speed moves from minute to minute. Taken at the start
+    and the end of a run, this says how fast the machine was, so that runs compare.
+    """
+    best = float("inf")
+    for _ in range(5):
+        started = time.process_time()
+        table = {str(i): [i, i * 2, f"caller-{i}"] for i in range(50_000)}
+        json.loads(json.dumps(table))
+        best = min(best, time.process_time() - started)
+    return round(best * 1000, 1)
 
 
 class Driver:
@@ -616,6 +633,9 @@ def main(argv: list[str] | None = None) -> None:
                 report["ratios"].append({"db": db, "bridge_workers": workers, **r})
                 print("ratios to naive (ours / naive):", json.dumps(r))
     report["wall_s"] = round(time.monotonic() - started, 1)
+    report["calibration_end_ms"] = calibration_ms()
+    start_ms, end_ms = report["machine"]["calibration_ms"], report["calibration_end_ms"]
+    print(f"calibration: {start_ms} ms at the start, {end_ms} ms at the end")
     print(f"total wall time: {report['wall_s']} s")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
