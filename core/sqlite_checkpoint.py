@@ -34,6 +34,19 @@ _engines: dict[tuple[int, str], weakref.WeakSet[Any]] = {}
 _lock = threading.Lock()
 
 
+def _forget_in_child() -> None:
+    """A forked process (a gunicorn worker) starts its own threads, with a lock nobody holds.
+
+    The fork copies the lock as it was: taken, if the parent's thread held it at that moment.
+    """
+    global _lock
+    _lock = threading.Lock()
+    _engines.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def ensure_running(engine: Any, database: str) -> None:
     """Start this process's checkpoint thread for ``database`` unless it runs already."""
     key = (os.getpid(), os.path.abspath(database))  # a forked worker starts its own

@@ -115,3 +115,35 @@ def test_the_thread_ends_when_the_database_is_removed(tmp_path: Path) -> None:
         assert _until(lambda: not _threads_on(db))
     finally:
         engine.dispose()
+
+
+def test_a_process_forked_while_the_thread_registry_was_busy_opens_the_database(tmp_path: Path) -> None:
+    """gunicorn forks its workers from a master that may have opened the database already."""
+    engine, db = _make(tmp_path)
+    try:
+        with sqlite_checkpoint._lock:  # the parent's thread in the middle of a round, at the fork
+            pid = os.fork()
+            if pid == 0:  # the child: a fresh engine, as a gunicorn worker builds its app
+                code = 1
+                try:
+                    child = make_engine(f"sqlite:///{db}")
+                    with child.begin() as conn:
+                        conn.execute(text("INSERT INTO t (body) VALUES ('from the child')"))
+                    code = 0 if _until(lambda: len(_threads_on(db)) == 1, 5) else 2
+                finally:
+                    os._exit(code)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked process hung opening the database")
+        assert os.waitstatus_to_exitcode(status) == 0
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT body FROM t").scalars().all() == ["from the child"]
+    finally:
+        engine.dispose()
