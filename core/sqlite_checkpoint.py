@@ -85,8 +85,10 @@ def _run(engines: weakref.WeakSet[Any], key: tuple[int, str]) -> None:
             due = time.monotonic() + INTERVAL_S
             try:
                 _pass(conn, writer_fd)
-            except sqlite3.OperationalError:
-                continue  # a lock held elsewhere for a moment: the next round copies the pages
+            except (sqlite3.Error, OSError):
+                # A lock held elsewhere for a moment, a full disk: the next round tries again (the
+                # thread must outlive a bad moment, or the log would grow until the process ends).
+                continue
     finally:
         if conn is not None:
             conn.close()
