@@ -345,8 +345,8 @@ def _claim_statement(limit: int, max_priority: int | None) -> Update:
     died). Each kind is read in the order of ``ix_outbox_claim`` and only until ``limit`` are
     found, and the claim takes the first ``limit`` of the two: as one query over both kinds, the
     database read, checked and sorted every ready job to pick one, so that a claim's cost grew
-    with the backlog (4 ms on SQLite, 7 ms on PostgreSQL at 2,000 queued) just when the workers
-    fall behind.
+    with the backlog (2 and 6 ms on SQLite and PostgreSQL at 2,000 queued, 12 and 13 ms at
+    6,000; ``python -m bench.store_costs claim``) just when the workers fall behind.
     """
     jobs = _jobs()
     c = jobs.c
