@@ -11,7 +11,8 @@ from flask import Flask, Response, g, jsonify, request
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import logs, outbox
+from bridge.runtime import Folding
+from core import logs, outbox, sync
 from core.config import Business, Config
 from core.db import make_engine, require_migrated, session_factory
 
@@ -60,6 +61,8 @@ def create_app(config: Config, insecure_dev: bool = False, engine: Engine | None
         )
     engine = engine or make_engine(config.database_url)
     require_migrated(engine, config.source)
+    # A missed call's push waits for its first text only where the connector writes it in.
+    sync.know_folding(Folding())
     app = Flask("textback.bridge")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["textback"] = BridgeState(config, engine, session_factory(engine), insecure_dev)

@@ -25,7 +25,7 @@ from connectors.notify.chat import ChatWebhookJob
 from connectors.notify.email import EmailJob
 from connectors.twilio.client import make_client
 from connectors.twilio.sms import TwilioGateway
-from core import connector_state
+from core import connector_state, sync
 from core.config import Config
 from core.conversation import ConversationJob, FollowUpJob
 from core.crm import Capability, Remote
@@ -317,6 +317,22 @@ def _finders_of() -> Any:
     )
 
 
+class Folding:
+    """Which connectors write a lead's first text into its call activity (core.sync.know_folding).
+
+    Asked once per connector id and process: registry.load reads the package metadata (~10 ms).
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[str, bool] = {}
+
+    def __call__(self, connector_id: str) -> bool:
+        known = self._known.get(connector_id)
+        if known is None:
+            known = self._known[connector_id] = bool(registry.load(connector_id).cls.folds_first_text)
+        return known
+
+
 def build_worker(config: Config, engine: Engine | None = None) -> Worker:
     w = config.worker
     job_threads = w.threads + w.text_threads
@@ -328,6 +344,7 @@ def build_worker(config: Config, engine: Engine | None = None) -> Worker:
             pool = {"pool_size": job_threads, "max_overflow": job_threads + 2}
         engine = make_engine(config.database_url, background=True, **pool)
     require_migrated(engine, config.source)
+    sync.know_folding(Folding())
     factory = session_factory(engine)
     outbox = Outbox(factory, worker_id(), w.lease_seconds, w.backoff_initial, w.backoff_max, w.max_attempts)
     connectors = Connectors(config, factory, lookup_threads=job_threads)

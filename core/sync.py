@@ -58,6 +58,17 @@ MAX_ATTEMPTS = 16
 FOLD_WAIT_S = 2.0
 FOLD_REASON = "waiting for the first text to go out"
 
+# connector id -> whether its class folds the first text into the call activity. Only code that
+# loads connectors knows (the bridge and the workers set it, see know_folding); until then every
+# connector whose settings log the call with its texts waits, as one that folds must.
+_folds_first_text: Callable[[str], bool] | None = None
+
+
+def know_folding(folds: Callable[[str], bool] | None) -> None:
+    """Tell ``emit`` which connectors fold the first text: the others' call pushes need not wait."""
+    global _folds_first_text
+    _folds_first_text = folds
+
 SYNC_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -168,7 +179,7 @@ def emit(
     until = utcnow() + timedelta(seconds=FOLD_WAIT_S) if hold else None
     queued = 0
     for connector_id, sync in installed:
-        held = hold and _folds_texts(sync)
+        held = hold and _folds_texts(sync) and _connector_folds(connector_id)
         queued += outbox.enqueue(
             session,
             kind="crm.sync",
@@ -204,14 +215,25 @@ def _wake(session: Session, business_id: str, lead_id: str, connector_ids: list[
 def _folds_texts(sync: dict[str, Any] | None) -> bool:
     """Whether these sync settings log the call with its texts, so its push should wait for them.
 
-    Whether the connector itself folds texts (``folds_first_text``) is known only to the worker,
-    which loads it: a connector that does not just waits for the same text.
+    Whether the connector itself folds texts (``folds_first_text``) is asked of know_folding's
+    function (``_connector_folds``).
     """
     settings = sync or {}
     return bool(
         settings.get("log_calls", SyncSettings.log_calls)
         and settings.get("log_messages", SyncSettings.log_messages)
     )
+
+
+def _connector_folds(connector_id: str) -> bool:
+    """Whether the connector folds the first text; when that cannot be known, it is taken to."""
+    folds = _folds_first_text
+    if folds is None:
+        return True
+    try:
+        return folds(connector_id)
+    except Exception:  # a connector that cannot be loaded here still gets its push, held as before
+        return True
 
 
 def _dedupe_key(connector_id: str, lead_id: str, event: str, ref: str) -> str:

@@ -215,6 +215,24 @@ def test_missed_call_lands_once_linked_and_replays_change_nothing(
     assert not any(r["path"].startswith(("/v1/persons", "/v1/deals", "/v1/activities")) for r in sent)
 
 
+def test_a_missed_calls_push_does_not_wait_for_a_text_pipedrive_logs_apart(
+    stack: Stack, pd: str, secret_key: str
+) -> None:
+    """Only a connector that writes the first text into the call activity (HubSpot) holds the
+    call's push for the text; Pipedrive logs the text as a note of its own, so its push goes at once."""
+    install(stack, pd, sync=at_the_missed_call(pd))
+    stack.call(CALLER, "no-answer")
+    [push] = crm_jobs(stack)
+    assert (push.payload["event"], push.status, push.last_error) == ("missed_call", "pending", None)
+    assert push.next_attempt_at <= push.created_at + timedelta(seconds=0.5)  # due now, not in 2 s
+    stack.drain()
+    person, deal, call_log, _ = missed_call_records(pd, CALLER)
+    notes = [n for n in state(pd)["notes"] if n["person_id"] == person["id"]]
+    assert any("Text message sent to" in n["content"] and n["deal_id"] == deal["id"] for n in notes)
+    assert call_log["deal_id"] == deal["id"]
+    assert all(j.status == "done" for j in crm_jobs(stack))
+
+
 def test_by_default_a_missed_call_makes_no_deal_or_task_and_a_reply_makes_the_deal(
     stack: Stack, pd: str, secret_key: str
 ) -> None:
