@@ -11,7 +11,6 @@ from flask import Flask, Response, g, jsonify, request
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from bridge.runtime import Folding
 from core import logs, outbox, sync
 from core.config import Business, Config
 from core.db import make_engine, require_migrated, session_factory
@@ -62,6 +61,10 @@ def create_app(config: Config, insecure_dev: bool = False, engine: Engine | None
     engine = engine or make_engine(config.database_url)
     require_migrated(engine, config.source)
     # A missed call's push waits for its first text only where the connector writes it in.
+    # Imported here: bridge.runtime brings prometheus_client, which a preforked process (the fault
+    # suite's zygote, gunicorn's master) must not import before its multiprocess directory is set.
+    from bridge.runtime import Folding
+
     sync.know_folding(Folding())
     app = Flask("textback.bridge")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
