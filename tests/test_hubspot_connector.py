@@ -669,9 +669,13 @@ def test_a_slow_crm_never_delays_the_first_text(stack: Stack, hub: Hub, secret_k
 
 
 def test_a_lone_lead_takes_three_requests_with_the_default_settings(
-    stack: Stack, hub: Hub, secret_key: str
+    stack: Stack, hub: Hub, secret_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The product's defaults: the lookup, the contact and the call activity with the text in it."""
+    # The push waits for the text at most FOLD_WAIT_S (2 s); on a busy CI machine this text, with its
+    # slow lookup, once took longer, and its call went without it (a fourth request, the text's
+    # note). The wait's bound is not what this test is about.
+    monkeypatch.setattr(sync, "FOLD_WAIT_S", 20.0)
     settings = sandbox.settings(hub.url)
     assert not {"deal_on", "create_task"} & set(settings["sync"])  # the sandbox keeps the defaults
     install(stack, settings)
