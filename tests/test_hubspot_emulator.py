@@ -593,6 +593,10 @@ def test_injected_fault_then_success(hub: Hub) -> None:
     retrying = hub.client(retry=retry)
     assert retrying.crm.contacts.basic_api.create(contact_input(email="b@example.com")).id
     assert len(hub.state()["contacts"]) == 2
+    # The request log says which fault each request met, in the order they were met.
+    logged = requests.get(f"{hub.url}/_emulator/requests", timeout=5).json()["requests"]
+    posts = [r["fault"] for r in logged if r["method"] == "POST" and r["path"] == fault["path"]]
+    assert posts == [503, None, 503, 503, None]
 
 
 def test_reset_clears_data_and_counters_but_keeps_tokens(hub: Hub) -> None:

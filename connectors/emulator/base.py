@@ -2,7 +2,8 @@
 
 An emulator is a Flask app that speaks one vendor's wire format on 127.0.0.1 and adds:
 
-- ``GET  /_emulator/requests``  every request received, with the emulator's own timestamps;
+- ``GET  /_emulator/requests``  every request received, with the emulator's own timestamps, in the
+  order faults were met (``fault``: the injected status, ``"delay"``, or null);
 - ``GET  /_emulator/state``     what the emulator holds (vendor-specific shape);
 - ``POST /_emulator/faults``    make the next N matching requests fail (or stall) a given way;
 - ``POST /_emulator/reset``     forget state, faults and the request log.
@@ -90,9 +91,11 @@ class EmulatorApp:
                 "form": request.form.to_dict(flat=False) if request.form else None,
                 "json": request.get_json(silent=True) if request.is_json else None,
             }
+            # One hold for both: the request log's order is the order in which faults were met.
             with self.lock:
                 self.requests.append(entry)
-            fault = self._take_fault(request.method, path)
+                fault = self._take_fault(request.method, path)
+                entry["fault"] = None if fault is None else (fault.status or "delay")
             if fault is None:
                 return None
             if fault.status is None:
