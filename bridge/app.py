@@ -65,7 +65,7 @@ def create_app(config: Config, insecure_dev: bool = False, engine: Engine | None
     # suite's zygote, gunicorn's master) must not import before its multiprocess directory is set.
     from bridge.runtime import Folding
 
-    sync.know_folding(Folding())
+    sync.know_folding(Folding().warm(engine))
     app = Flask("textback.bridge")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["textback"] = BridgeState(config, engine, session_factory(engine), insecure_dev)

@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, bindparam, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bridge import metrics
@@ -332,6 +333,26 @@ class Folding:
             known = self._known[connector_id] = bool(registry.load(connector_id).cls.folds_first_text)
         return known
 
+    def warm(self, engine: Engine) -> Folding:
+        """Ask now for every connector installed, while the process starts.
+
+        Otherwise the first missed call of each process asks inside its transaction, which on
+        SQLite holds the write lock for every other webhook and text meanwhile.
+        """
+        try:
+            with engine.connect() as conn:
+                ids = conn.execute(select(ConnectorInstall.connector_id).distinct()).scalars().all()
+        except SQLAlchemyError as exc:
+            log.warning("connector folding not known yet", extra={"error": type(exc).__name__})
+            return self
+        for connector_id in ids:
+            try:
+                self(connector_id)
+            except Exception as exc:  # asked again at the first missed call, which copes (core.sync)
+                extra = {"connector": connector_id, "error": type(exc).__name__}
+                log.warning("connector folding not known yet", extra=extra)
+        return self
+
 
 def build_worker(config: Config, engine: Engine | None = None) -> Worker:
     w = config.worker
@@ -344,7 +365,7 @@ def build_worker(config: Config, engine: Engine | None = None) -> Worker:
             pool = {"pool_size": job_threads, "max_overflow": job_threads + 2}
         engine = make_engine(config.database_url, background=True, **pool)
     require_migrated(engine, config.source)
-    sync.know_folding(Folding())
+    sync.know_folding(Folding().warm(engine))
     factory = session_factory(engine)
     outbox = Outbox(factory, worker_id(), w.lease_seconds, w.backoff_initial, w.backoff_max, w.max_attempts)
     connectors = Connectors(config, factory, lookup_threads=job_threads)

@@ -14,8 +14,10 @@ import yaml
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from bridge.app import create_app
 from bridge.cli import main
 from bridge.runtime import Connectors, build_worker
+from connectors import registry
 from connectors.base import ConnectorContext
 from connectors.emulator.base import ServerThread, serve_in_thread
 from connectors.pipedrive import client as pd_client
@@ -231,6 +233,26 @@ def test_a_missed_calls_push_does_not_wait_for_a_text_pipedrive_logs_apart(
     assert any("Text message sent to" in n["content"] and n["deal_id"] == deal["id"] for n in notes)
     assert call_log["deal_id"] == deal["id"]
     assert all(j.status == "done" for j in crm_jobs(stack))
+
+
+def test_a_bridge_started_with_connectors_installed_knows_their_folding_before_the_first_call(
+    stack: Stack, pd: str, secret_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bridge asks each installed connector whether it folds the first text when it starts, so
+    the first missed call does not load connector classes inside its transaction (SQLite's lock)."""
+    install(stack, pd, sync=at_the_missed_call(pd))
+    stack.app = create_app(stack.config, engine=stack.engine)  # the bridge restarted after the install
+    stack._dispatch.app = stack.app
+
+    def unreachable(connector_id: str) -> Any:
+        raise AssertionError(f"connector {connector_id!r} loaded during a webhook")
+
+    # A lookup now would be taken to fold (core.sync), and the push would be held for the text.
+    monkeypatch.setattr(registry, "load", unreachable)
+    stack.call(CALLER, "no-answer")
+    [push] = crm_jobs(stack)
+    assert (push.payload["event"], push.status, push.last_error) == ("missed_call", "pending", None)
+    assert push.next_attempt_at <= push.created_at + timedelta(seconds=0.5)
 
 
 def test_by_default_a_missed_call_makes_no_deal_or_task_and_a_reply_makes_the_deal(
