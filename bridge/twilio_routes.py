@@ -192,6 +192,9 @@ def voice() -> Response:
     direction = field("Direction", required=False, max_len=20) or "inbound"
     business = business_for(called)
     st = state()
+    # Worked out before the transaction, which on SQLite holds the write lock for everyone.
+    forward = business.mode == "forward"
+    pre = calls.forwarded_prelude(business, call_sid, caller, called, direction) if forward else None
 
     def run() -> Response:
         with transaction(st.factory) as session:
@@ -199,7 +202,7 @@ def voice() -> Response:
             if business.mode == "forward":
                 # The carrier only forwards calls nobody answered: every call here is a miss.
                 concluded = calls.conclude_forwarded(
-                    session, business, call_sid, caller, called, direction, redelivered=not first
+                    session, business, call_sid, caller, called, direction, redelivered=not first, pre=pre
                 )
             else:
                 calls.record_incoming(session, business, call_sid, caller, called, direction)
