@@ -19,7 +19,7 @@ from twilio.twiml.voice_response import Dial, Gather, VoiceResponse
 
 from bridge import signature
 from bridge.app import state
-from core import calls, inbound, texting
+from core import call_intake, calls, inbound, texting
 from core.config import Business
 from core.db import transaction
 from core.models import utcnow
@@ -194,19 +194,19 @@ def voice() -> Response:
     st = state()
     # Worked out before the transaction, which on SQLite holds the write lock for everyone.
     forward = business.mode == "forward"
-    pre = calls.forwarded_prelude(business, call_sid, caller, called, direction) if forward else None
+    pre = call_intake.prelude(business, caller, called) if forward else None
 
     def run() -> Response:
         with transaction(st.factory) as session:
             first = calls.first_delivery(session, "voice.incoming", call_sid)
-            if business.mode == "forward":
+            if forward:
                 # The carrier only forwards calls nobody answered: every call here is a miss.
                 concluded = calls.conclude_forwarded(
                     session, business, call_sid, caller, called, direction, redelivered=not first, pre=pre
                 )
             else:
                 calls.record_incoming(session, business, call_sid, caller, called, direction)
-        if business.mode == "forward":
+        if forward:
             # Logged once committed: not for an attempt that rolled back, and not while the
             # transaction holds SQLite's write lock.
             _log_decision(business, call_sid, concluded)

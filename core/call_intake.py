@@ -160,9 +160,10 @@ class Prelude:
     body_unnamed: str | None
 
 
-def prelude(business: Business, call: NewCall, now: datetime | None = None) -> Prelude:
-    now = now or utcnow()
-    caller, to = _e164(call.from_number), _e164(call.to_number)
+def prelude(business: Business, caller_raw: str | None, called_raw: str | None) -> Prelude:
+    """The :class:`Prelude` of a call from ``caller_raw`` to ``called_raw``, as the webhook gave them."""
+    now = utcnow()
+    caller, to = _e164((caller_raw or "")[:40]), _e164((called_raw or "")[:40])
     if not caller:
         return Prelude(now, caller, to, None, "", None)
     send_after, message_status = texting.planned_status(
@@ -182,7 +183,7 @@ def conclude_new(
     """
     conn = session.connection()
     st = statements(conn.dialect.name)
-    pre = pre or prelude(business, call)
+    pre = pre or prelude(business, call.from_number, call.to_number)
     started_at = now = pre.now
     caller = pre.caller
     if caller and conn.dialect.name == "postgresql":

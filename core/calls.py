@@ -50,39 +50,21 @@ def conclude_forwarded(
     """Record and decide a call nobody answered (forward mode), in as few statements as it takes.
 
     ``redelivered``: the webhook was seen before, so the call is stored; skip the new-call path.
-    ``pre``: :func:`forwarded_prelude` of the same call, worked out before the transaction.
+    ``pre``: :func:`core.call_intake.prelude` of the same call, worked out before the transaction.
     """
-    new = _new_call(call_sid, caller, called, direction, miss_reason)
-    fast = None if redelivered else call_intake.conclude_new(session, business, new, pre)
-    if fast is not None:
-        decision, lead_id, message_id = fast
-        return Concluded(decision, lead_id, message_id, True)
-    call = record_incoming(session, business, call_sid, caller, called, direction)
-    return conclude(session, business, call, answered=False, miss_reason=miss_reason)
-
-
-def forwarded_prelude(
-    business: Business,
-    call_sid: str,
-    caller: str | None,
-    called: str | None,
-    direction: str | None,
-    miss_reason: str = "missed_forwarded",
-) -> call_intake.Prelude:
-    """What :func:`conclude_forwarded` can work out before its transaction (no database)."""
-    return call_intake.prelude(business, _new_call(call_sid, caller, called, direction, miss_reason))
-
-
-def _new_call(
-    call_sid: str, caller: str | None, called: str | None, direction: str | None, miss_reason: str
-) -> call_intake.NewCall:
-    return call_intake.NewCall(
+    new = call_intake.NewCall(
         call_sid=call_sid,
         from_number=(caller or "")[:40],
         to_number=(called or "")[:40],
         direction=(direction or "inbound")[:20],
         miss_reason=miss_reason,
     )
+    fast = None if redelivered else call_intake.conclude_new(session, business, new, pre)
+    if fast is not None:
+        decision, lead_id, message_id = fast
+        return Concluded(decision, lead_id, message_id, True)
+    call = record_incoming(session, business, call_sid, caller, called, direction)
+    return conclude(session, business, call, answered=False, miss_reason=miss_reason)
 
 
 def record_incoming(
