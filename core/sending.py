@@ -343,6 +343,12 @@ class SmsJob:
             self._entry(conn, st, lead_id, "crm_match", found=False)
             return None
         connector_id, remote = match
+        params = {"lead_id": lead_id, "connector_id": connector_id, "message_id": message_id}
+        if conn.execute(st.own_contact, params).first() is not None:
+            # This call's own push reached the CRM first (a connector whose push does not wait for
+            # the text) and may have made the contact the lookup found: not a customer it knew.
+            self._entry(conn, st, lead_id, "crm_match", found=False, connector=connector_id, own_push=True)
+            return None
         name = conn.execute(st.lead_name, {"lead_id": lead_id}).scalar_one()
         if remote.name and not name:
             name = remote.name

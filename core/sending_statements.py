@@ -22,6 +22,7 @@ from core.models import (
     MessageStatusEvent,
     OutboxJob,
     Suppression,
+    SyncLedger,
     TimelineEntry,
 )
 from core.outbox import claim_holds
@@ -43,6 +44,8 @@ class Statements:
     texted: Update
     named: Update
     lead_name: Select[Any]
+    # the lead's contact in a connector, touched by a push since the text was queued
+    own_contact: Select[Any]
     entry: Any
 
 
@@ -178,6 +181,7 @@ def statements(dialect: str) -> Statements:
         .where(m.c.id == message_id)
     )
     lead_id: Any = bindparam("lead_id")
+    ledger = _table(SyncLedger)
     return Statements(
         facts=facts,
         batch=batch,
@@ -198,5 +202,13 @@ def statements(dialect: str) -> Statements:
         .where(lead.c.id == lead_id, (lead.c.name.is_(None)) | (lead.c.name == ""))
         .values(name=bindparam("name"), updated_at=at),
         lead_name=select(lead.c.name).where(lead.c.id == lead_id),
+        own_contact=select(ledger.c.lead_id)
+        .where(
+            ledger.c.lead_id == lead_id,
+            ledger.c.connector_id == bindparam("connector_id"),
+            ledger.c.key == "contact",
+            ledger.c.updated_at >= select(m.c.created_at).where(m.c.id == message_id).scalar_subquery(),
+        )
+        .limit(1),
         entry=insert(_table(TimelineEntry)),
     )

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,7 +33,7 @@ from core.db import transaction
 from core.errors import AuthError, ConnectorConfigError, RateLimited, TransientError
 from core.models import Alert, ConnectorState, OutboxJob, SyncLedger
 from core.secrets import generate_key
-from tests.stack import Stack, settle
+from tests.stack import Stack, all_day_business, settle
 
 TestPipedriveConformance = conformance_suite(PipedriveKit())
 
@@ -253,6 +254,26 @@ def test_a_bridge_started_with_connectors_installed_knows_their_folding_before_t
     [push] = crm_jobs(stack)
     assert (push.payload["event"], push.status, push.last_error) == ("missed_call", "pending", None)
     assert push.next_attempt_at <= push.created_at + timedelta(seconds=0.5)
+
+
+def test_a_person_the_calls_own_push_created_does_not_make_the_caller_an_existing_customer(
+    tmp_path: Path, db_url: str, pd: str, secret_key: str
+) -> None:
+    """Pipedrive's push does not wait for the first text, so the text's caller lookup can find the
+    person that push just made for this very call: that is not a customer the business knew."""
+    policy = {**all_day_business()["policy"], "send_delay_seconds": 2}
+    stack = Stack(tmp_path, db_url, businesses=[all_day_business(mode="forward", policy=policy)])
+    try:
+        install(stack, pd, sync=at_the_missed_call(pd))
+        stack.call(CALLER, "no-answer")
+        run_until(stack, lambda: bool(persons_with(state(pd), CALLER)))  # the push, before the text
+        run_until(stack, lambda: bool(stack.sent(CALLER)))
+        [text] = stack.sent(CALLER)
+        assert "Sorry we missed your call" in text["body"] and "Sorry we missed you!" not in text["body"]
+        lead = stack.lead(CALLER)
+        assert lead is not None and lead["name"] is None
+    finally:
+        stack.close()
 
 
 def test_by_default_a_missed_call_makes_no_deal_or_task_and_a_reply_makes_the_deal(
