@@ -65,7 +65,8 @@ def create_app(config: Config, insecure_dev: bool = False, engine: Engine | None
     # suite's zygote, gunicorn's master) must not import before its multiprocess directory is set.
     from bridge.runtime import Folding
 
-    sync.know_folding(Folding().warm(engine))
+    folding = Folding().warm(engine)
+    sync.know_folding(folding, folding.finds)
     app = Flask("textback.bridge")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["textback"] = BridgeState(config, engine, session_factory(engine), insecure_dev)

@@ -319,19 +319,28 @@ def _finders_of() -> Any:
 
 
 class Folding:
-    """Which connectors write a lead's first text into its call activity (core.sync.know_folding).
+    """Which connectors write a lead's first text into its call activity, and which can look a
+    caller up (core.sync.know_folding).
 
     Asked once per connector id and process: registry.load reads the package metadata (~10 ms).
     """
 
     def __init__(self) -> None:
-        self._known: dict[str, bool] = {}
+        self._known: dict[str, tuple[bool, bool]] = {}  # connector id -> (folds, finds)
 
-    def __call__(self, connector_id: str) -> bool:
+    def _traits(self, connector_id: str) -> tuple[bool, bool]:
         known = self._known.get(connector_id)
         if known is None:
-            known = self._known[connector_id] = bool(registry.load(connector_id).cls.folds_first_text)
+            loaded = registry.load(connector_id)
+            finds = Capability.FIND_CONTACT in set(loaded.manifest.capabilities)
+            known = self._known[connector_id] = (bool(loaded.cls.folds_first_text), finds)
         return known
+
+    def __call__(self, connector_id: str) -> bool:
+        return self._traits(connector_id)[0]
+
+    def finds(self, connector_id: str) -> bool:
+        return self._traits(connector_id)[1]
 
     def warm(self, engine: Engine) -> Folding:
         """Ask now for every connector installed, while the process starts.
@@ -365,7 +374,8 @@ def build_worker(config: Config, engine: Engine | None = None) -> Worker:
             pool = {"pool_size": job_threads, "max_overflow": job_threads + 2}
         engine = make_engine(config.database_url, background=True, **pool)
     require_migrated(engine, config.source)
-    sync.know_folding(Folding().warm(engine))
+    folding = Folding().warm(engine)
+    sync.know_folding(folding, folding.finds)
     factory = session_factory(engine)
     outbox = Outbox(factory, worker_id(), w.lease_seconds, w.backoff_initial, w.backoff_max, w.max_attempts)
     connectors = Connectors(config, factory, lookup_threads=job_threads)

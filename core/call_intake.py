@@ -90,9 +90,7 @@ def statements(dialect: str) -> Statements:
         .scalar_subquery()
         .label("line_type"),
         missed_before.label("missed_before"),
-        exists()
-        .where(installs.c.business_id == b, installs.c.enabled.is_(True))
-        .label("has_connectors"),
+        exists().where(installs.c.business_id == b, installs.c.enabled.is_(True)).label("has_connectors"),
     ).select_from(one.outerjoin(leads, and_(leads.c.business_id == b, leads.c.phone == p)))
     lead_id: Any = bindparam("lead_id")
     return Statements(
@@ -280,7 +278,7 @@ def conclude_new(
         },
     )
     if not (decision.texts and caller):
-        _emit_missed(session, business.id, lead_id, call.call_sid, repeat, row.has_connectors, False)
+        _emit_missed(session, business, lead_id, call.call_sid, repeat, row.has_connectors, False)
         return decision, lead_id, None
     assert send_after is not None
     body = pre.body_unnamed if not name and pre.body_unnamed else texting.first_text_for(business, name, now)
@@ -300,7 +298,7 @@ def conclude_new(
     if message is None:
         if new_lead:  # it was stored as texted: put it back as get_or_create leaves it
             conn.execute(st.untexted, {"lead_id": lead_id})
-        _emit_missed(session, business.id, lead_id, call.call_sid, repeat, row.has_connectors, False)
+        _emit_missed(session, business, lead_id, call.call_sid, repeat, row.has_connectors, False)
         return decision, lead_id, None
     conn.execute(st.insert_message, message)
     if not new_lead:
@@ -309,13 +307,13 @@ def conclude_new(
             values["status"] = "scheduled"
         conn.execute(st.texted, values)
     due = message["status"] == "pending"
-    _emit_missed(session, business.id, lead_id, call.call_sid, repeat, row.has_connectors, due)
+    _emit_missed(session, business, lead_id, call.call_sid, repeat, row.has_connectors, due)
     return decision, lead_id, message["id"]
 
 
 def _emit_missed(
     session: Session,
-    business_id: str,
+    business: Business,
     lead_id: str,
     call_sid: str,
     repeat: bool,
@@ -325,7 +323,16 @@ def _emit_missed(
     """The missed call's CRM push, queued after its text: a text going now holds it (core.sync)."""
     if has_connectors:
         data = {"call_sid": call_sid, "repeat": repeat}
-        sync.emit(session, business_id, lead_id, "missed_call", call_sid, data, first_text_due=first_text_due)
+        sync.emit(
+            session,
+            business.id,
+            lead_id,
+            "missed_call",
+            call_sid,
+            data,
+            first_text_due=first_text_due,
+            caller_lookup=sync.looks_caller_up(business),
+        )
 
 
 def _create_lead(

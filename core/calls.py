@@ -219,6 +219,7 @@ def conclude(
                 call.call_sid,
                 {"call_sid": call.call_sid, "repeat": decision.reason == "cooldown"},
                 first_text_due=first_text_due,
+                caller_lookup=sync.looks_caller_up(business),
             )
     return Concluded(decision, lead.id if lead else None, message_id, True)
 

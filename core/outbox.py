@@ -154,8 +154,8 @@ def enqueue(
     return conn.execute(st.enqueue_notify[lane], values).first() is not None
 
 
-def wake(session: Session, ordering_keys: list[str], reason: str) -> int:
-    """Make the pending jobs with these ordering keys that wait for ``reason`` due now.
+def wake(session: Session, ordering_keys: list[str], *reasons: str) -> int:
+    """Make the pending jobs with these ordering keys that wait for one of ``reasons`` due now.
 
     In the caller's transaction: one UPDATE, which clears the reason (a job is woken once). On
     PostgreSQL it announces the jobs as a new job due now does, so an idle worker wakes at its
@@ -167,7 +167,8 @@ def wake(session: Session, ordering_keys: list[str], reason: str) -> int:
     conn = session.connection()
     now = utcnow()
     result = conn.execute(
-        _statements(conn.dialect.name).wake, {"ordering_keys": ordering_keys, "reason": reason, "at": now}
+        _statements(conn.dialect.name).wake,
+        {"ordering_keys": ordering_keys, "reasons": list(reasons), "at": now},
     )
     return _updated(result)
 
@@ -250,7 +251,7 @@ def _statements(dialect: str) -> _Statements:
             # thousands when a CRM's budget is used up, for each text sent. By ordering key it
             # reads the lead's few jobs. PostgreSQL's planner picks that index either way.
             c.status.concat("") == "pending",
-            c.last_error == bindparam("reason"),
+            c.last_error.in_(bindparam("reasons", expanding=True)),
         )
         .values(next_attempt_at=at, last_error=None, updated_at=at)
     )

@@ -27,7 +27,7 @@ from core.models import Lead, LineType, Message, utcnow
 from core.outbox import Deferred, Job, LeaseLost
 from core.phones import mask
 from core.sending_statements import Statements, statements
-from core.sync import emit, release
+from core.sync import emit, lookup_done, release
 from core.worker import crash_point, pause_point
 
 log = logging.getLogger("textback.sending")
@@ -162,6 +162,9 @@ class SmsJob:
                     # Not read again: only this job's lease holder cancels or sends the text, and an
                     # opt-out landing after the read is as late as one landing during a caller lookup.
                     conn.execute(st.attempt, {"message_id": message_id, "started": now, "at": utcnow()})
+                    if row.kind == "first_text" and row.crm_matched and row.lead_found is not None:
+                        # Looked up at an earlier call: a push held for this text's lookup goes now.
+                        lookup_done(session, row.business_id, row.lead_id)
         assert plan.business is not None
         business, started, budget = plan.business, row.attempt_started_at, plan.budget
         to, from_, body = row.to_number, row.from_number, row.body
@@ -186,11 +189,10 @@ class SmsJob:
                 # (LeaseLost rolls this back).
                 conn = session.connection()
                 outbox.renew_in(session, job)
-                named = (
-                    self._record_match(conn, st, business, message_id, row.lead_id, match)
-                    if plan.personalise
-                    else None
-                )
+                named = None
+                if plan.personalise:
+                    named = self._record_match(conn, st, business, message_id, row.lead_id, match)
+                    lookup_done(session, business.id, row.lead_id)
                 if named is not None:  # the existing-customer text, stored as sent
                     body = named
                     conn.execute(
@@ -321,6 +323,7 @@ class SmsJob:
                 conn = session.connection()
                 for message_id, lead_id, phone in items:
                     body = self._record_match(conn, st, business, message_id, lead_id, answers.get(phone))
+                    lookup_done(session, business.id, lead_id)
                     if body is not None:
                         conn.execute(st.body, {"message_id": message_id, "text": body, "at": utcnow()})
                     looked_up += 1
@@ -345,8 +348,9 @@ class SmsJob:
         connector_id, remote = match
         params = {"lead_id": lead_id, "connector_id": connector_id, "message_id": message_id}
         if conn.execute(st.own_contact, params).first() is not None:
-            # This call's own push reached the CRM first (a connector whose push does not wait for
-            # the text) and may have made the contact the lookup found: not a customer it knew.
+            # This call's own push reached the CRM first (its wait for this lookup ran out, see
+            # core.sync.LOOKUP_REASON) and may have made the contact the lookup found: not a
+            # customer it knew, unless that push found the contact already there.
             self._entry(conn, st, lead_id, "crm_match", found=False, connector=connector_id, own_push=True)
             return None
         name = conn.execute(st.lead_name, {"lead_id": lead_id}).scalar_one()

@@ -117,11 +117,7 @@ def statements(dialect: str) -> Statements:
     # The job's lease while the claim that ran it holds it (NULL once another worker re-claimed it):
     # read with the facts, so checking it takes no write lock.
     jobs = _table(OutboxJob)
-    lease = (
-        select(jobs.c.locked_until)
-        .where(*claim_holds(jobs.c))
-        .scalar_subquery()
-    )
+    lease = select(jobs.c.locked_until).where(*claim_holds(jobs.c)).scalar_subquery()
     facts = (
         select(
             m.c.lead_id,
@@ -182,6 +178,7 @@ def statements(dialect: str) -> Statements:
     )
     lead_id: Any = bindparam("lead_id")
     ledger = _table(SyncLedger)
+    known = ledger.alias("known")
     return Statements(
         facts=facts,
         batch=batch,
@@ -208,6 +205,12 @@ def statements(dialect: str) -> Statements:
             ledger.c.connector_id == bindparam("connector_id"),
             ledger.c.key == "contact",
             ledger.c.updated_at >= select(m.c.created_at).where(m.c.id == message_id).scalar_subquery(),
+            # core.sync's missed-call push records a contact the CRM had before it as this key
+            ~exists().where(
+                known.c.lead_id == lead_id,
+                known.c.connector_id == ledger.c.connector_id,
+                known.c.key == "existing_customer",
+            ),
         )
         .limit(1),
         entry=insert(_table(TimelineEntry)),

@@ -30,7 +30,7 @@ from sqlalchemy import Row, Table, and_, bindparam, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import connector_state, outbox, sync_batch
-from core.config import Config
+from core.config import Business, Config
 from core.crm import ActivityData, Capability, ContactData, DealData, NewRecord, Remote, TaskData
 from core.db import reading, transaction
 from core.errors import AuthError, JobError, RateLimited, TransientError
@@ -57,6 +57,11 @@ MAX_ATTEMPTS = 16
 # (its note follows when it does go out).
 FOLD_WAIT_S = 2.0
 FOLD_REASON = "waiting for the first text to go out"
+# A connector that does not fold the text still waits, as long, for the text's caller lookup when
+# there is one: a push that reached the CRM first would make or touch the very contact the lookup
+# then finds, and a caller the CRM knew could not be told from one this push just made. The lookup
+# makes it due (``lookup_done``), found or not, before the text goes out.
+LOOKUP_REASON = "waiting for the first text's caller lookup"
 
 # connector id -> whether its class folds the first text into the call activity. Only code that
 # loads connectors knows (the bridge and the workers set it, see know_folding); until then every
@@ -64,10 +69,17 @@ FOLD_REASON = "waiting for the first text to go out"
 _folds_first_text: Callable[[str], bool] | None = None
 
 
-def know_folding(folds: Callable[[str], bool] | None) -> None:
-    """Tell ``emit`` which connectors fold the first text: the others' call pushes need not wait."""
-    global _folds_first_text
+# connector id -> whether it can look a caller up (its pushes may then wait for the text's lookup)
+_finds_contacts: Callable[[str], bool] | None = None
+
+
+def know_folding(folds: Callable[[str], bool] | None, finds: Callable[[str], bool] | None = None) -> None:
+    """Tell ``emit`` which connectors fold the first text (the others' call pushes need not wait
+    for it) and which can look a caller up (only those wait for the text's lookup)."""
+    global _folds_first_text, _finds_contacts
     _folds_first_text = folds
+    _finds_contacts = finds
+
 
 SYNC_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -166,11 +178,14 @@ def emit(
     data: dict[str, Any] | None = None,
     *,
     first_text_due: bool = False,
+    caller_lookup: bool = False,
 ) -> int:
     """Queue ``event`` for every enabled connector of the business. ``ref`` makes it idempotent.
 
     ``first_text_due``: the lead's first text was queued to go now in this transaction. A missed
-    call's push then waits for it (see FOLD_WAIT_S) where the call is logged with the texts.
+    call's push then waits for it (see FOLD_WAIT_S) where the call is logged with the texts, and
+    otherwise, with ``caller_lookup`` (that text looks its caller up in the CRM first), for the
+    lookup (LOOKUP_REASON).
     """
     assert event in EVENTS, event
     conn = session.connection()
@@ -179,7 +194,11 @@ def emit(
     until = utcnow() + timedelta(seconds=FOLD_WAIT_S) if hold else None
     queued = 0
     for connector_id, sync in installed:
-        held = hold and _folds_texts(sync) and _connector_folds(connector_id)
+        reason = None
+        if hold and _folds_texts(sync) and _connector_folds(connector_id):
+            reason = FOLD_REASON
+        elif hold and caller_lookup and _asked(_finds_contacts, connector_id):
+            reason = LOOKUP_REASON
         queued += outbox.enqueue(
             session,
             kind="crm.sync",
@@ -190,13 +209,13 @@ def emit(
             lead_id=lead_id,
             payload={"event": event, "ref": ref, "data": data or {}},
             max_attempts=MAX_ATTEMPTS,
-            run_at=until if held else None,
-            reason=FOLD_REASON if held else None,
+            run_at=until if reason else None,
+            reason=reason,
         )
     if event == "texted" and installed:
         # A text went out: a missed call's push held for it goes now, and writes it in. It is ahead
         # of this "texted" push in order.
-        _wake(session, business_id, lead_id, [c for c, _ in installed])
+        _wake(session, business_id, lead_id, [c for c, _ in installed], FOLD_REASON, LOOKUP_REASON)
     return queued
 
 
@@ -204,12 +223,38 @@ def release(session: Session, business_id: str, lead_id: str) -> int:
     """The lead's first text failed or was skipped: a missed call's push held for it goes now."""
     conn = session.connection()
     installed = conn.execute(_statements().installed, {"business_id": business_id}).scalars().all()
-    return _wake(session, business_id, lead_id, list(installed)) if installed else 0
+    if not installed:
+        return 0
+    return _wake(session, business_id, lead_id, list(installed), FOLD_REASON, LOOKUP_REASON)
 
 
-def _wake(session: Session, business_id: str, lead_id: str, connector_ids: list[str]) -> int:
+def looks_caller_up(business: Business) -> bool:
+    """Whether a first text queued to go now looks its caller up in the CRM first (core.sending).
+
+    A text delayed on purpose (``send_delay_seconds``) looks up later than a push should wait.
+    """
+    return business.policy.crm_lookup_budget_ms > 0 and business.policy.send_delay_seconds <= 0
+
+
+def lookup_done(session: Session, business_id: str, lead_id: str) -> int:
+    """The first text's caller lookup is on record: a push held for it (LOOKUP_REASON) goes now.
+
+    Only connectors that do not fold the text are held so; a business with none of them installed
+    pays one small read.
+    """
+    conn = session.connection()
+    installed = conn.execute(_statements().installed, {"business_id": business_id}).all()
+    held = [
+        c
+        for c, sync in installed
+        if not (_folds_texts(sync) and _connector_folds(c)) and _asked(_finds_contacts, c)
+    ]
+    return _wake(session, business_id, lead_id, held, LOOKUP_REASON) if held else 0
+
+
+def _wake(session: Session, business_id: str, lead_id: str, connector_ids: list[str], *reasons: str) -> int:
     keys = [_ordering_key(business_id, c, lead_id) for c in connector_ids]
-    return outbox.wake(session, keys, FOLD_REASON)
+    return outbox.wake(session, keys, *reasons)
 
 
 def _folds_texts(sync: dict[str, Any] | None) -> bool:
@@ -227,11 +272,16 @@ def _folds_texts(sync: dict[str, Any] | None) -> bool:
 
 def _connector_folds(connector_id: str) -> bool:
     """Whether the connector folds the first text; when that cannot be known, it is taken to."""
-    folds = _folds_first_text
-    if folds is None:
+    return _asked(_folds_first_text, connector_id)
+
+
+def _asked(trait: Callable[[str], bool] | None, connector_id: str) -> bool:
+    """A connector's trait as know_folding's functions tell it; when that cannot be known, True:
+    a push then waits as one that needs to would."""
+    if trait is None:
         return True
     try:
-        return folds(connector_id)
+        return trait(connector_id)
     except Exception:  # a connector that cannot be loaded here still gets its push, held as before
         return True
 
