@@ -323,10 +323,10 @@ class SmsJob:
                 conn = session.connection()
                 for message_id, lead_id, phone in items:
                     body = self._record_match(conn, st, business, message_id, lead_id, answers.get(phone))
-                    lookup_done(session, business.id, lead_id)
                     if body is not None:
                         conn.execute(st.body, {"message_id": message_id, "text": body, "at": utcnow()})
                     looked_up += 1
+                lookup_done(session, business.id, *(lead_id for _, lead_id, _ in items))
         return looked_up
 
     def _record_match(

@@ -236,11 +236,11 @@ def looks_caller_up(business: Business) -> bool:
     return business.policy.crm_lookup_budget_ms > 0 and business.policy.send_delay_seconds <= 0
 
 
-def lookup_done(session: Session, business_id: str, lead_id: str) -> int:
-    """The first text's caller lookup is on record: a push held for it (LOOKUP_REASON) goes now.
+def lookup_done(session: Session, business_id: str, *lead_ids: str) -> int:
+    """The first texts' caller lookups are on record: pushes held for them (LOOKUP_REASON) go now.
 
-    Only connectors that do not fold the text are held so; a business with none of them installed
-    pays one small read.
+    Only connectors that can look a caller up and do not fold the text are held so; a business
+    with none of them installed pays one small read.
     """
     conn = session.connection()
     installed = conn.execute(_statements().installed, {"business_id": business_id}).all()
@@ -249,7 +249,10 @@ def lookup_done(session: Session, business_id: str, lead_id: str) -> int:
         for c, sync in installed
         if not (_folds_texts(sync) and _connector_folds(c)) and _asked(_finds_contacts, c)
     ]
-    return _wake(session, business_id, lead_id, held, LOOKUP_REASON) if held else 0
+    if not held:
+        return 0
+    keys = [_ordering_key(business_id, c, lead_id) for c in held for lead_id in lead_ids]
+    return outbox.wake(session, keys, LOOKUP_REASON)
 
 
 def _wake(session: Session, business_id: str, lead_id: str, connector_ids: list[str], *reasons: str) -> int:

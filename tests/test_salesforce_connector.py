@@ -189,6 +189,20 @@ def test_missed_call_is_one_lead_with_its_call_and_callback_tasks(
     assert booked["Status"] == "Working - Contacted" and booked["IsConverted"] is False
 
 
+def test_a_push_to_a_crm_the_text_does_not_look_callers_up_in_goes_at_once(
+    stack: Stack, sf_url: str, secret_key: str
+) -> None:
+    """Salesforce declares no ``find_contact``: the first text's caller lookup does not ask it, so
+    its push has no lookup to wait for (core.sync.LOOKUP_REASON), nor a text (it logs its own Task)."""
+    install(stack, sf_url, sync=at_the_missed_call(sf_url))
+    caller = "+13125550163"
+    stack.call(caller, "no-answer")
+    with stack.factory() as s:
+        [push] = s.scalars(select(OutboxJob).where(OutboxJob.target == "salesforce")).all()
+    assert (push.payload["event"], push.status, push.last_error) == ("missed_call", "pending", None)
+    assert push.next_attempt_at <= push.created_at + timedelta(seconds=0.5)
+
+
 def test_salesforce_outage_loses_nothing(stack: Stack, sf_url: str, secret_key: str) -> None:
     install(stack, sf_url, sync=at_the_missed_call(sf_url))
     fault(
