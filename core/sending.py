@@ -27,7 +27,7 @@ from core.models import Lead, LineType, Message, utcnow
 from core.outbox import Deferred, Job, LeaseLost
 from core.phones import mask
 from core.sending_statements import Statements, statements
-from core.sync import emit, lookup_done, release
+from core.sync import emit, lookup_done, lookup_held, release
 from core.worker import crash_point, pause_point
 
 log = logging.getLogger("textback.sending")
@@ -135,6 +135,8 @@ class SmsJob:
             conn = session.connection()
             st = statements(conn.dialect.name)
             row = self._facts(conn, st, facts)
+            # The pushes its caller lookup may free (core.sync.LOOKUP_REASON), read without the lock.
+            held = lookup_held(conn, row.business_id) if row.kind == "first_text" else []
         if row.lease_until is None:
             raise LeaseLost(f"job {job.id}")  # re-claimed before it started: nothing of it ran
         plan = self._plan(row, now)
@@ -162,9 +164,9 @@ class SmsJob:
                     # Not read again: only this job's lease holder cancels or sends the text, and an
                     # opt-out landing after the read is as late as one landing during a caller lookup.
                     conn.execute(st.attempt, {"message_id": message_id, "started": now, "at": utcnow()})
-                    if row.kind == "first_text" and row.crm_matched and row.lead_found is not None:
+                    if row.crm_matched and row.lead_found is not None:
                         # Looked up at an earlier call: a push held for this text's lookup goes now.
-                        lookup_done(session, row.business_id, row.lead_id)
+                        lookup_done(session, row.business_id, held, row.lead_id)
         assert plan.business is not None
         business, started, budget = plan.business, row.attempt_started_at, plan.budget
         to, from_, body = row.to_number, row.from_number, row.body
@@ -192,7 +194,7 @@ class SmsJob:
                 named = None
                 if plan.personalise:
                     named = self._record_match(conn, st, business, message_id, row.lead_id, match)
-                    lookup_done(session, business.id, row.lead_id)
+                    lookup_done(session, business.id, held, row.lead_id)
                 if named is not None:  # the existing-customer text, stored as sent
                     body = named
                     conn.execute(
@@ -326,7 +328,7 @@ class SmsJob:
                     if body is not None:
                         conn.execute(st.body, {"message_id": message_id, "text": body, "at": utcnow()})
                     looked_up += 1
-                lookup_done(session, business.id, *(lead_id for _, lead_id, _ in items))
+                lookup_done(session, business.id, lookup_held(conn, business.id), *(i[1] for i in items))
         return looked_up
 
     def _record_match(

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, and_, bindparam, delete, select
+from sqlalchemy import Connection, Row, Table, and_, bindparam, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import connector_state, outbox, sync_batch
@@ -236,22 +236,29 @@ def looks_caller_up(business: Business) -> bool:
     return business.policy.crm_lookup_budget_ms > 0 and business.policy.send_delay_seconds <= 0
 
 
-def lookup_done(session: Session, business_id: str, *lead_ids: str) -> int:
-    """The first texts' caller lookups are on record: pushes held for them (LOOKUP_REASON) go now.
+def lookup_held(conn: Connection, business_id: str) -> list[str]:
+    """The business's connectors whose missed-call pushes may wait for a first text's caller lookup
+    (LOOKUP_REASON): those that can look a caller up and do not fold the text.
 
-    Only connectors that can look a caller up and do not fold the text are held so; a business
-    with none of them installed pays one small read.
+    Read before the text's write transaction, so that a business with none of them (HubSpot alone)
+    runs nothing more under SQLite's write lock.
     """
-    conn = session.connection()
     installed = conn.execute(_statements().installed, {"business_id": business_id}).all()
-    held = [
+    return [
         c
         for c, sync in installed
         if not (_folds_texts(sync) and _connector_folds(c)) and _asked(_finds_contacts, c)
     ]
-    if not held:
+
+
+def lookup_done(session: Session, business_id: str, connector_ids: list[str], *lead_ids: str) -> int:
+    """The first texts' caller lookups are on record: pushes held for them (LOOKUP_REASON) go now.
+
+    ``connector_ids``: from ``lookup_held``. One UPDATE, none when it is empty.
+    """
+    if not connector_ids:
         return 0
-    keys = [_ordering_key(business_id, c, lead_id) for c in held for lead_id in lead_ids]
+    keys = [_ordering_key(business_id, c, lead_id) for c in connector_ids for lead_id in lead_ids]
     return outbox.wake(session, keys, LOOKUP_REASON)
 
 
