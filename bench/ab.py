@@ -1,0 +1,173 @@
+"""Two versions of the stack, measured alternately: ``python -m bench.ab --help``.
+
+This machine's speed moves by up to two times from one minute to the next (the calibration loop
+of ``bench.run`` took 118-302 ms within one session), so one run of each version says little. This
+runs ``bench.run`` for side A and side B in turns, A B B A A B ..., each side with its own flags,
+environment and, optionally, its own commit (checked out in a temporary git worktree and run from
+there). It then prints one row per run and the median of each side, from the runs' JSON files:
+
+    python -m bench.ab --pairs 5 --a-flags "--outbox-workers 1" --b-flags "--outbox-workers 2" \\
+        --out bench/results/run11-ab -- --db sqlite --workers 2 --no-naive --crm-duration 0 \\
+        --crm-burst 0 --duration 10 --drain-timeout 10 --wait-quiet 20
+    python -m bench.ab --a-rev 4bd4903 --pairs 3 --out /tmp/ab -- --db sqlite ...
+    python -m bench.ab --summarize bench/results/run11-ab-a-*.json -- bench/results/run11-ab-b-*.json
+
+Figures only: nothing here judges a difference. Medians of a handful of runs still move with the
+machine; compare them with the spread the table shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = (
+    "run",
+    "code",
+    "calibration (ms)",
+    "webhook p99 at the webhook goal's rate",
+    "SMS p50 / p99 at the SMS goal's rate",
+    "texts queued at the end of that step",
+    "machine busy at that step",
+)
+
+
+def figures(path: Path) -> dict[str, Any]:
+    """What one ``bench.run --out`` file says about the two latency goals' steps."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    [cell] = [c for c in data["cells"] if c.get("system") != "naive"][:1] or [None]
+    if cell is None:
+        raise SystemExit(f"{path}: no textback cell")
+    rates = {}
+    for key in cell.get("verdicts", {}):
+        name, _, rate = key.partition("@")
+        rates[name] = rate
+    web = cell["phases"].get(f"load@{rates.get('webhook_p99_ms', '200')}", {})
+    sms = cell["phases"].get(f"load@{rates.get('sms_p99_ms', '100')}", {})
+    product = data.get("product", {})
+    code = product.get("commit", "?") + ("+" if product.get("uncommitted") else "")
+    return {
+        "file": path.name,
+        "code": code,
+        "calibration": (data.get("machine", {}).get("calibration_ms"), data.get("calibration_end_ms")),
+        "web_p99": web.get("webhooks", {}).get("p99_ms"),
+        "sms_p50": sms.get("sms", {}).get("p50_ms"),
+        "sms_p99": sms.get("sms", {}).get("p99_ms"),
+        "queued": (sms.get("backlog_at_end") or {}).get("sms.send", 0),
+        "busy": sms.get("cpu", {}).get("machine_busy_pct"),
+    }
+
+
+def _ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.0f} ms" if v >= 100 else f"{v:.1f} ms"
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def table(sides: dict[str, list[Path]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    medians = []
+    for side, paths in sides.items():
+        rows = [figures(p) for p in paths]
+        for r in rows:
+            start, end = r["calibration"]
+            lines.append(
+                f"| {side}: `{r['file']}` | {r['code']} | {start}-{end} | {_ms(r['web_p99'])} | "
+                f"{_ms(r['sms_p50'])} / {_ms(r['sms_p99'])} | {r['queued']} | {r['busy']} % |"
+            )
+        if rows:
+            web, p50, p99 = (_ms(_median([r[k] for r in rows])) for k in ("web_p99", "sms_p50", "sms_p99"))
+            medians.append(
+                f"| **{side}: median of {len(rows)}** | | | {web} | {p50} / {p99} | "
+                f"{_median([r['queued'] for r in rows])} | {_median([r['busy'] for r in rows])} % |"
+            )
+    return "\n".join(lines + medians)
+
+
+@contextmanager
+def checkout(rev: str | None) -> Iterator[Path]:
+    """The code to run: this checkout, or ``rev`` in a temporary worktree."""
+    if rev is None:
+        yield ROOT
+        return
+    where = Path(tempfile.mkdtemp(prefix="textback-ab-")) / "tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), rev], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(where)], check=False)
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=False)
+
+
+def run_side(code: Path, flags: list[str], env: dict[str, str], common: list[str], out: Path) -> None:
+    environ = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(code), env.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "bench.run", *common, *flags, "--out", str(out)]
+    print("+", shlex.join(command), f"(in {code})", flush=True)
+    subprocess.run(command, cwd=code, env=environ, check=True, stdout=subprocess.DEVNULL)
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--a-env/--b-env take KEY=VALUE, not {item!r}")
+        env[key] = value
+    return env
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n")[0])
+    p.add_argument("--pairs", type=int, default=3, help="runs of each side")
+    for side in ("a", "b"):
+        p.add_argument(f"--{side}-rev", help=f"side {side.upper()}'s commit (default: this checkout)")
+        p.add_argument(f"--{side}-flags", default="", help=f"bench.run flags for side {side.upper()} only")
+        p.add_argument(f"--{side}-env", action="append", default=[], help="KEY=VALUE, repeatable")
+    p.add_argument("--out", default="bench-ab", help="file prefix: PREFIX-a-1.json, PREFIX-b-1.json, ...")
+    p.add_argument("--summarize", action="store_true", help="only print the table of existing files")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="after --: bench.run's flags for both sides")
+    args = p.parse_args(argv)
+    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    if args.summarize:
+        # FILE... -- FILE...: side A's files, then side B's
+        split = rest.index("--") if "--" in rest else len(rest)
+        print(table({"A": [Path(f) for f in rest[:split]], "B": [Path(f) for f in rest[split + 1 :]]}))
+        return
+    if not 1 <= args.pairs <= 20:
+        p.error("--pairs must be 1..20")
+    if "--out" in rest:
+        p.error("give --out to bench.ab, not to bench.run")
+    prefix = Path(args.out).resolve()
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    sides = {
+        "A": (args.a_rev, shlex.split(args.a_flags), _env(args.a_env)),
+        "B": (args.b_rev, shlex.split(args.b_flags), _env(args.b_env)),
+    }
+    made: dict[str, list[Path]] = {"A": [], "B": []}
+    with checkout(args.a_rev) as code_a, checkout(args.b_rev) as code_b:
+        codes = {"A": code_a, "B": code_b}
+        for i in range(1, args.pairs + 1):
+            for side in ("A", "B") if i % 2 else ("B", "A"):  # A B, B A, ...: neither always goes first
+                _, flags, env = sides[side]
+                out = Path(f"{prefix}-{side.lower()}-{i}.json")
+                run_side(codes[side], flags, env, rest, out)
+                made[side].append(out)
+    print(table(made))
+
+
+if __name__ == "__main__":
+    main()
