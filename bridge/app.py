@@ -63,10 +63,10 @@ def create_app(config: Config, insecure_dev: bool = False, engine: Engine | None
     # A missed call's push waits for its first text only where the connector writes it in.
     # Imported here: bridge.runtime brings prometheus_client, which a preforked process (the fault
     # suite's zygote, gunicorn's master) must not import before its multiprocess directory is set.
-    from bridge.runtime import Folding
+    from bridge.runtime import ConnectorTraits
 
-    folding = Folding().warm(engine)
-    sync.know_folding(folding, folding.finds)
+    traits = ConnectorTraits().warm(engine)
+    sync.know_folding(traits, traits.finds)
     app = Flask("textback.bridge")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["textback"] = BridgeState(config, engine, session_factory(engine), insecure_dev)

@@ -75,7 +75,13 @@ class _Cached:
 class Connectors:
     """Instantiates installed connectors (lazily, one per business and id) for this process."""
 
-    def __init__(self, config: Config, factory: sessionmaker[Session], lookup_threads: int = 4) -> None:
+    def __init__(
+        self,
+        config: Config,
+        factory: sessionmaker[Session],
+        lookup_threads: int = 4,
+        traits: ConnectorTraits | None = None,
+    ) -> None:
         self.config = config
         self.factory = factory
         self._cache: dict[tuple[str, str], _Cached] = {}
@@ -87,7 +93,7 @@ class Connectors:
         self._free = threading.BoundedSemaphore(threads)
         self._lock = threading.Lock()
         self._box: SecretBox | None = None
-        self._finders: dict[str, set[Capability]] = {}
+        self.traits = traits or ConnectorTraits()
 
     @property
     def box(self) -> SecretBox:
@@ -273,10 +279,7 @@ class Connectors:
                 )
 
     def _finds_contacts(self, connector_id: str, capability: Capability = Capability.FIND_CONTACT) -> bool:
-        # registry.load reads the package metadata (~10 ms): once per process, not once per text.
-        if connector_id not in self._finders:
-            self._finders[connector_id] = set(registry.load(connector_id).manifest.capabilities)
-        return capability in self._finders[connector_id]
+        return self.traits.has(connector_id, capability)
 
     def resolve(self, business_id: str, connector_id: str) -> Connector:
         # Only the install's stamp per push (no ORM load of its config and secrets): most find the
@@ -318,31 +321,39 @@ def _finders_of() -> Any:
     )
 
 
-class Folding:
-    """Which connectors write a lead's first text into its call activity, and which can look a
-    caller up (core.sync.know_folding).
+class ConnectorTraits:
+    """What the process knows of each connector's class and manifest: whether it writes a lead's
+    first text into its call activity, and its capabilities (core.sync.know_folding, and which
+    CRMs a caller lookup asks).
 
     Asked once per connector id and process: registry.load reads the package metadata (~10 ms).
     """
 
     def __init__(self) -> None:
-        self._known: dict[str, tuple[bool, bool]] = {}  # connector id -> (folds, finds)
+        self._known: dict[str, tuple[bool, frozenset[Capability]]] = {}  # id -> (folds, capabilities)
+        self._lock = threading.Lock()
 
-    def _traits(self, connector_id: str) -> tuple[bool, bool]:
+    def _traits(self, connector_id: str) -> tuple[bool, frozenset[Capability]]:
         known = self._known.get(connector_id)
         if known is None:
             loaded = registry.load(connector_id)
-            finds = Capability.FIND_CONTACT in set(loaded.manifest.capabilities)
-            known = self._known[connector_id] = (bool(loaded.cls.folds_first_text), finds)
+            folds = bool(getattr(loaded.cls, "folds_first_text", False))  # not every class derives from ours
+            known = (folds, frozenset(loaded.manifest.capabilities))
+            with self._lock:
+                self._known[connector_id] = known
         return known
 
     def __call__(self, connector_id: str) -> bool:
+        """Whether the connector folds the first text into the call activity."""
         return self._traits(connector_id)[0]
 
-    def finds(self, connector_id: str) -> bool:
-        return self._traits(connector_id)[1]
+    def has(self, connector_id: str, capability: Capability) -> bool:
+        return capability in self._traits(connector_id)[1]
 
-    def warm(self, engine: Engine) -> Folding:
+    def finds(self, connector_id: str) -> bool:
+        return self.has(connector_id, Capability.FIND_CONTACT)
+
+    def warm(self, engine: Engine) -> ConnectorTraits:
         """Ask now for every connector installed, while the process starts.
 
         Otherwise the first missed call of each process asks inside its transaction, which on
@@ -374,11 +385,11 @@ def build_worker(config: Config, engine: Engine | None = None) -> Worker:
             pool = {"pool_size": job_threads, "max_overflow": job_threads + 2}
         engine = make_engine(config.database_url, background=True, **pool)
     require_migrated(engine, config.source)
-    folding = Folding().warm(engine)
-    sync.know_folding(folding, folding.finds)
+    traits = ConnectorTraits().warm(engine)
+    sync.know_folding(traits, traits.finds)
     factory = session_factory(engine)
     outbox = Outbox(factory, worker_id(), w.lease_seconds, w.backoff_initial, w.backoff_max, w.max_attempts)
-    connectors = Connectors(config, factory, lookup_threads=job_threads)
+    connectors = Connectors(config, factory, lookup_threads=job_threads, traits=traits)
     handlers: dict[str, Handler] = {
         "sms.send": SmsJob(config, factory, twilio_gateway(config), find_contact=connectors.find_contact),
         "crm.sync": SyncJob(config, factory, connectors.resolve, on_rate_limited=metrics.crm_rate_limited),
