@@ -24,11 +24,11 @@ textback connectors install {id} --business BUSINESS --set api_key=...
 ```
 """
 
-TEST = """from connectors.testing import conformance_suite
+TEST = '''from connectors.testing import conformance_suite
 from {package}.kit import {cls}Kit
 
 Test{cls}Conformance = conformance_suite({cls}Kit())
-"""
+'''
 
 
 def names(name: str) -> dict[str, str]:

@@ -90,7 +90,9 @@ def statements(dialect: str) -> Statements:
         .scalar_subquery()
         .label("line_type"),
         missed_before.label("missed_before"),
-        exists().where(installs.c.business_id == b, installs.c.enabled.is_(True)).label("has_connectors"),
+        exists()
+        .where(installs.c.business_id == b, installs.c.enabled.is_(True))
+        .label("has_connectors"),
     ).select_from(one.outerjoin(leads, and_(leads.c.business_id == b, leads.c.phone == p)))
     lead_id: Any = bindparam("lead_id")
     return Statements(

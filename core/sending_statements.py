@@ -117,7 +117,11 @@ def statements(dialect: str) -> Statements:
     # The job's lease while the claim that ran it holds it (NULL once another worker re-claimed it):
     # read with the facts, so checking it takes no write lock.
     jobs = _table(OutboxJob)
-    lease = select(jobs.c.locked_until).where(*claim_holds(jobs.c)).scalar_subquery()
+    lease = (
+        select(jobs.c.locked_until)
+        .where(*claim_holds(jobs.c))
+        .scalar_subquery()
+    )
     facts = (
         select(
             m.c.lead_id,

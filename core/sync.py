@@ -80,7 +80,6 @@ def know_folding(folds: Callable[[str], bool] | None, finds: Callable[[str], boo
     _folds_first_text = folds
     _finds_contacts = finds
 
-
 SYNC_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,

@@ -173,5 +173,9 @@ def untouched(factory: sessionmaker[Session], connector_id: str, keys: list[Key]
     if not keys:
         return set()
     with factory() as session:
-        seen = session.connection().execute(_keyed(len(keys))[1], _keyed_params(connector_id, keys)).all()
+        seen = (
+            session.connection()
+            .execute(_keyed(len(keys))[1], _keyed_params(connector_id, keys))
+            .all()
+        )
     return set(keys) - {(lead_id, key) for lead_id, key in seen}

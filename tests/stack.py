@@ -276,9 +276,8 @@ def stop_servers(*servers: Any) -> None:
     time.sleep(0.01)
     for srv in servers:
         # A connection wakes the server's select() so it sees the shutdown request at once.
-        with (
-            contextlib.suppress(OSError),
-            socket.create_connection(("127.0.0.1", srv.server.server_port), timeout=0.2),
+        with contextlib.suppress(OSError), socket.create_connection(
+            ("127.0.0.1", srv.server.server_port), timeout=0.2
         ):
             pass
     for t in stoppers:

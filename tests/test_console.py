@@ -88,7 +88,9 @@ def token_of(html: str) -> str:
 
 def login(client: FlaskClient, password: str = PASSWORD, **kw: Any) -> Any:
     page = client.get("/console/login", **kw)
-    return client.post("/console/login", data={"csrf_token": token_of(page.text), "password": password}, **kw)
+    return client.post(
+        "/console/login", data={"csrf_token": token_of(page.text), "password": password}, **kw
+    )
 
 
 def logged_in(app: Flask) -> tuple[FlaskClient, str]:
@@ -119,22 +121,10 @@ def console_routes(app: Flask) -> list[tuple[str, str, str]]:
 def test_no_console_route_is_reachable_without_login(env: Env) -> None:
     routes = console_routes(env.app)
     endpoints = {e for e, _, _ in routes}
-    assert {
-        "console.dashboard",
-        "console.leads",
-        "console.lead",
-        "console.reply",
-        "console.outbox",
-        "console.retry_job",
-        "console.retry_dead",
-        "console.connectors",
-        "console.check_connector",
-        "console.suppressions",
-        "console.alerts",
-        "console.resolve_alert",
-        "console.effective_config",
-        "console.logout",
-    } <= endpoints
+    assert {"console.dashboard", "console.leads", "console.lead", "console.reply", "console.outbox",
+            "console.retry_job", "console.retry_dead", "console.connectors", "console.check_connector",
+            "console.suppressions", "console.alerts", "console.resolve_alert", "console.effective_config",
+            "console.logout"} <= endpoints
     client = env.client()
     for endpoint, method, url in routes:
         resp = client.open(url, method=method)
@@ -198,18 +188,15 @@ def test_login_is_throttled_per_address(env: Env) -> None:
 
 
 def test_session_cookie_and_safe_redirects(tmp_path: Path, db_url: str) -> None:
-    e = make_env(
-        tmp_path, db_url, console={"password_hash": PASSWORD_HASH}, public_url="https://textback.example.com"
-    )
+    e = make_env(tmp_path, db_url, console={"password_hash": PASSWORD_HASH},
+                 public_url="https://textback.example.com")
     client = e.client()
     cookie = client.get("/console/login").headers["Set-Cookie"]
     for flag in ("HttpOnly", "SameSite=Lax", "Path=/console", "Secure"):
         assert flag in cookie
     page = client.get("/console/login?next=//evil.example.com/x")
-    resp = client.post(
-        "/console/login",
-        data={"csrf_token": token_of(page.text), "password": PASSWORD, "next": "//evil.example.com/x"},
-    )
+    resp = client.post("/console/login", data={"csrf_token": token_of(page.text), "password": PASSWORD,
+                                               "next": "//evil.example.com/x"})
     assert resp.headers["Location"] == "/console/"
     page = client.get("/console/")
     assert page.headers["X-Frame-Options"] == "DENY"
@@ -359,17 +346,11 @@ def test_a_failing_connector_check_is_shown_not_a_500(env: Env, monkeypatch: pyt
 
     monkeypatch.setenv("TEXTBACK_SECRET_KEY", Fernet.generate_key().decode())
     with env.factory() as s, s.begin():
-        s.add(
-            ConnectorInstall(
-                business_id="bright-spark",
-                connector_id="webhook",
-                version="1.0.0",
-                config={"url": "http://127.0.0.1:9/hook", "timeout_seconds": 2},
-                secrets=SecretBox().seal({"signing_secret": "s" * 24}),
-                sync={},
-                enabled=True,
-            )
-        )
+        s.add(ConnectorInstall(
+            business_id="bright-spark", connector_id="webhook", version="1.0.0",
+            config={"url": "http://127.0.0.1:9/hook", "timeout_seconds": 2},
+            secrets=SecretBox().seal({"signing_secret": "s" * 24}), sync={}, enabled=True,
+        ))
     client, csrf = logged_in(env.app)
     page = client.get("/console/connectors").text
     assert "webhook" in page and "Run check" in page
@@ -462,16 +443,10 @@ def drive_calls(stack: Stack) -> None:
 
 
 def test_dashboard_shows_what_textback_report_computes(tmp_path: Path, db_url: str) -> None:
-    other = all_day_business(
-        id=OTHER,
-        name="Cool Air",
-        timezone="Pacific/Auckland",
-        numbers=[OTHER_NUMBER],
-        staff_phones=["+13125550211"],
-    )
-    stack = Stack(
-        tmp_path, db_url, console={"password_hash": PASSWORD_HASH}, businesses=[all_day_business(), other]
-    )
+    other = all_day_business(id=OTHER, name="Cool Air", timezone="Pacific/Auckland", numbers=[OTHER_NUMBER],
+                             staff_phones=["+13125550211"])
+    stack = Stack(tmp_path, db_url, console={"password_hash": PASSWORD_HASH},
+                  businesses=[all_day_business(), other])
     try:
         drive_calls(stack)
         client, _ = logged_in(stack.app)
@@ -481,15 +456,8 @@ def test_dashboard_shows_what_textback_report_computes(tmp_path: Path, db_url: s
         stack.close()
     total = report["total"]
     # Not vacuous: per missed call, recovered = replied or booked, over missed calls.
-    assert (
-        total["missed_calls"],
-        total["texted"],
-        total["replied"],
-        total["qualified"],
-        total["booked"],
-        total["recovered"],
-        total["recovered_pct"],
-    ) == (5, 4, 1, 2, 1, 2, 40.0)
+    assert (total["missed_calls"], total["texted"], total["replied"], total["qualified"], total["booked"],
+            total["recovered"], total["recovered_pct"]) == (5, 4, 1, 2, 1, 2, 40.0)
     assert total["skipped"] == {"anonymous_caller": 1}
     assert all(total[m] is not None for m in MEDIANS)
 
@@ -529,15 +497,9 @@ def test_dashboard_shows_what_textback_report_computes(tmp_path: Path, db_url: s
 
 
 def test_dashboard_for_one_business_is_its_report(tmp_path: Path, db_url: str) -> None:
-    stack = Stack(
-        tmp_path,
-        db_url,
-        console={"password_hash": PASSWORD_HASH},
-        businesses=[
-            all_day_business(),
-            all_day_business(id=OTHER, numbers=[OTHER_NUMBER], staff_phones=["+13125550211"]),
-        ],
-    )
+    stack = Stack(tmp_path, db_url, console={"password_hash": PASSWORD_HASH},
+                  businesses=[all_day_business(), all_day_business(id=OTHER, numbers=[OTHER_NUMBER],
+                                                                    staff_phones=["+13125550211"])])
     try:
         drive_calls(stack)
         client, _ = logged_in(stack.app)
@@ -570,71 +532,30 @@ def test_pages_read_a_few_statements_and_a_page_of_rows_with_thousands_of_rows(e
     now = utcnow()
     n = 3000
     lead_rows: list[dict[str, Any]] = [
-        {
-            "id": str(uuid.uuid4()),
-            "business_id": "bright-spark",
-            "phone": f"+1312555{i:04d}",
-            "name": f"Caller {i}",
-            "status": "texted",
-            "source": "missed_call",
-            "human_takeover": False,
-            "created_at": now - timedelta(minutes=i),
-            "updated_at": now,
-        }
+        {"id": str(uuid.uuid4()), "business_id": "bright-spark", "phone": f"+1312555{i:04d}",
+         "name": f"Caller {i}", "status": "texted", "source": "missed_call", "human_takeover": False,
+         "created_at": now - timedelta(minutes=i), "updated_at": now}
         for i in range(n)
     ]
     with env.factory() as s, s.begin():
         s.execute(insert(Lead), lead_rows)
-        s.execute(
-            insert(Message),
-            [
-                {
-                    "id": str(uuid.uuid4()),
-                    "lead_id": r["id"],
-                    "business_id": "bright-spark",
-                    "direction": "outbound",
-                    "kind": "first_text",
-                    "from_number": "+13125550100",
-                    "to_number": r["phone"],
-                    "body": "hi",
-                    "status": "delivered",
-                    "created_at": r["created_at"],
-                    "sent_at": r["created_at"] + timedelta(seconds=1),
-                    "updated_at": now,
-                }
-                for r in lead_rows
-            ],
-        )
-        s.execute(
-            insert(Call),
-            [
-                {
-                    "call_sid": f"CA{i:06d}",
-                    "business_id": "bright-spark",
-                    "lead_id": r["id"],
-                    "decision_outcome": "text",
-                    "decision_reason": "missed_no_answer",
-                    "started_at": r["created_at"],
-                    "decided_at": r["created_at"],
-                    "bridged": False,
-                    "screen_accepted": False,
-                }
-                for i, r in enumerate(lead_rows)
-            ],
-        )
-        s.execute(
-            insert(Suppression),
-            [
-                {
-                    "business_id": "bright-spark",
-                    "phone": r["phone"],
-                    "reason": "opted_out",
-                    "source": "keyword",
-                    "created_at": now,
-                }
-                for r in lead_rows[:1000]
-            ],
-        )
+        s.execute(insert(Message), [
+            {"id": str(uuid.uuid4()), "lead_id": r["id"], "business_id": "bright-spark",
+             "direction": "outbound", "kind": "first_text", "from_number": "+13125550100",
+             "to_number": r["phone"], "body": "hi", "status": "delivered", "created_at": r["created_at"],
+             "sent_at": r["created_at"] + timedelta(seconds=1), "updated_at": now}
+            for r in lead_rows
+        ])
+        s.execute(insert(Call), [
+            {"call_sid": f"CA{i:06d}", "business_id": "bright-spark", "lead_id": r["id"],
+             "decision_outcome": "text", "decision_reason": "missed_no_answer", "started_at": r["created_at"],
+             "decided_at": r["created_at"], "bridged": False, "screen_accepted": False}
+            for i, r in enumerate(lead_rows)
+        ])
+        s.execute(insert(Suppression), [
+            {"business_id": "bright-spark", "phone": r["phone"], "reason": "opted_out", "source": "keyword",
+             "created_at": now} for r in lead_rows[:1000]
+        ])
         for i in range(600):
             outbox.enqueue(s, kind="sms.send", target="twilio", dedupe_key=f"dead:{i}", payload={})
         s.execute(update(OutboxJob).values(status="dead", last_error="Twilio 21408: permission denied"))
@@ -642,17 +563,9 @@ def test_pages_read_a_few_statements_and_a_page_of_rows_with_thousands_of_rows(e
     client, _ = logged_in(env.app)
     ran: list[str] = []
     event.listen(env.factory.kw["bind"], "before_cursor_execute", lambda _c, _u, sql, *_a: ran.append(sql))
-    for url in (
-        "/console/?days=90",
-        "/console/leads",
-        "/console/leads?q=555-0042",
-        "/console/leads?page=3",
-        "/console/outbox",
-        "/console/outbox?page=2",
-        "/console/suppressions",
-        "/console/alerts",
-        f"/console/leads/{lead_rows[42]['id']}",
-    ):
+    for url in ("/console/?days=90", "/console/leads", "/console/leads?q=555-0042", "/console/leads?page=3",
+                "/console/outbox", "/console/outbox?page=2", "/console/suppressions", "/console/alerts",
+                f"/console/leads/{lead_rows[42]['id']}"):
         ran.clear()
         resp = client.get(url)
         assert resp.status_code == 200, url

@@ -25,10 +25,7 @@ from connectors.google_calendar.emulator import (
     service_account_info,
 )
 
-SCOPES = [
-    "https://www.googleapis.com/auth/calendar.events",
-    "https://www.googleapis.com/auth/calendar.freebusy",
-]
+SCOPES = ["https://www.googleapis.com/auth/calendar.events", "https://www.googleapis.com/auth/calendar.freebusy"]
 OWNER = "owner@example.com"
 DAY_MIN, DAY_MAX = "2030-03-04T00:00:00-06:00", "2030-03-05T00:00:00-06:00"
 
@@ -48,30 +45,21 @@ def url(server: ServerThread) -> str:
 
 
 def calendar(url: str, creds: Any) -> Any:
-    return build(
-        "calendar",
-        "v3",
-        credentials=creds,
-        static_discovery=True,
-        client_options={"api_endpoint": f"{url}/calendar/v3/"},
-    )
+    return build("calendar", "v3", credentials=creds, static_discovery=True,
+                 client_options={"api_endpoint": f"{url}/calendar/v3/"})
 
 
 def sa_creds(url: str, subject: str | None = OWNER, scopes: list[str] = SCOPES) -> Any:
-    creds = service_account.Credentials.from_service_account_info(
-        service_account_info(url + "/token"), scopes=scopes
-    )
+    creds = service_account.Credentials.from_service_account_info(service_account_info(url + "/token"),
+                                                                   scopes=scopes)
     return creds.with_subject(subject) if subject else creds
 
 
 def user_creds(url: str) -> user_credentials.Credentials:
-    return user_credentials.Credentials(
-        token=None,
-        refresh_token=SANDBOX_OAUTH["refresh_token"],
-        client_id=SANDBOX_OAUTH["client_id"],
-        client_secret=SANDBOX_OAUTH["client_secret"],
-        token_uri=url + "/token",
-    )
+    return user_credentials.Credentials(token=None, refresh_token=SANDBOX_OAUTH["refresh_token"],
+                                        client_id=SANDBOX_OAUTH["client_id"],
+                                        client_secret=SANDBOX_OAUTH["client_secret"],
+                                        token_uri=url + "/token")
 
 
 def state(url: str) -> dict[str, Any]:
@@ -88,13 +76,9 @@ def busy(svc: Any, calendar_id: str = "primary", **extra: Any) -> list[dict[str,
 
 
 def booking(start: str = "10:00", end: str = "10:30", **extra: Any) -> dict[str, Any]:
-    return {
-        "summary": "Callback: +15550109999",
-        "description": "Missed call",
-        "start": {"dateTime": f"2030-03-04T{start}:00", "timeZone": "America/Chicago"},
-        "end": {"dateTime": f"2030-03-04T{end}:00", "timeZone": "America/Chicago"},
-        **extra,
-    }
+    return {"summary": "Callback: +15550109999", "description": "Missed call",
+            "start": {"dateTime": f"2030-03-04T{start}:00", "timeZone": "America/Chicago"},
+            "end": {"dateTime": f"2030-03-04T{end}:00", "timeZone": "America/Chicago"}, **extra}
 
 
 def event_id(call_sid: str) -> str:
@@ -121,9 +105,8 @@ def test_inserted_event_blocks_free_busy(url: str) -> None:
     assert event["iCalUID"] == f"{event['id']}@google.com" and event["htmlLink"].startswith("https://")
     assert event["creator"]["email"] == OWNER and event["etag"].startswith('"')
     assert busy(svc) == [{"start": "2030-03-04T16:00:00Z", "end": "2030-03-04T16:30:00Z"}]
-    assert busy(svc, timeZone="America/Chicago") == [
-        {"start": "2030-03-04T10:00:00-06:00", "end": "2030-03-04T10:30:00-06:00"}
-    ]
+    assert busy(svc, timeZone="America/Chicago") == [{"start": "2030-03-04T10:00:00-06:00",
+                                                       "end": "2030-03-04T10:30:00-06:00"}]
     seen = state(url)
     assert seen["tokens_issued"] == {"jwt": 1, "refresh": 0} and seen["subjects"] == [OWNER]
     assert [e["id"] for e in seen["events"]["primary"]] == [event["id"]]
@@ -131,15 +114,8 @@ def test_inserted_event_blocks_free_busy(url: str) -> None:
 
 
 def test_busy_seeds_merge_and_unknown_calendar(url: str) -> None:
-    config(
-        url,
-        busy={
-            "primary": [
-                {"start": "2030-03-04T15:30:00Z", "end": "2030-03-04T16:10:00Z"},
-                {"start": "2030-03-03T20:00:00Z", "end": "2030-03-04T07:00:00Z"},
-            ]
-        },
-    )
+    config(url, busy={"primary": [{"start": "2030-03-04T15:30:00Z", "end": "2030-03-04T16:10:00Z"},
+                                  {"start": "2030-03-03T20:00:00Z", "end": "2030-03-04T07:00:00Z"}]})
     svc = calendar(url, sa_creds(url))
     insert(svc, booking("10:00", "11:00"))
     insert(svc, booking("12:00", "13:00", transparency="transparent"))  # "show as free" never blocks
@@ -166,9 +142,8 @@ def test_deterministic_id_is_idempotent_even_after_delete(url: str) -> None:
         insert(svc, booking(id=eid))
     error = caught.value
     assert error.status_code == 409 and error.reason == "The requested identifier already exists."
-    assert error.error_details == [
-        {"message": "The requested identifier already exists.", "domain": "global", "reason": "duplicate"}
-    ]
+    assert error.error_details == [{"message": "The requested identifier already exists.", "domain": "global",
+                                    "reason": "duplicate"}]
     assert svc.events().get(calendarId="primary", eventId=eid).execute(num_retries=0)["id"] == eid
 
     assert svc.events().delete(calendarId="primary", eventId=eid).execute(num_retries=0) == ""
@@ -192,39 +167,25 @@ def test_deterministic_id_is_idempotent_even_after_delete(url: str) -> None:
 def test_patch_moves_the_event_and_bumps_sequence(url: str) -> None:
     svc = calendar(url, sa_creds(url))
     event = insert(svc, booking(extendedProperties={"private": {"callSid": "CA1"}}))
-    patched = (
-        svc.events()
-        .patch(
-            calendarId="primary",
-            eventId=event["id"],
-            body={
-                "start": {"dateTime": "2030-03-04T14:00:00-06:00"},
-                "end": {"dateTime": "2030-03-04T14:30:00-06:00"},
-                "extendedProperties": {"private": {"bookingState": "moved"}},
-            },
-        )
-        .execute(num_retries=0)
-    )
+    patched = svc.events().patch(calendarId="primary", eventId=event["id"], body={
+        "start": {"dateTime": "2030-03-04T14:00:00-06:00"}, "end": {"dateTime": "2030-03-04T14:30:00-06:00"},
+        "extendedProperties": {"private": {"bookingState": "moved"}},
+    }).execute(num_retries=0)
     assert patched["sequence"] == 1 and patched["summary"] == event["summary"]
     assert patched["extendedProperties"]["private"] == {"callSid": "CA1", "bookingState": "moved"}
     assert patched["etag"] != event["etag"] and patched["updated"] >= event["updated"]
     assert busy(svc) == [{"start": "2030-03-04T20:00:00Z", "end": "2030-03-04T20:30:00Z"}]
     with pytest.raises(HttpError) as caught:
-        svc.events().patch(
-            calendarId="primary", eventId=event["id"], body={"end": {"dateTime": "2030-03-04T13:00:00-06:00"}}
-        ).execute(num_retries=0)
+        svc.events().patch(calendarId="primary", eventId=event["id"],
+                           body={"end": {"dateTime": "2030-03-04T13:00:00-06:00"}}).execute(num_retries=0)
     assert caught.value.error_details[0]["reason"] == "timeRangeEmpty"
 
 
 def test_list_filters_orders_and_pages(url: str) -> None:
     svc = calendar(url, user_creds(url))
     late = insert(svc, booking("15:00", "15:30", extendedProperties={"private": {"callSid": "CA2"}}))
-    early = insert(
-        svc,
-        booking(
-            "09:00", "09:30", summary="Plumbing estimate", extendedProperties={"private": {"callSid": "CA1"}}
-        ),
-    )
+    early = insert(svc, booking("09:00", "09:30", summary="Plumbing estimate",
+                                extendedProperties={"private": {"callSid": "CA1"}}))
     gone = insert(svc, booking("11:00", "11:30", extendedProperties={"private": {"callSid": "CA3"}}))
     svc.events().delete(calendarId="primary", eventId=gone["id"]).execute(num_retries=0)
     insert(svc, {**booking(), "start": {"date": "2030-03-06"}, "end": {"date": "2030-03-07"}})  # other day
@@ -242,23 +203,10 @@ def test_list_filters_orders_and_pages(url: str) -> None:
     assert ids(privateExtendedProperty="callSid=CA3", showDeleted=True) == [gone["id"]]
     assert ids(q="plumbing") == [early["id"]]
 
-    first = (
-        svc.events()
-        .list(calendarId="primary", maxResults=1, singleEvents=True, orderBy="startTime", **window)
-        .execute(num_retries=0)
-    )
-    second = (
-        svc.events()
-        .list(
-            calendarId="primary",
-            maxResults=1,
-            singleEvents=True,
-            orderBy="startTime",
-            pageToken=first["nextPageToken"],
-            **window,
-        )
-        .execute(num_retries=0)
-    )
+    first = svc.events().list(calendarId="primary", maxResults=1, singleEvents=True, orderBy="startTime",
+                              **window).execute(num_retries=0)
+    second = svc.events().list(calendarId="primary", maxResults=1, singleEvents=True, orderBy="startTime",
+                               pageToken=first["nextPageToken"], **window).execute(num_retries=0)
     assert [e["id"] for e in first["items"] + second["items"]] == [early["id"], late["id"]]
     assert "nextPageToken" not in second
     with pytest.raises(HttpError) as caught:
@@ -292,22 +240,10 @@ def test_quota_faults_parse_like_google(url: str) -> None:
     assert caught.value.status_code == 403 and caught.value.reason == "Rate Limit Exceeded"
     assert caught.value.error_details[0]["reason"] == "rateLimitExceeded"
 
-    too_many = {
-        "error": {
-            "errors": limited,
-            "code": 429,
-            "message": "Rate Limit Exceeded",
-            "status": "RESOURCE_EXHAUSTED",
-        }
-    }
-    fault = {
-        "path": "/calendar/v3/calendars/primary/events",
-        "method": "POST",
-        "status": 429,
-        "body": too_many,
-        "headers": {"Retry-After": "2"},
-        "count": 1,
-    }
+    too_many = {"error": {"errors": limited, "code": 429, "message": "Rate Limit Exceeded",
+                          "status": "RESOURCE_EXHAUSTED"}}
+    fault = {"path": "/calendar/v3/calendars/primary/events", "method": "POST", "status": 429,
+             "body": too_many, "headers": {"Retry-After": "2"}, "count": 1}
     requests.post(f"{url}/_emulator/faults", json=fault, timeout=5).raise_for_status()
     with pytest.raises(HttpError) as caught:
         insert(svc, booking())
@@ -344,26 +280,13 @@ def test_auth_failures_use_google_bodies(url: str) -> None:
     assert raw.status_code == 401
     error = raw.json()["error"]
     assert error["status"] == "UNAUTHENTICATED" and error["code"] == 401
-    assert error["errors"] == [
-        {
-            "message": "Invalid Credentials",
-            "domain": "global",
-            "reason": "authError",
-            "location": "Authorization",
-            "locationType": "header",
-        }
-    ]
+    assert error["errors"] == [{"message": "Invalid Credentials", "domain": "global", "reason": "authError",
+                                "location": "Authorization", "locationType": "header"}]
 
-    stranger = (
-        rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        .private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        .decode()
-    )
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
     forged = service_account.Credentials.from_service_account_info(
-        {**service_account_info(url + "/token"), "private_key": stranger}, scopes=SCOPES
-    )
+        {**service_account_info(url + "/token"), "private_key": stranger}, scopes=SCOPES)
     with pytest.raises(RefreshError, match="Invalid JWT Signature"):
         busy(calendar(url, forged))
 
@@ -379,11 +302,8 @@ def test_auth_failures_use_google_bodies(url: str) -> None:
 
 def test_reset_clears_events_seeds_counters_and_config(url: str) -> None:
     svc = calendar(url, sa_creds(url))
-    config(
-        url,
-        busy={"primary": [{"start": "2030-03-04T15:00:00Z", "end": "2030-03-04T16:00:00Z"}]},
-        require_auth=False,
-    )
+    config(url, busy={"primary": [{"start": "2030-03-04T15:00:00Z", "end": "2030-03-04T16:00:00Z"}]},
+           require_auth=False)
     insert(svc, booking())
     assert busy(svc) != []
     requests.post(f"{url}/_emulator/reset", timeout=5).raise_for_status()

@@ -50,9 +50,8 @@ class Hub:
     def client(self, token: str = SANDBOX_TOKEN, **kwargs: Any) -> HubSpot:
         return HubSpot(access_token=token, host=self.url, **kwargs)
 
-    def http(
-        self, method: str, path: str, token: str | None = SANDBOX_TOKEN, **kwargs: Any
-    ) -> requests.Response:
+    def http(self, method: str, path: str, token: str | None = SANDBOX_TOKEN,
+             **kwargs: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         headers.update(kwargs.pop("headers", {}))
         return requests.request(method, self.url + path, headers=headers, timeout=5, **kwargs)
@@ -66,26 +65,13 @@ class Hub:
         return response.json()
 
     def unique_phone_property(self) -> None:
-        self.client().crm.properties.core_api.create(
-            "contacts",
-            PropertyCreate(
-                name="phone_e164",
-                label="Phone (E.164)",
-                type="string",
-                field_type="text",
-                group_name="contactinformation",
-                has_unique_value=True,
-            ),
-        )
+        self.client().crm.properties.core_api.create("contacts", PropertyCreate(
+            name="phone_e164", label="Phone (E.164)", type="string", field_type="text",
+            group_name="contactinformation", has_unique_value=True))
 
 
-DEFAULTS: dict[str, Any] = {
-    "rate_limit": [190, 10],
-    "search_rate_limit": [5, 1],
-    "daily_limit": 1_000_000,
-    "search_lag_ms": 0,
-    "access_token_ttl_s": 1800,
-}
+DEFAULTS: dict[str, Any] = {"rate_limit": [190, 10], "search_rate_limit": [5, 1], "daily_limit": 1_000_000,
+                            "search_lag_ms": 0, "access_token_ttl_s": 1800}
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +120,8 @@ def assoc(type_id: int, to_id: str) -> dict[str, Any]:
 # -- objects ------------------------------------------------------------------------------------------
 def test_contact_create_get_update_list_and_archive(hub: Hub) -> None:
     client = hub.client()
-    created = client.crm.contacts.basic_api.create(
-        contact_input(email="lena@example.com", firstname="Lena", phone=CALLER, hs_lead_status="NEW")
-    )
+    created = client.crm.contacts.basic_api.create(contact_input(
+        email="lena@example.com", firstname="Lena", phone=CALLER, hs_lead_status="NEW"))
     assert created.id.isdigit() and not created.archived
     props = created.properties
     assert props["hs_object_id"] == created.id and props["createdate"] and props["lastmodifieddate"]
@@ -150,9 +135,8 @@ def test_contact_create_get_update_list_and_archive(hub: Hub) -> None:
     by_email = client.crm.contacts.basic_api.get_by_id("LENA@example.com", id_property="email")
     assert by_email.id == created.id
 
-    updated = client.crm.contacts.basic_api.update(
-        created.id, SimplePublicObjectInput(properties={"lastname": "Marsh", "phone": ""})
-    )
+    updated = client.crm.contacts.basic_api.update(created.id, SimplePublicObjectInput(
+        properties={"lastname": "Marsh", "phone": ""}))
     assert updated.properties["lastname"] == "Marsh" and "phone" not in updated.properties
     assert updated.updated_at >= created.updated_at
 
@@ -181,24 +165,16 @@ def test_unknown_property_and_bad_values_are_400_validation_errors(hub: Hub) -> 
     body = body_of(info.value)
     assert body["status"] == "error" and body["category"] == "VALIDATION_ERROR" and body["correlationId"]
     assert body["message"].startswith("Property values were not valid: ")
-    assert body["errors"] == [
-        {
-            "message": 'Property "favourite_colour" does not exist',
-            "code": "PROPERTY_DOESNT_EXIST",
-            "context": {"propertyName": ["favourite_colour"]},
-        }
-    ]
+    assert body["errors"] == [{"message": 'Property "favourite_colour" does not exist',
+                               "code": "PROPERTY_DOESNT_EXIST",
+                               "context": {"propertyName": ["favourite_colour"]}}]
     assert info.value.headers["X-HubSpot-Correlation-Id"] == body["correlationId"]
 
     with pytest.raises(ContactsError) as bad:
-        hub.client().crm.contacts.basic_api.create(
-            contact_input(email="not-an-email", hs_lead_status="HOT", hubspot_owner_id="999")
-        )
-    assert [e["code"] for e in body_of(bad.value)["errors"]] == [
-        "INVALID_EMAIL",
-        "INVALID_OPTION",
-        "INVALID_OWNER_ID",
-    ]
+        hub.client().crm.contacts.basic_api.create(contact_input(
+            email="not-an-email", hs_lead_status="HOT", hubspot_owner_id="999"))
+    assert [e["code"] for e in body_of(bad.value)["errors"]] == ["INVALID_EMAIL", "INVALID_OPTION",
+                                                                 "INVALID_OWNER_ID"]
     assert hub.state()["contacts"] == []
 
 
@@ -222,46 +198,24 @@ def test_engagements_need_hs_timestamp_and_keep_inline_associations(hub: Hub) ->
     assert info.value.status == 400
     assert body_of(info.value)["errors"][0]["context"] == {"propertyName": ["hs_timestamp"]}
 
-    task = client.crm.objects.tasks.basic_api.create(
-        TaskInput(
-            properties={
-                "hs_timestamp": "1767279600000",
-                "hs_task_subject": "Call back",
-                "hs_task_status": "NOT_STARTED",
-                "hs_task_priority": "HIGH",
-                "hs_task_type": "CALL",
-                "hubspot_owner_id": "71000001",
-            },
-            associations=[assoc(204, lead.id)],
-        )
-    )
+    task = client.crm.objects.tasks.basic_api.create(TaskInput(
+        properties={"hs_timestamp": "1767279600000", "hs_task_subject": "Call back",
+                    "hs_task_status": "NOT_STARTED", "hs_task_priority": "HIGH", "hs_task_type": "CALL",
+                    "hubspot_owner_id": "71000001"},
+        associations=[assoc(204, lead.id)]))
     assert task.properties["hs_timestamp"] == "2026-01-01T15:00:00Z"  # epoch millis in, ISO out
     assert {"hs_createdate", "hs_lastmodifieddate", "hs_object_id"} <= set(task.properties)
-    note = client.crm.objects.notes.basic_api.create(
-        NoteInput(
-            properties={"hs_timestamp": "2026-01-01T15:00:00Z", "hs_note_body": "Missed call"},
-            associations=[assoc(202, lead.id)],
-        )
-    )
-    call = client.crm.objects.calls.basic_api.create(
-        CallInput(
-            properties={
-                "hs_timestamp": "2026-01-01T15:00:00Z",
-                "hs_call_direction": "INBOUND",
-                "hs_call_status": "NO_ANSWER",
-                "hs_call_from_number": CALLER,
-                "hs_call_duration": "0",
-            },
-            associations=[assoc(194, lead.id)],
-        )
-    )
+    note = client.crm.objects.notes.basic_api.create(NoteInput(
+        properties={"hs_timestamp": "2026-01-01T15:00:00Z", "hs_note_body": "Missed call"},
+        associations=[assoc(202, lead.id)]))
+    call = client.crm.objects.calls.basic_api.create(CallInput(
+        properties={"hs_timestamp": "2026-01-01T15:00:00Z", "hs_call_direction": "INBOUND",
+                    "hs_call_status": "NO_ANSWER", "hs_call_from_number": CALLER, "hs_call_duration": "0"},
+        associations=[assoc(194, lead.id)]))
 
     v4 = client.crm.associations.v4.basic_api
-    from_contact = {
-        (r.to_object_id, r.association_types[0].type_id)
-        for t in ("tasks", "notes", "calls")
-        for r in v4.get_page("contacts", lead.id, t).results
-    }
+    from_contact = {(r.to_object_id, r.association_types[0].type_id)
+                    for t in ("tasks", "notes", "calls") for r in v4.get_page("contacts", lead.id, t).results}
     assert from_contact == {(task.id, 203), (note.id, 201), (call.id, 193)}
     back = v4.get_page("calls", call.id, "contacts").results
     assert [(r.to_object_id, r.association_types[0].type_id) for r in back] == [(lead.id, 194)]
@@ -269,27 +223,22 @@ def test_engagements_need_hs_timestamp_and_keep_inline_associations(hub: Hub) ->
     assert ("tasks", "contacts", 204) in rows and ("contacts", "tasks", 203) in rows
 
     with pytest.raises(TasksError) as missing:
-        client.crm.objects.tasks.basic_api.create(
-            TaskInput(
-                properties={"hs_timestamp": "2026-01-01T15:00:00Z"}, associations=[assoc(204, "424242")]
-            )
-        )
+        client.crm.objects.tasks.basic_api.create(TaskInput(
+            properties={"hs_timestamp": "2026-01-01T15:00:00Z"}, associations=[assoc(204, "424242")]))
     body = body_of(missing.value)
     assert missing.value.status == 400 and body["message"] == "One or more associations are invalid"
     assert body["context"]["INVALID_OBJECT_IDS"] == ["CONTACT=424242 is not valid"]
     with pytest.raises(TasksError) as wrong_way:  # 203 is contact->task, not task->contact
-        client.crm.objects.tasks.basic_api.create(
-            TaskInput(properties={"hs_timestamp": "2026-01-01T15:00:00Z"}, associations=[assoc(203, lead.id)])
-        )
+        client.crm.objects.tasks.basic_api.create(TaskInput(
+            properties={"hs_timestamp": "2026-01-01T15:00:00Z"}, associations=[assoc(203, lead.id)]))
     assert "invalid from object type 0-27" in body_of(wrong_way.value)["message"]
 
 
 def test_v4_associations_both_directions(hub: Hub) -> None:
     client = hub.client()
     lead = client.crm.contacts.basic_api.create(contact_input(email="a@example.com"))
-    deal = client.crm.deals.basic_api.create(
-        DealInput(properties={"dealname": "Panel upgrade", "dealstage": "appointmentscheduled"})
-    )
+    deal = client.crm.deals.basic_api.create(DealInput(properties={"dealname": "Panel upgrade",
+                                                                   "dealstage": "appointmentscheduled"}))
     task = client.crm.objects.tasks.basic_api.create(TaskInput(properties={"hs_timestamp": "2026-01-01"}))
     v4 = client.crm.associations.v4
     spec = AssociationSpec(association_category="HUBSPOT_DEFINED", association_type_id=204)
@@ -297,19 +246,9 @@ def test_v4_associations_both_directions(hub: Hub) -> None:
     assert (pair.from_object_type_id, pair.to_object_type_id) == ("0-27", "0-1")
     default = v4.basic_api.create_default("deals", deal.id, "contacts", lead.id)
     assert {r.association_spec.association_type_id for r in default.results} == {3, 4}
-    batch = v4.batch_api.create(
-        "tasks",
-        "deals",
-        {
-            "inputs": [
-                {
-                    "from": {"id": task.id},
-                    "to": {"id": deal.id},
-                    "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 216}],
-                }
-            ]
-        },
-    )
+    batch = v4.batch_api.create("tasks", "deals", {"inputs": [
+        {"from": {"id": task.id}, "to": {"id": deal.id},
+         "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 216}]}]})
     assert len(batch.results) == 1
 
     def linked(from_type: str, from_id: str, to_type: str) -> dict[str, set[int]]:
@@ -321,11 +260,8 @@ def test_v4_associations_both_directions(hub: Hub) -> None:
     assert linked("deals", deal.id, "tasks") == {task.id: {215}}
     embedded = hub.http("GET", f"/crm/v3/objects/tasks/{task.id}?associations=contacts").json()
     assert embedded["associations"] == {"contacts": {"results": [{"id": lead.id, "type": "task_to_contact"}]}}
-    missing = hub.http(
-        "PUT",
-        f"/crm/v4/objects/tasks/{task.id}/associations/contacts/999999",
-        json=[{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 204}],
-    )
+    missing = hub.http("PUT", f"/crm/v4/objects/tasks/{task.id}/associations/contacts/999999",
+                       json=[{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 204}])
     assert missing.status_code == 400 and missing.json()["context"]["objectId"] == ["999999"]
     assert hub.http("GET", "/crm/v4/objects/contacts/999999/associations/tasks").status_code == 404
     v4.basic_api.archive("tasks", task.id, "contacts", lead.id)
@@ -353,27 +289,18 @@ def test_unique_property_and_batch_upsert(hub: Hub) -> None:
     assert second.results[0].properties["firstname"] == "Ana"  # upsert merges, it does not replace
 
     with pytest.raises(ContactsError) as not_unique:
-        client.crm.contacts.batch_api.upsert(
-            BatchInputSimplePublicObjectBatchInputUpsert(
-                inputs=[SimplePublicObjectBatchInputUpsert(id_property="phone", id=CALLER, properties={})]
-            )
-        )
+        client.crm.contacts.batch_api.upsert(BatchInputSimplePublicObjectBatchInputUpsert(inputs=[
+            SimplePublicObjectBatchInputUpsert(id_property="phone", id=CALLER, properties={})]))
     assert not_unique.value.status == 400
 
     other = client.crm.contacts.basic_api.create(contact_input(phone_e164="+15550100000"))
     with pytest.raises(ContactsError) as taken:
-        client.crm.contacts.basic_api.update(
-            other.id, SimplePublicObjectInput(properties={"phone_e164": CALLER})
-        )
+        client.crm.contacts.basic_api.update(other.id,
+                                             SimplePublicObjectInput(properties={"phone_e164": CALLER}))
     assert taken.value.status == 409 and "phone_e164" in body_of(taken.value)["message"]
 
-    versioned = hub.http(
-        "POST",
-        "/crm/objects/2026-03/contacts/batch/upsert",
-        json={
-            "inputs": [{"idProperty": "phone_e164", "id": "+15550109999", "properties": {"firstname": "Raw"}}]
-        },
-    )
+    versioned = hub.http("POST", "/crm/objects/2026-03/contacts/batch/upsert", json={"inputs": [
+        {"idProperty": "phone_e164", "id": "+15550109999", "properties": {"firstname": "Raw"}}]})
     assert versioned.status_code == 200 and versioned.json()["results"][0]["new"] is True
     assert hub.state()["properties"]["contacts"] == ["phone_e164"]
 
@@ -439,14 +366,11 @@ def test_twenty_concurrent_upserts_make_one_contact(hub: Hub) -> None:
 def test_search_filters_sorts_and_paging(hub: Hub) -> None:
     hub.config(search_rate_limit=None)
     client = hub.client()
-    ids = [
-        client.crm.contacts.basic_api.create(contact_input(**props)).id
-        for props in (
-            {"email": "ana@example.com", "firstname": "Ana Maria", "phone": CALLER},
-            {"email": "bob@example.com", "firstname": "Bob", "mobilephone": "+15550120000"},
-            {"email": "cy@sample.org", "firstname": "Cy"},
-        )
-    ]
+    ids = [client.crm.contacts.basic_api.create(contact_input(**props)).id for props in (
+        {"email": "ana@example.com", "firstname": "Ana Maria", "phone": CALLER},
+        {"email": "bob@example.com", "firstname": "Bob", "mobilephone": "+15550120000"},
+        {"email": "cy@sample.org", "firstname": "Cy"},
+    )]
 
     def found(*groups: list[dict[str, Any]], **kwargs: Any) -> list[str]:
         return [r.id for r in search(client, *groups, **kwargs).results]
@@ -459,21 +383,14 @@ def test_search_filters_sorts_and_paging(hub: Hub) -> None:
     assert found(wildcard) == ids[:2]
     assert found([{"propertyName": "mobilephone", "operator": "HAS_PROPERTY"}]) == [ids[1]]
     assert found([{"propertyName": "firstname", "operator": "NEQ", "value": "bob"}]) == [ids[0], ids[2]]
-    either = found(
-        [{"propertyName": "firstname", "operator": "EQ", "value": "cy"}],
-        [{"propertyName": "phone", "operator": "EQ", "value": CALLER}],
-    )
+    either = found([{"propertyName": "firstname", "operator": "EQ", "value": "cy"}],
+                   [{"propertyName": "phone", "operator": "EQ", "value": CALLER}])
     assert either == [ids[0], ids[2]]  # OR across groups
-    both = found(
-        [
-            {"propertyName": "firstname", "operator": "EQ", "value": "cy"},
-            {"propertyName": "phone", "operator": "EQ", "value": CALLER},
-        ]
-    )
+    both = found([{"propertyName": "firstname", "operator": "EQ", "value": "cy"},
+                  {"propertyName": "phone", "operator": "EQ", "value": CALLER}])
     assert both == []  # AND within a group
-    by_digits = [
-        {"propertyName": "hs_searchable_calculated_phone_number", "operator": "EQ", "value": "5550123456"}
-    ]
+    by_digits = [{"propertyName": "hs_searchable_calculated_phone_number", "operator": "EQ",
+                  "value": "5550123456"}]
     assert found(by_digits) == [ids[0]]
 
     page = search(client, sorts=["-firstname"], limit=2, properties=["firstname", "phone"])
@@ -485,11 +402,8 @@ def test_search_filters_sorts_and_paging(hub: Hub) -> None:
     no_headers = hub.http("POST", "/crm/v3/objects/contacts/search", json={})
     assert no_headers.status_code == 200
     assert not any(h.lower().startswith("x-hubspot-ratelimit") for h in no_headers.headers)
-    bad = hub.http(
-        "POST",
-        "/crm/v3/objects/contacts/search",
-        json={"filters": [{"propertyName": "email", "operator": "LIKE", "value": "x"}]},
-    )
+    bad = hub.http("POST", "/crm/v3/objects/contacts/search",
+                   json={"filters": [{"propertyName": "email", "operator": "LIKE", "value": "x"}]})
     assert bad.status_code == 400 and bad.json()["category"] == "VALIDATION_ERROR"
 
 
@@ -529,16 +443,9 @@ def test_token_without_schema_scope_gets_403_on_property_create(hub: Hub) -> Non
     limited = hub.client("pat-limited")
     limited.crm.contacts.basic_api.create(contact_input(email="ok@example.com"))
     with pytest.raises(PropertiesError) as info:
-        limited.crm.properties.core_api.create(
-            "contacts",
-            PropertyCreate(
-                name="phone_e164",
-                label="Phone",
-                type="string",
-                field_type="text",
-                group_name="contactinformation",
-            ),
-        )
+        limited.crm.properties.core_api.create("contacts", PropertyCreate(
+            name="phone_e164", label="Phone", type="string", field_type="text",
+            group_name="contactinformation"))
     assert info.value.status == 403
     body = body_of(info.value)
     assert body["category"] == "MISSING_SCOPES"
@@ -577,12 +484,8 @@ def test_oauth_refresh_expiry_and_revocation(hub: Hub) -> None:
     assert body_of(wrong_client.value)["status"] == "BAD_CLIENT_ID"
     assert hub.state()["oauth"]["refreshes"] == 2
 
-    code = {
-        "client_id": SANDBOX_OAUTH["client_id"],
-        "client_secret": SANDBOX_OAUTH["client_secret"],
-        "redirect_uri": SANDBOX_OAUTH["redirect_uri"],
-        "code": SANDBOX_OAUTH["code"],
-    }
+    code = {"client_id": SANDBOX_OAUTH["client_id"], "client_secret": SANDBOX_OAUTH["client_secret"],
+            "redirect_uri": SANDBOX_OAUTH["redirect_uri"], "code": SANDBOX_OAUTH["code"]}
     exchanged = tokens.create(grant_type="authorization_code", **code)
     assert exchanged.refresh_token != SANDBOX_OAUTH["refresh_token"]
     hub.client(exchanged.access_token).crm.contacts.basic_api.get_page()
@@ -655,30 +558,15 @@ def test_pipelines_owners_and_deal_validation(hub: Hub) -> None:
     pipelines = client.crm.pipelines.pipelines_api.get_all("deals").results
     assert [(p.id, p.label) for p in pipelines] == [("default", "Sales Pipeline")]
     assert [s.id for s in pipelines[0].stages] == [
-        "appointmentscheduled",
-        "qualifiedtobuy",
-        "presentationscheduled",
-        "decisionmakerboughtin",
-        "contractsent",
-        "closedwon",
-        "closedlost",
-    ]
+        "appointmentscheduled", "qualifiedtobuy", "presentationscheduled", "decisionmakerboughtin",
+        "contractsent", "closedwon", "closedlost"]
     assert client.crm.pipelines.pipelines_api.get_by_id("deals", "default").display_order == 0
     owners = client.crm.owners.owners_api.get_page().results
     assert len(owners) == 2 and all(o.id and o.email and o.user_id and not o.archived for o in owners)
 
-    deal = client.crm.deals.basic_api.create(
-        DealInput(
-            properties={
-                "dealname": "Missed call +15550123456",
-                "pipeline": "default",
-                "dealstage": "appointmentscheduled",
-                "amount": "250",
-                "hubspot_owner_id": owners[0].id,
-                "closedate": "2026-02-01",
-            }
-        )
-    )
+    deal = client.crm.deals.basic_api.create(DealInput(properties={
+        "dealname": "Missed call +15550123456", "pipeline": "default", "dealstage": "appointmentscheduled",
+        "amount": "250", "hubspot_owner_id": owners[0].id, "closedate": "2026-02-01"}))
     assert deal.properties["closedate"] == "2026-02-01T00:00:00Z" and deal.properties["hs_lastmodifieddate"]
     with pytest.raises(DealsError) as stage:
         client.crm.deals.basic_api.create(DealInput(properties={"dealname": "x", "dealstage": "won"}))
@@ -690,13 +578,8 @@ def test_pipelines_owners_and_deal_validation(hub: Hub) -> None:
 
 # -- emulator surface ---------------------------------------------------------------------------------
 def test_injected_fault_then_success(hub: Hub) -> None:
-    fault = {
-        "path": "/crm/v3/objects/contacts",
-        "method": "POST",
-        "status": 503,
-        "count": 1,
-        "body": {"status": "error", "message": "Service Unavailable"},
-    }
+    fault = {"path": "/crm/v3/objects/contacts", "method": "POST", "status": 503, "count": 1,
+             "body": {"status": "error", "message": "Service Unavailable"}}
     assert requests.post(f"{hub.url}/_emulator/faults", json=fault, timeout=5).status_code == 201
     contacts = hub.client().crm.contacts.basic_api
     with pytest.raises(ContactsError) as info:
@@ -721,15 +604,11 @@ def test_reset_clears_data_and_counters_but_keeps_tokens(hub: Hub) -> None:
     hub.unique_phone_property()
     client = hub.client()
     lead = upsert(client, CALLER).results[0]
-    client.crm.objects.tasks.basic_api.create(
-        TaskInput(properties={"hs_timestamp": "2026-01-01"}, associations=[assoc(204, lead.id)])
-    )
-    client.oauth.tokens_api.create(
-        grant_type="refresh_token",
-        client_id=SANDBOX_OAUTH["client_id"],
-        client_secret=SANDBOX_OAUTH["client_secret"],
-        refresh_token=SANDBOX_OAUTH["refresh_token"],
-    )
+    client.crm.objects.tasks.basic_api.create(TaskInput(properties={"hs_timestamp": "2026-01-01"},
+                                                        associations=[assoc(204, lead.id)]))
+    client.oauth.tokens_api.create(grant_type="refresh_token", client_id=SANDBOX_OAUTH["client_id"],
+                                   client_secret=SANDBOX_OAUTH["client_secret"],
+                                   refresh_token=SANDBOX_OAUTH["refresh_token"])
     hub.config(revoke_refresh_tokens=True)
     assert requests.post(f"{hub.url}/_emulator/reset", timeout=5).status_code == 200
 
@@ -742,27 +621,19 @@ def test_reset_clears_data_and_counters_but_keeps_tokens(hub: Hub) -> None:
     with pytest.raises(ContactsError) as gone:
         upsert(client, CALLER)  # the custom unique property went with the reset
     assert gone.value.status == 400
-    client.oauth.tokens_api.create(
-        grant_type="refresh_token",
-        client_id=SANDBOX_OAUTH["client_id"],
-        client_secret=SANDBOX_OAUTH["client_secret"],
-        refresh_token=SANDBOX_OAUTH["refresh_token"],
-    )
+    client.oauth.tokens_api.create(grant_type="refresh_token", client_id=SANDBOX_OAUTH["client_id"],
+                                   client_secret=SANDBOX_OAUTH["client_secret"],
+                                   refresh_token=SANDBOX_OAUTH["refresh_token"])
 
 
 def test_raw_error_shapes_and_config_validation(hub: Hub) -> None:
-    malformed = hub.http(
-        "POST",
-        "/crm/v3/objects/contacts",
-        data=b'{"properties": {',
-        headers={"Content-Type": "application/json"},
-    )
+    malformed = hub.http("POST", "/crm/v3/objects/contacts", data=b'{"properties": {',
+                         headers={"Content-Type": "application/json"})
     assert malformed.status_code == 400
     assert malformed.json()["message"].startswith("Invalid input JSON on line 1")
     assert malformed.headers["Content-Type"] == "application/json;charset=utf-8"
     assert hub.http("POST", "/crm/v3/objects/contacts", json={}).json()["message"] == (
-        "Invalid input JSON: some of required attributes are not set [properties]"
-    )
+        "Invalid input JSON: some of required attributes are not set [properties]")
     word = hub.http("PATCH", "/crm/v3/objects/contacts/someone@example.com", json={"properties": {}})
     assert word.status_code == 404 and word.json()["category"] == "OBJECT_NOT_FOUND"
     assert hub.http("GET", "/crm/v3/objects/widgets").status_code == 400
@@ -774,15 +645,13 @@ def test_raw_error_shapes_and_config_validation(hub: Hub) -> None:
 
 
 def test_constructor_settings_show_in_config() -> None:
-    emulator = HubSpotEmulator(
-        tokens=("pat-a", "pat-b"), rate_limit=(5, 1.0), daily_limit=3, search_lag_ms=250
-    )
+    emulator = HubSpotEmulator(tokens=("pat-a", "pat-b"), rate_limit=(5, 1.0), daily_limit=3,
+                               search_lag_ms=250)
     config = emulator.app.test_client().get("/_emulator/config").get_json()
     assert set(config["tokens"]) == {"pat-a", "pat-b"}
     assert (config["rate_limit"], config["daily_limit"], config["search_lag_ms"]) == ([5, 1.0], 3, 250)
-    unauthenticated = emulator.app.test_client().get(
-        "/crm/v3/objects/contacts", headers={"Authorization": f"Bearer {SANDBOX_TOKEN}"}
-    )
+    unauthenticated = emulator.app.test_client().get("/crm/v3/objects/contacts",
+                                                     headers={"Authorization": f"Bearer {SANDBOX_TOKEN}"})
     assert unauthenticated.status_code == 401
 
 
@@ -791,11 +660,8 @@ def test_batch_create_with_inline_associations_through_the_sdk(hub: Hub) -> None
     lead = client.crm.contacts.basic_api.create(contact_input(firstname="Ann"))
     # The SDK's own batch_api.create: inputs with inline associations and objectWriteTraceId.
     inputs = [
-        {
-            "properties": {"hs_timestamp": "2026-01-01T00:00:00Z", "hs_note_body": f"note {n}"},
-            "associations": [assoc(202, lead.id)],
-            "objectWriteTraceId": f"trace-{n}",
-        }
+        {"properties": {"hs_timestamp": "2026-01-01T00:00:00Z", "hs_note_body": f"note {n}"},
+         "associations": [assoc(202, lead.id)], "objectWriteTraceId": f"trace-{n}"}
         for n in range(3)
     ]
     answer = client.crm.objects.notes.batch_api.create({"inputs": inputs})
@@ -805,36 +671,18 @@ def test_batch_create_with_inline_associations_through_the_sdk(hub: Hub) -> None
     linked = {a["from_id"] for a in state["associations"] if a["from_type"] == "notes"}
     assert linked == {r.id for r in answer.results}
     # Over raw HTTP: 201, the batch envelope and the rate-limit headers every call carries.
-    raw = hub.http(
-        "POST",
-        "/crm/v3/objects/calls/batch/create",
-        json={
-            "inputs": [
-                {
-                    "properties": {"hs_timestamp": "2026-01-01T00:00:00Z", "hs_call_body": "missed"},
-                    "associations": [assoc(194, lead.id)],
-                }
-            ]
-        },
-    )
+    raw = hub.http("POST", "/crm/v3/objects/calls/batch/create", json={"inputs": [
+        {"properties": {"hs_timestamp": "2026-01-01T00:00:00Z", "hs_call_body": "missed"},
+         "associations": [assoc(194, lead.id)]}]})
     assert raw.status_code == 201
     assert {"status", "results", "startedAt", "completedAt"} <= set(raw.json())
     assert "X-HubSpot-RateLimit-Remaining" in raw.headers
     # More than 100 inputs, or an input HubSpot refuses, fails the whole request: nothing is made.
-    too_many = hub.http("POST", "/crm/v3/objects/notes/batch/create", json={"inputs": [inputs[0]] * 101})
+    too_many = hub.http("POST", "/crm/v3/objects/notes/batch/create",
+                        json={"inputs": [inputs[0]] * 101})
     assert too_many.status_code == 400
-    bad = hub.http(
-        "POST",
-        "/crm/v3/objects/notes/batch/create",
-        json={
-            "inputs": [
-                inputs[0],
-                {
-                    "properties": {"hs_timestamp": "2026-01-01T00:00:00Z"},
-                    "associations": [assoc(202, "999999")],
-                },
-            ]
-        },
-    )
+    bad = hub.http("POST", "/crm/v3/objects/notes/batch/create", json={"inputs": [
+        inputs[0], {"properties": {"hs_timestamp": "2026-01-01T00:00:00Z"},
+                    "associations": [assoc(202, "999999")]}]})
     assert bad.status_code >= 400
     assert len(hub.state()["notes"]) == 3

@@ -19,12 +19,8 @@ from connectors.pipedrive.emulator import SANDBOX_OAUTH, SANDBOX_TOKEN, Pipedriv
 
 HEADERS = {"x-api-token": SANDBOX_TOKEN}
 PHONE = "+13125550142"
-RATE_HEADERS = (
-    "x-ratelimit-limit",
-    "x-ratelimit-remaining",
-    "x-ratelimit-reset",
-    "x-daily-ratelimit-token-remaining",
-)
+RATE_HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
+                "x-daily-ratelimit-token-remaining")
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +40,8 @@ def url(server: tuple[PipedriveEmulator, str]) -> str:
     return server[1]
 
 
-def call(
-    method: str, url: str, path: str, headers: dict[str, str] | None = None, **kw: Any
-) -> requests.Response:
+def call(method: str, url: str, path: str, headers: dict[str, str] | None = None,
+         **kw: Any) -> requests.Response:
     headers = HEADERS if headers is None else headers
     return requests.request(method, url + path, headers=headers, timeout=5, **kw)
 
@@ -66,12 +61,8 @@ def config(url: str, **spec: Any) -> dict[str, Any]:
 
 
 def create_person(url: str, name: str = "Dana Reyes", phone: str = PHONE) -> dict[str, Any]:
-    r = v2(
-        "POST",
-        url,
-        "/persons",
-        json={"name": name, "phones": [{"value": phone, "primary": True, "label": "mobile"}]},
-    )
+    r = v2("POST", url, "/persons", json={"name": name, "phones": [{"value": phone, "primary": True,
+                                                                     "label": "mobile"}]})
     assert r.status_code == 200, r.text
     return r.json()["data"]
 
@@ -98,12 +89,8 @@ def test_person_create_and_exact_phone_search(url: str) -> None:
     assert hit["item"]["phones"] == [PHONE] and hit["item"]["emails"] == []
     assert set(RATE_HEADERS) <= set(r.headers)
     # Exact match compares the stored string: formatting the number differently finds nothing.
-    other = v2(
-        "GET",
-        url,
-        "/persons/search",
-        params={"term": "(312) 555-0142", "fields": "phone", "exact_match": "true"},
-    )
+    other = v2("GET", url, "/persons/search", params={"term": "(312) 555-0142", "fields": "phone",
+                                                       "exact_match": "true"})
     assert other.json()["data"]["items"] == []
     partial = v2("GET", url, "/persons/search", params={"term": "5550142", "fields": "phone"})
     assert [h["item"]["id"] for h in partial.json()["data"]["items"]] == [person["id"]]
@@ -127,12 +114,8 @@ def test_v2_is_strict_and_persons_crud(url: str) -> None:
     assert v2("POST", url, "/persons", json=nameless).status_code == 400
     assert v2("PUT", url, "/persons/1001", json={"name": "Y"}).status_code == 405  # v2 updates are PATCH
     a, b = create_person(url, "Ann One", "+13125550001"), create_person(url, "Bob Two", "+13125550002")
-    patched = v2(
-        "PATCH",
-        url,
-        f"/persons/{a['id']}",
-        json={"emails": [{"value": "ann@example.com"}], "custom_fields": {"abc": "1"}},
-    )
+    patched = v2("PATCH", url, f"/persons/{a['id']}", json={"emails": [{"value": "ann@example.com"}],
+                                                            "custom_fields": {"abc": "1"}})
     assert patched.status_code == 200
     emails = patched.json()["data"]["emails"]
     assert emails == [{"value": "ann@example.com", "primary": True, "label": "work"}]
@@ -153,34 +136,15 @@ def test_deals_in_pipeline_and_stage(url: str) -> None:
     pipelines = v2("GET", url, "/pipelines").json()["data"]
     assert [(p["id"], p["name"]) for p in pipelines] == [(1, "Sales")]
     stages = v2("GET", url, "/stages", params={"pipeline_id": 1}).json()["data"]
-    assert [(s["id"], s["name"]) for s in stages] == [
-        (1, "Lead In"),
-        (2, "Contact Made"),
-        (3, "Qualified"),
-        (4, "Booked"),
-        (5, "Won"),
-    ]
+    assert [(s["id"], s["name"]) for s in stages] == [(1, "Lead In"), (2, "Contact Made"), (3, "Qualified"),
+                                                      (4, "Booked"), (5, "Won")]
     person = create_person(url)
-    r = v2(
-        "POST",
-        url,
-        "/deals",
-        json={
-            "title": "Missed call: Dana",
-            "person_id": person["id"],
-            "stage_id": 1,
-            "value": 250,
-            "currency": "USD",
-        },
-    )
+    r = v2("POST", url, "/deals", json={"title": "Missed call: Dana", "person_id": person["id"],
+                                        "stage_id": 1, "value": 250, "currency": "USD"})
     assert r.status_code == 200, r.text
     deal = r.json()["data"]
-    assert (deal["pipeline_id"], deal["stage_id"], deal["status"], deal["person_id"]) == (
-        1,
-        1,
-        "open",
-        person["id"],
-    )
+    assert (deal["pipeline_id"], deal["stage_id"], deal["status"], deal["person_id"]) == (1, 1, "open",
+                                                                                          person["id"])
     default = v2("POST", url, "/deals", json={"title": "No stage given"}).json()["data"]
     assert (default["pipeline_id"], default["stage_id"]) == (1, 1)
     assert v2("POST", url, "/deals", json={"title": "x", "stage_id": 99}).status_code == 400
@@ -204,24 +168,17 @@ def test_deals_in_pipeline_and_stage(url: str) -> None:
 def test_activity_participants_and_person_id_is_read_only(url: str) -> None:
     person = create_person(url)
     deal = v2("POST", url, "/deals", json={"title": "Callback", "person_id": person["id"]}).json()["data"]
-    body = {
-        "subject": "Missed call from +1 312-555-0142",
-        "type": "call",
-        "due_date": "2025-03-04",
-        "due_time": "14:30",
-        "deal_id": deal["id"],
-        "participants": [{"person_id": person["id"], "primary": True}],
-        "note": "Caller hung up after 3 rings",
-        "done": True,
-    }
+    body = {"subject": "Missed call from +1 312-555-0142", "type": "call", "due_date": "2025-03-04",
+            "due_time": "14:30", "deal_id": deal["id"], "participants": [{"person_id": person["id"],
+                                                                          "primary": True}],
+            "note": "Caller hung up after 3 rings", "done": True}
     r = v2("POST", url, "/activities", json=body)
     assert r.status_code == 200, r.text
     activity = r.json()["data"]
     assert activity["person_id"] == person["id"] and activity["participants"] == body["participants"]
     assert activity["done"] is True and activity["marked_as_done_time"] and activity["type"] == "call"
-    read_only = v2(
-        "POST", url, "/activities", json={"subject": "x", "type": "call", "person_id": person["id"]}
-    )
+    read_only = v2("POST", url, "/activities", json={"subject": "x", "type": "call",
+                                                     "person_id": person["id"]})
     assert read_only.status_code == 400
     assert read_only.json()["code"] == "ERR_BAD_REQUEST"
     assert read_only.json()["error"].startswith("'person_id' is a read-only field")
@@ -242,9 +199,8 @@ def test_activity_participants_and_person_id_is_read_only(url: str) -> None:
 def test_v1_note_through_the_sdk(url: str) -> None:
     person = create_person(url)
     client = sdk(url)
-    created = client.notes.create_note(
-        {"content": "<p>Missed call, texted back</p>", "person_id": person["id"]}, timeout=5
-    )
+    created = client.notes.create_note({"content": "<p>Missed call, texted back</p>",
+                                        "person_id": person["id"]}, timeout=5)
     assert created["success"] is True
     note = created["data"]
     assert note["person_id"] == person["id"] and note["person"] == {"name": person["name"]}
@@ -257,12 +213,8 @@ def test_v1_note_through_the_sdk(url: str) -> None:
     orphan = requests.post(url + "/v1/notes", json={"content": "no target"}, headers=HEADERS, timeout=5)
     assert orphan.status_code == 400
     assert set(orphan.json()) == {"success", "error", "error_info", "data", "additional_data"}
-    assert (
-        requests.post(
-            url + "/v1/notes", json={"person_id": person["id"]}, headers=HEADERS, timeout=5
-        ).status_code
-        == 400
-    )
+    assert requests.post(url + "/v1/notes", json={"person_id": person["id"]}, headers=HEADERS,
+                         timeout=5).status_code == 400
     # The SDK puts the api token in the query string; the emulator notices.
     assert state(url)["query_token_uses"] == 3
     assert [n["content"] for n in state(url)["notes"]] == ["edited"]
@@ -270,13 +222,8 @@ def test_v1_note_through_the_sdk(url: str) -> None:
 
 def test_v1_leads(url: str) -> None:
     person = create_person(url)
-    body = {
-        "title": "Dana Reyes - missed call",
-        "person_id": person["id"],
-        "owner_id": 1,
-        "label_ids": [str(uuid.uuid4())],
-        "value": {"amount": 300, "currency": "USD"},
-    }
+    body = {"title": "Dana Reyes - missed call", "person_id": person["id"], "owner_id": 1,
+            "label_ids": [str(uuid.uuid4())], "value": {"amount": 300, "currency": "USD"}}
     r = call("POST", url, "/v1/leads", json=body)
     assert r.status_code == 201, r.text
     lead = r.json()["data"]
@@ -286,12 +233,8 @@ def test_v1_leads(url: str) -> None:
     patched = call("PATCH", url, f"/v1/leads/{lead['id']}", json={"title": "Booked", "was_seen": True})
     assert patched.json()["data"]["title"] == "Booked" and patched.json()["data"]["was_seen"] is True
     assert call("POST", url, "/v1/leads", json={"title": "nobody"}).status_code == 400
-    assert (
-        call(
-            "POST", url, "/v1/leads", json={"title": "x", "person_id": person["id"], "value": 300}
-        ).status_code
-        == 400
-    )
+    assert call("POST", url, "/v1/leads", json={"title": "x", "person_id": person["id"],
+                                                "value": 300}).status_code == 400
     missing = call("GET", url, f"/v1/leads/{uuid.uuid4()}")
     assert missing.status_code == 404
     assert missing.json()["data"] is None and missing.json()["error_info"]
@@ -302,17 +245,9 @@ def test_v1_leads(url: str) -> None:
 
 def test_v1_call_logs(url: str) -> None:
     person = create_person(url)
-    body = {
-        "outcome": "no_answer",
-        "to_phone_number": "+13125550100",
-        "from_phone_number": PHONE,
-        "start_time": "2025-03-04 14:30:00",
-        "end_time": "2025-03-04 14:30:21",
-        "person_id": person["id"],
-        "subject": "Missed call",
-        "duration": "21",
-        "note": "<p>Texted back</p>",
-    }
+    body = {"outcome": "no_answer", "to_phone_number": "+13125550100", "from_phone_number": PHONE,
+            "start_time": "2025-03-04 14:30:00", "end_time": "2025-03-04 14:30:21", "person_id": person["id"],
+            "subject": "Missed call", "duration": "21", "note": "<p>Texted back</p>"}
     r = call("POST", url, "/v1/callLogs", json=body)
     assert r.status_code == 200, r.text
     log = r.json()["data"]
@@ -334,13 +269,9 @@ def test_v1_call_logs(url: str) -> None:
 
 
 def test_deprecated_v1_endpoints_are_gone_but_users_me_works(url: str) -> None:
-    for method, path in [
-        ("GET", "/v1/persons/search?term=abc"),
-        ("POST", "/v1/persons"),
-        ("GET", "/v1/deals/5"),
-        ("PUT", "/v1/activities/3"),
-        ("GET", "/v1/itemSearch?term=ab"),
-    ]:
+    for method, path in [("GET", "/v1/persons/search?term=abc"), ("POST", "/v1/persons"),
+                         ("GET", "/v1/deals/5"), ("PUT", "/v1/activities/3"),
+                         ("GET", "/v1/itemSearch?term=ab")]:
         r = call(method, url, path, json={})
         assert r.status_code == 410, path
         assert r.json()["error"] == "This endpoint is deprecated; use /api/v2" and r.json()["data"] is None
@@ -352,12 +283,8 @@ def test_deprecated_v1_endpoints_are_gone_but_users_me_works(url: str) -> None:
 
 # -- auth, rate limits ---------------------------------------------------------------------------------
 def test_unauthorized(url: str) -> None:
-    expected = {
-        "success": False,
-        "error": "unauthorized access",
-        "errorCode": 401,
-        "error_info": "Please check developers.pipedrive.com",
-    }
+    expected = {"success": False, "error": "unauthorized access", "errorCode": 401,
+                "error_info": "Please check developers.pipedrive.com"}
     for headers in ({}, {"x-api-token": "wrong"}, {"Authorization": "Bearer not-issued"}):
         r = v2("GET", url, "/persons", headers=headers)
         assert r.status_code == 401 and r.json() == expected
@@ -390,10 +317,8 @@ def test_daily_token_budget(url: str) -> None:
     config(url, daily_token_budget=26, burst_limit=None)
     assert v2("GET", url, "/pipelines").headers["x-daily-ratelimit-token-remaining"] == "24"  # v2 read 2
     assert v2("POST", url, "/deals", json={"title": "t"}).headers["x-daily-ratelimit-token-remaining"] == "19"
-    assert (
-        v2("GET", url, "/persons/search", params={"term": "zz"}).headers["x-daily-ratelimit-token-remaining"]
-        == "9"
-    )  # search 10
+    assert v2("GET", url, "/persons/search", params={"term": "zz"}).headers[
+        "x-daily-ratelimit-token-remaining"] == "9"  # search 10
     assert call("GET", url, "/v1/users/me").headers["x-daily-ratelimit-token-remaining"] == "5"  # v1 read 4
     assert call("POST", url, "/v1/notes", json={"content": "x"}).status_code == 429  # v1 write 10 > 5
     over = v2("GET", url, "/pipelines/1")
@@ -409,9 +334,8 @@ def test_daily_token_budget(url: str) -> None:
 
 # -- OAuth -------------------------------------------------------------------------------------------------
 def test_oauth_refresh_expire_and_revoke(url: str) -> None:
-    client = Client(
-        client_id=SANDBOX_OAUTH["client_id"], client_secret=SANDBOX_OAUTH["client_secret"], domain=url + "/"
-    )
+    client = Client(client_id=SANDBOX_OAUTH["client_id"], client_secret=SANDBOX_OAUTH["client_secret"],
+                    domain=url + "/")
     client.OAUTH_BASE_URL = url + "/oauth/"
     token = client.refresh_token(SANDBOX_OAUTH["refresh_token"])
     assert token["token_type"] == "Bearer" and token["expires_in"] == 3599 and token["api_domain"] == url
@@ -420,20 +344,13 @@ def test_oauth_refresh_expire_and_revoke(url: str) -> None:
     assert v2("GET", url, "/persons", headers=bearer).status_code == 200
     client.set_access_token(token["access_token"])
     assert client.users.get_me(timeout=5)["success"] is True
-    bad = requests.post(
-        url + "/oauth/token",
-        data={"grant_type": "refresh_token", "refresh_token": "nope"},
-        auth=(SANDBOX_OAUTH["client_id"], SANDBOX_OAUTH["client_secret"]),
-        timeout=5,
-    )
+    bad = requests.post(url + "/oauth/token", data={"grant_type": "refresh_token", "refresh_token": "nope"},
+                        auth=(SANDBOX_OAUTH["client_id"], SANDBOX_OAUTH["client_secret"]), timeout=5)
     assert bad.status_code == 400
     assert bad.json() == {"error": "invalid_grant", "message": "Invalid grant: refresh token is invalid"}
-    wrong_client = requests.post(
-        url + "/oauth/token",
-        data={"grant_type": "refresh_token", "refresh_token": SANDBOX_OAUTH["refresh_token"]},
-        auth=("someone", "else"),
-        timeout=5,
-    )
+    wrong_client = requests.post(url + "/oauth/token", data={"grant_type": "refresh_token",
+                                                             "refresh_token": SANDBOX_OAUTH["refresh_token"]},
+                                 auth=("someone", "else"), timeout=5)
     assert wrong_client.status_code == 401 and wrong_client.json()["error"] == "invalid_client"
 
     config(url, expire_tokens=True)
@@ -443,23 +360,17 @@ def test_oauth_refresh_expire_and_revoke(url: str) -> None:
     assert state(url)["oauth"]["refreshes"] == 2
 
     config(url, revoke_refresh_tokens=True)
-    revoked = requests.post(
-        url + "/oauth/token",
-        data={"grant_type": "refresh_token", "refresh_token": SANDBOX_OAUTH["refresh_token"]},
-        auth=(SANDBOX_OAUTH["client_id"], SANDBOX_OAUTH["client_secret"]),
-        timeout=5,
-    )
+    revoked = requests.post(url + "/oauth/token", data={"grant_type": "refresh_token",
+                                                        "refresh_token": SANDBOX_OAUTH["refresh_token"]},
+                            auth=(SANDBOX_OAUTH["client_id"], SANDBOX_OAUTH["client_secret"]), timeout=5)
     assert revoked.status_code == 400 and revoked.json()["error"] == "invalid_grant"
 
 
 def test_oauth_authorization_code(url: str) -> None:
     redirect_uri = "http://127.0.0.1:9/pipedrive/callback"
-    r = requests.get(
-        url + "/oauth/authorize",
-        params={"client_id": SANDBOX_OAUTH["client_id"], "redirect_uri": redirect_uri, "state": "s1"},
-        allow_redirects=False,
-        timeout=5,
-    )
+    r = requests.get(url + "/oauth/authorize", params={"client_id": SANDBOX_OAUTH["client_id"],
+                                                       "redirect_uri": redirect_uri, "state": "s1"},
+                     allow_redirects=False, timeout=5)
     assert r.status_code == 302 and r.headers["Location"].startswith(redirect_uri + "?code=")
     code = r.headers["Location"].split("code=")[1].split("&")[0]
     client = Client(client_id=SANDBOX_OAUTH["client_id"], client_secret=SANDBOX_OAUTH["client_secret"])
@@ -475,17 +386,9 @@ def test_oauth_authorization_code(url: str) -> None:
 # -- faults, reset, concurrency ------------------------------------------------------------------------------
 def test_html_502_fault_and_the_sdk_trap(url: str) -> None:
     html = "<html><head><title>502 Bad Gateway</title></head><body>Bad Gateway</body></html>"
-    fault = requests.post(
-        url + "/_emulator/faults",
-        json={
-            "path": "/api/v2",
-            "status": 502,
-            "body": html,
-            "headers": {"Content-Type": "text/html"},
-            "count": 2,
-        },
-        timeout=5,
-    )
+    fault = requests.post(url + "/_emulator/faults", json={"path": "/api/v2", "status": 502, "body": html,
+                                                           "headers": {"Content-Type": "text/html"},
+                                                           "count": 2}, timeout=5)
     assert fault.status_code == 201
     r = v2("GET", url, "/persons")
     assert r.status_code == 502 and r.headers["Content-Type"].startswith("text/html") and r.text == html
@@ -494,18 +397,9 @@ def test_html_502_fault_and_the_sdk_trap(url: str) -> None:
     result = sdk(url)._get(url + "/api/v2/persons", timeout=5)
     assert isinstance(result, str) and "Bad Gateway" in result
     assert v2("GET", url, "/persons").status_code == 200  # the fault was used up
-    requests.post(
-        url + "/_emulator/faults",
-        json={
-            "path": "/v1/notes",
-            "method": "POST",
-            "status": 502,
-            "body": html,
-            "headers": {"Content-Type": "text/html"},
-            "count": 1,
-        },
-        timeout=5,
-    )
+    requests.post(url + "/_emulator/faults", json={"path": "/v1/notes", "method": "POST", "status": 502,
+                                                   "body": html, "headers": {"Content-Type": "text/html"},
+                                                   "count": 1}, timeout=5)
     person = create_person(url)
     note = sdk(url).notes.create_note({"content": "x", "person_id": person["id"]}, timeout=5)
     assert note == html and state(url)["notes"] == []
@@ -517,12 +411,9 @@ def test_reset_clears_data_counters_and_config(url: str) -> None:
     create_person(url)
     call("GET", url, "/v1/users/me?api_token=" + SANDBOX_TOKEN, headers={})
     config(url, burst_limit=[5, 1.0], daily_token_budget=100, search_lag_seconds=1)
-    requests.post(
-        url + "/oauth/token",
-        data={"grant_type": "refresh_token", "refresh_token": SANDBOX_OAUTH["refresh_token"]},
-        auth=(SANDBOX_OAUTH["client_id"], SANDBOX_OAUTH["client_secret"]),
-        timeout=5,
-    )
+    requests.post(url + "/oauth/token", data={"grant_type": "refresh_token",
+                                              "refresh_token": SANDBOX_OAUTH["refresh_token"]},
+                  auth=(SANDBOX_OAUTH["client_id"], SANDBOX_OAUTH["client_secret"]), timeout=5)
     before = state(url)
     assert before["persons"] and before["query_token_uses"] == 1 and before["oauth"]["refreshes"] == 1
     assert requests.post(url + "/_emulator/reset", timeout=5).json() == {"ok": True}

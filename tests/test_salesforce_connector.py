@@ -80,13 +80,10 @@ def cc_config(url: str, **extra: Any) -> dict[str, Any]:
     return {**SalesforceKit().config(url), **extra}
 
 
-def connector(
-    config: dict[str, Any], tokens: TokenStore | None = None, **context: Any
-) -> SalesforceConnector:
-    return SalesforceConnector(
-        config,
-        ConnectorContext(business_id="acme", connector_id="salesforce", tokens=tokens, timeout=5, **context),
-    )
+def connector(config: dict[str, Any], tokens: TokenStore | None = None, **context: Any
+              ) -> SalesforceConnector:
+    return SalesforceConnector(config, ConnectorContext(business_id="acme", connector_id="salesforce",
+                                                        tokens=tokens, timeout=5, **context))
 
 
 def at_the_missed_call(url: str) -> dict[str, Any]:
@@ -98,18 +95,8 @@ def install(stack: Stack, url: str, **overrides: Any) -> Any:
     settings = {**sandbox.settings(url), **overrides}
     path = stack.tmp_path / "salesforce.yaml"
     path.write_text(yaml.safe_dump(settings))
-    result = CliRunner().invoke(
-        main,
-        [
-            "connectors",
-            "install",
-            "salesforce",
-            "--config",
-            str(stack.config_path),
-            "--config-file",
-            str(path),
-        ],
-    )
+    result = CliRunner().invoke(main, ["connectors", "install", "salesforce", "--config",
+                                       str(stack.config_path), "--config-file", str(path)])
     assert result.exit_code == 0, result.output
     return result
 
@@ -127,21 +114,16 @@ def emit(stack: Stack, phone: str, event: str, ref: str) -> None:
 
 def pem_pair() -> tuple[str, str]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     return private, public
 
 
 # -- through the real stack --------------------------------------------------------------------------
-def test_missed_call_is_one_lead_with_its_call_and_callback_tasks(
-    stack: Stack, sf_url: str, secret_key: str
-) -> None:
+def test_missed_call_is_one_lead_with_its_call_and_callback_tasks(stack: Stack, sf_url: str,
+                                                                   secret_key: str) -> None:
     result = install(stack, sf_url, sync=at_the_missed_call(sf_url))
     assert "ok: connected to Salesforce" in result.output
     assert "deduplicated by upsert on Phone_E164__c" in result.output
@@ -151,11 +133,8 @@ def test_missed_call_is_one_lead_with_its_call_and_callback_tasks(
     org = state(sf_url)
     [lead] = org["Lead"]
     assert lead["Phone_E164__c"] == caller and lead["Phone"] == "+1 312-555-0142"
-    assert (lead["LastName"], lead["Company"], lead["LeadSource"]) == (
-        "Caller 0142",
-        "[not provided]",
-        "Missed call",
-    )
+    assert (lead["LastName"], lead["Company"], lead["LeadSource"]) == ("Caller 0142", "[not provided]",
+                                                                       "Missed call")
     assert lead["Status"] == "Open - Not Contacted"
     tasks = org["Task"]
     calls = [t for t in tasks if t["TaskSubtype"] == "Call"]
@@ -163,11 +142,7 @@ def test_missed_call_is_one_lead_with_its_call_and_callback_tasks(
     assert len(calls) == 1 and len(callbacks) == 1
     call, callback = calls[0], callbacks[0]
     assert (call["CallType"], call["Status"], call["WhoId"], call["WhatId"]) == (
-        "Inbound",
-        "Completed",
-        lead["Id"],
-        None,
-    )
+        "Inbound", "Completed", lead["Id"], None)
     assert call["Subject"] == "Missed call" and "Ref: tb-" in call["Description"]
     assert callback["WhoId"] == lead["Id"] and callback["Subject"].startswith("Call back")
     assert callback["Priority"] == "High" and "Ref: tb-" in callback["Description"]
@@ -205,22 +180,14 @@ def test_a_push_to_a_crm_the_text_does_not_look_callers_up_in_goes_at_once(
 
 def test_salesforce_outage_loses_nothing(stack: Stack, sf_url: str, secret_key: str) -> None:
     install(stack, sf_url, sync=at_the_missed_call(sf_url))
-    fault(
-        sf_url,
-        path="/services/data/",
-        status=503,
-        count=3,
-        body=[{"message": "Service unavailable", "errorCode": "SERVER_UNAVAILABLE"}],
-    )
+    fault(sf_url, path="/services/data/", status=503, count=3,
+          body=[{"message": "Service unavailable", "errorCode": "SERVER_UNAVAILABLE"}])
     stack.call("+13125550143", "busy")
     settle(stack, timeout=20)
     org = state(sf_url)
     assert len(org["Lead"]) == 1
     assert sorted(t["TaskSubtype"] + ":" + t["Status"] for t in org["Task"]) == [
-        "Call:Completed",
-        "Task:Completed",
-        "Task:Not Started",
-    ]
+        "Call:Completed", "Task:Completed", "Task:Not Started"]
     assert len(stack.sent("+13125550143")) == 1  # texts are unaffected by the CRM outage
 
 
@@ -229,26 +196,17 @@ SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # no
 
 
 @SQLITE_ONLY
-def test_contact_mode_makes_contact_account_and_opportunity(
-    stack: Stack, sf_url: str, secret_key: str
-) -> None:
-    install(
-        stack,
-        sf_url,
-        mode="contact",
-        sync={"deal_on": "missed_call", "create_task": True, "stages": CONTACT_STAGES},
-    )
+def test_contact_mode_makes_contact_account_and_opportunity(stack: Stack, sf_url: str, secret_key: str
+                                                            ) -> None:
+    install(stack, sf_url, mode="contact",
+            sync={"deal_on": "missed_call", "create_task": True, "stages": CONTACT_STAGES})
     caller = "+13125550144"
     stack.call(caller, "no-answer")
     stack.drain()
     org = state(sf_url)
     assert org["Lead"] == []
-    [contact], [account], [opp], [role] = (
-        org["Contact"],
-        org["Account"],
-        org["Opportunity"],
-        org["OpportunityContactRole"],
-    )
+    [contact], [account], [opp], [role] = (org["Contact"], org["Account"], org["Opportunity"],
+                                           org["OpportunityContactRole"])
     assert contact["Phone_E164__c"] == caller and contact["AccountId"] == account["Id"]
     assert opp["StageName"] == "Prospecting" and opp["AccountId"] == account["Id"]
     assert opp["CloseDate"] and "Ref: tb-" in opp["Description"]
@@ -264,10 +222,10 @@ def test_contact_mode_makes_contact_account_and_opportunity(
 
 
 def test_by_default_a_missed_call_makes_no_opportunity_or_task_and_a_reply_makes_one(
-    stack: Stack, sf_url: str, secret_key: str
-) -> None:
+        stack: Stack, sf_url: str, secret_key: str) -> None:
     # The product's default sync settings (no deal_on, no create_task), in contact mode.
-    install(stack, sf_url, mode="contact", sync={"stages": CONTACT_STAGES})
+    install(stack, sf_url, mode="contact",
+            sync={"stages": CONTACT_STAGES})
     caller = "+13125550149"
     stack.call(caller, "no-answer")
     stack.drain()
@@ -305,9 +263,8 @@ def test_request_limit_exceeded_pauses_the_connector(stack: Stack, sf_url: str, 
 
 
 @SQLITE_ONLY
-def test_always_invalid_session_is_an_auth_error_after_one_renewal(
-    stack: Stack, sf_url: str, secret_key: str
-) -> None:
+def test_always_invalid_session_is_an_auth_error_after_one_renewal(stack: Stack, sf_url: str,
+                                                                   secret_key: str) -> None:
     install(stack, sf_url)
     emulate(sf_url, always_invalid_session=True)
     before = state(sf_url)["tokens_issued"]
@@ -340,13 +297,8 @@ def test_expired_session_is_renewed_once_and_replayed(sf_url: str) -> None:
 
 def test_several_records_sharing_the_phone_are_reported_not_guessed(sf_url: str) -> None:
     emulate(sf_url, external_id_fields={"Lead": {"field": "Phone_E164__c", "unique": False}})
-    direct = Salesforce(
-        consumer_key=SANDBOX["client_id"],
-        consumer_secret=SANDBOX["client_secret"],
-        domain=SANDBOX["domain"],
-        session=loopback_session(sf_url),
-        version=VERSION,
-    )
+    direct = Salesforce(consumer_key=SANDBOX["client_id"], consumer_secret=SANDBOX["client_secret"],
+                        domain=SANDBOX["domain"], session=loopback_session(sf_url), version=VERSION)
     for name in ("One", "Two"):
         direct.Lead.create({"LastName": name, "Company": "X", "Phone_E164__c": "+15550102222"})
     sf = connector(cc_config(sf_url))
@@ -357,9 +309,8 @@ def test_several_records_sharing_the_phone_are_reported_not_guessed(sf_url: str)
 
 
 @pytest.mark.parametrize("setting", ["org_lacks_field", "empty_setting"])
-def test_without_the_external_id_field_a_phone_search_is_used_and_check_warns(
-    sf_url: str, setting: str
-) -> None:
+def test_without_the_external_id_field_a_phone_search_is_used_and_check_warns(sf_url: str, setting: str
+                                                                               ) -> None:
     if setting == "org_lacks_field":
         emulate(sf_url, external_id_fields={"Lead": None, "Contact": None})
         sf = connector(cc_config(sf_url))
@@ -372,27 +323,18 @@ def test_without_the_external_id_field_a_phone_search_is_used_and_check_warns(
     assert (first.created, second.created, second.id) == (True, False, first.id)
     [lead] = state(sf_url)["Lead"]
     assert (lead["FirstName"], lead["LastName"], lead["Phone"]) == ("Ada", "Lovelace", "+1 555-010-3333")
-    searches = [
-        r
-        for r in requests.get(f"{sf_url}/_emulator/requests", timeout=5).json()["requests"]
-        if r["path"].endswith("/search/")
-    ]
+    searches = [r for r in requests.get(f"{sf_url}/_emulator/requests", timeout=5).json()["requests"]
+                if r["path"].endswith("/search/")]
     assert searches and "IN PHONE FIELDS" in unquote_plus(searches[0]["query"])
 
 
 def test_known_people_are_matched_and_only_filled_in(sf_url: str) -> None:
-    direct = Salesforce(
-        consumer_key=SANDBOX["client_id"],
-        consumer_secret=SANDBOX["client_secret"],
-        domain=SANDBOX["domain"],
-        session=loopback_session(sf_url),
-        version=VERSION,
-    )
+    direct = Salesforce(consumer_key=SANDBOX["client_id"], consumer_secret=SANDBOX["client_secret"],
+                        domain=SANDBOX["domain"], session=loopback_session(sf_url), version=VERSION)
     known = direct.Contact.create({"LastName": "Known", "Phone_E164__c": "+15550104444"})["id"]
     sf = connector(cc_config(sf_url))
-    remote = sf.upsert_contact(
-        ContactData(phone="+15550104444", first_name="Kim", last_name="Other", email="kim@example.com"), None
-    )
+    remote = sf.upsert_contact(ContactData(phone="+15550104444", first_name="Kim", last_name="Other",
+                                           email="kim@example.com"), None)
     assert (remote.id, remote.created, remote.kind) == (known, False, "Contact")
     [contact] = state(sf_url)["Contact"]
     assert (contact["LastName"], contact["FirstName"], contact["Email"]) == ("Known", None, "kim@example.com")
@@ -412,37 +354,14 @@ def test_activities_find_record_and_opt_out(sf_url: str) -> None:
     sf = connector(cc_config(sf_url))
     lead = sf.upsert_contact(ContactData(phone="+15550106666"), None)
     at = datetime(2030, 1, 2, 15, 0, tzinfo=UTC)
-    missed = ActivityData(
-        kind="call", at=at, body="Missed inbound call.", status="missed", extra={"call_sid": "CA123"}
-    )
+    missed = ActivityData(kind="call", at=at, body="Missed inbound call.", status="missed",
+                          extra={"call_sid": "CA123"})
     call = sf.log_activity("tb-call", missed, lead, None, None)
-    sf.log_activity(
-        "tb-call",
-        ActivityData(
-            kind="call",
-            at=at,
-            body="Missed.\nVoicemail: https://x/v.mp3",
-            status="missed",
-            duration_seconds=12,
-        ),
-        lead,
-        None,
-        call,
-    )
-    sms = sf.log_activity(
-        "tb-sms",
-        ActivityData(
-            kind="sms",
-            at=at,
-            body="Hi, sorry we missed you",
-            direction="outbound",
-            from_number="+15550100000",
-            to_number="+15550106666",
-        ),
-        lead,
-        None,
-        None,
-    )
+    sf.log_activity("tb-call", ActivityData(kind="call", at=at, body="Missed.\nVoicemail: https://x/v.mp3",
+                                            status="missed", duration_seconds=12), lead, None, call)
+    sms = sf.log_activity("tb-sms", ActivityData(kind="sms", at=at, body="Hi, sorry we missed you",
+                                                 direction="outbound", from_number="+15550100000",
+                                                 to_number="+15550106666"), lead, None, None)
     task = sf.create_task("tb-task", TaskData(subject="Call back", body="Call them", due_at=at), lead, lead)
     tasks = by_id(state(sf_url)["Task"])
     assert tasks[call.id]["CallObject"] == "CA123" and tasks[call.id]["CallDurationInSeconds"] == 12
@@ -462,21 +381,12 @@ def test_activities_find_record_and_opt_out(sf_url: str) -> None:
 def test_request_limit_and_other_errors_map_to_the_taxonomy(sf_url: str) -> None:
     sf = connector(cc_config(sf_url))
     cases: list[tuple[int, str, type[Exception]]] = [
-        (403, "REQUEST_LIMIT_EXCEEDED", RateLimited),
-        (400, "UNABLE_TO_LOCK_ROW", TransientError),
-        (403, "INSUFFICIENT_ACCESS", AuthError),
-        (400, "DUPLICATES_DETECTED", Rejected),
-        (404, "NOT_FOUND", Rejected),
-        (403, "API_DISABLED_FOR_ORG", ConnectorConfigError),
-    ]
+        (403, "REQUEST_LIMIT_EXCEEDED", RateLimited), (400, "UNABLE_TO_LOCK_ROW", TransientError),
+        (403, "INSUFFICIENT_ACCESS", AuthError), (400, "DUPLICATES_DETECTED", Rejected),
+        (404, "NOT_FOUND", Rejected), (403, "API_DISABLED_FOR_ORG", ConnectorConfigError)]
     for status, code, expected in cases:
-        fault(
-            sf_url,
-            path="/services/data/",
-            status=status,
-            count=1,
-            body=[{"message": f"{code} happened", "errorCode": code, "fields": []}],
-        )
+        fault(sf_url, path="/services/data/", status=status, count=1,
+              body=[{"message": f"{code} happened", "errorCode": code, "fields": []}])
         with pytest.raises(expected) as info:
             sf.upsert_contact(ContactData(phone="+15550107777"), None)
         assert code in str(info.value)
@@ -504,14 +414,9 @@ def test_api_base_url_must_be_loopback(base: str) -> None:
 def test_jwt_bearer_sign_in(sf_url: str) -> None:
     private, public = pem_pair()
     emulate(sf_url, jwt_public_key=public)
-    config = {
-        "auth_kind": "jwt_bearer",
-        "consumer_key": SANDBOX["client_id"],
-        "username": SANDBOX["username"],
-        "private_key": private.replace("\n", "\\n"),  # one YAML line
-        "domain": "login",
-        "api_base_url": sf_url,
-    }
+    config = {"auth_kind": "jwt_bearer", "consumer_key": SANDBOX["client_id"],
+              "username": SANDBOX["username"], "private_key": private.replace("\n", "\\n"),  # one YAML line
+              "domain": "login", "api_base_url": sf_url}
     assert connector(config).upsert_contact(ContactData(phone="+15550109999"), None).created is True
     stranger, _ = pem_pair()
     with pytest.raises(AuthError, match="invalid_grant") as info:
@@ -528,16 +433,8 @@ def test_legacy_password_works_and_check_warns(sf_url: str, monkeypatch: pytest.
         return token, "textback-sandbox.my.salesforce.com"
 
     monkeypatch.setattr(sf_auth, "SalesforceLogin", soap_login)
-    sf = connector(
-        {
-            "auth_kind": "legacy_password",
-            "username": SANDBOX["username"],
-            "password": "pw",
-            "security_token": "tok",
-            "api_version": "66.0",
-            "api_base_url": sf_url,
-        }
-    )
+    sf = connector({"auth_kind": "legacy_password", "username": SANDBOX["username"], "password": "pw",
+                    "security_token": "tok", "api_version": "66.0", "api_base_url": sf_url})
     result = sf.check()
     assert result.ok and any("retiring" in d for d in result.details)
     assert seen["sf_version"] == "64.0" and seen["security_token"] == "tok"  # SOAP login ends at 64.0
@@ -552,40 +449,20 @@ def token_store(db_url: str, monkeypatch: pytest.MonkeyPatch) -> TokenStore:
 
 
 def _refresh_token(url: str) -> str:
-    redirect = requests.get(
-        f"{url}/services/oauth2/authorize",
-        allow_redirects=False,
-        timeout=5,
-        params={
-            "response_type": "code",
-            "client_id": SANDBOX["client_id"],
-            "redirect_uri": SANDBOX["redirect_uri"],
-        },
-    )
+    redirect = requests.get(f"{url}/services/oauth2/authorize", allow_redirects=False, timeout=5, params={
+        "response_type": "code", "client_id": SANDBOX["client_id"], "redirect_uri": SANDBOX["redirect_uri"]})
     code = redirect.headers["Location"].split("code=")[1].split("&")[0]
-    granted = requests.post(
-        f"{url}/services/oauth2/token",
-        timeout=5,
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "client_id": SANDBOX["client_id"],
-            "client_secret": SANDBOX["client_secret"],
-            "redirect_uri": SANDBOX["redirect_uri"],
-        },
-    ).json()
+    granted = requests.post(f"{url}/services/oauth2/token", timeout=5, data={
+        "grant_type": "authorization_code", "code": code, "client_id": SANDBOX["client_id"],
+        "client_secret": SANDBOX["client_secret"], "redirect_uri": SANDBOX["redirect_uri"]}).json()
     return str(granted["refresh_token"])
 
 
 def test_oauth_ten_workers_share_one_refresh(sf_url: str, token_store: TokenStore) -> None:
-    config = {
-        "auth_kind": "oauth",
-        "client_id": SANDBOX["client_id"],
-        "client_secret": SANDBOX["client_secret"],
-        "refresh_token": _refresh_token(sf_url),
-        "instance_url": SANDBOX["instance_url"],
-        "api_base_url": sf_url,
-    }
+    config = {"auth_kind": "oauth", "client_id": SANDBOX["client_id"],
+              "client_secret": SANDBOX["client_secret"], "refresh_token": _refresh_token(sf_url),
+              "instance_url": SANDBOX["instance_url"],
+              "api_base_url": sf_url}
     granted = state(sf_url)["tokens_issued"]
 
     def ten_workers(phone: str) -> None:

@@ -27,18 +27,12 @@ BUSINESS = "+15550100001"
 STAFF = "+15550100002"
 CALLER = "+15550109999"
 
-VOICE = (
-    '<Response><Dial action="/twilio/dial-result" timeout="20" answerOnBridge="true">'
-    '<Number url="/twilio/screen">+15550100002</Number></Dial></Response>'
-)
-SCREEN = (
-    '<Response><Gather numDigits="1" action="/twilio/screen-accept"><Say>Press 1</Say></Gather>'
-    "<Hangup/></Response>"
-)
-MISSED = (
-    '<Response><Say>sorry</Say><Record action="/twilio/recording" transcribe="true" '
-    'transcribeCallback="/twilio/transcription"/></Response>'
-)
+VOICE = ('<Response><Dial action="/twilio/dial-result" timeout="20" answerOnBridge="true">'
+         '<Number url="/twilio/screen">+15550100002</Number></Dial></Response>')
+SCREEN = ('<Response><Gather numDigits="1" action="/twilio/screen-accept"><Say>Press 1</Say></Gather>'
+          "<Hangup/></Response>")
+MISSED = ('<Response><Say>sorry</Say><Record action="/twilio/recording" transcribe="true" '
+          'transcribeCallback="/twilio/transcription"/></Response>')
 
 
 class FakeBridge:
@@ -55,9 +49,8 @@ class FakeBridge:
     def _hook(self, name: str) -> Response:
         path = f"/twilio/{name}"
         form = request.form.to_dict()
-        signed = RequestValidator(self.token).validate(
-            request.url, form, request.headers.get("X-Twilio-Signature", "")
-        )
+        signed = RequestValidator(self.token).validate(request.url, form,
+                                                       request.headers.get("X-Twilio-Signature", ""))
         with self.lock:
             self.received.append({"path": path, "form": form, "signed": signed, "url": request.url})
             override = self.overrides.get(path)
@@ -144,12 +137,8 @@ def post(emu: str, path: str, body: dict[str, Any]) -> requests.Response:
 
 def test_create_fetch_list_with_the_sdk(emu: str, bridge: FakeBridge, bridge_url: str) -> None:
     c = client(emu)
-    msg = c.messages.create(
-        to=CALLER,
-        from_=BUSINESS,
-        body="Sorry we missed you!",
-        status_callback=f"{bridge_url}/twilio/sms-status",
-    )
+    msg = c.messages.create(to=CALLER, from_=BUSINESS, body="Sorry we missed you!",
+                            status_callback=f"{bridge_url}/twilio/sms-status")
     assert msg.sid.startswith("SM") and len(msg.sid) == 34
     assert (msg.status, msg.direction, msg.to, msg.from_) == ("queued", "outbound-api", CALLER, BUSINESS)
     assert msg.num_segments == "1" and msg.price is None and msg.error_code is None
@@ -163,19 +152,15 @@ def test_create_fetch_list_with_the_sdk(emu: str, bridge: FakeBridge, bridge_url
     assert [m.sid for m in listed] == [msg.sid]
     assert c.messages.list(to="+15550108888", limit=20) == []
 
-    raw = requests.get(
-        f"{emu}/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{msg.sid}.json",
-        auth=(ACCOUNT_SID, AUTH_TOKEN),
-        timeout=5,
-    ).json()
+    raw = requests.get(f"{emu}/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{msg.sid}.json",
+                       auth=(ACCOUNT_SID, AUTH_TOKEN), timeout=5).json()
     assert raw["uri"] == f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{msg.sid}.json"
     assert parsedate_to_datetime(raw["date_created"]).utcoffset() == timedelta(0)
     assert raw["date_created"].endswith(" +0000") and raw["error_message"] is None
 
     summary = state(emu)["messages"]
     assert [(m["sid"], m["to"], m["from"], m["body"]) for m in summary] == [
-        (msg.sid, CALLER, BUSINESS, "Sorry we missed you!")
-    ]
+        (msg.sid, CALLER, BUSINESS, "Sorry we missed you!")]
 
 
 def test_list_filters_by_date_sent_and_pages(emu: str) -> None:
@@ -195,11 +180,8 @@ def test_list_filters_by_date_sent_and_pages(emu: str) -> None:
 
     paged = c.messages.list(page_size=1, limit=3)  # the SDK follows next_page_uri
     assert [m.sid for m in paged] == [new2.sid, new1.sid, old.sid]
-    page = requests.get(
-        f"{emu}/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json?PageSize=2&To=%2B15550109999",
-        auth=(ACCOUNT_SID, AUTH_TOKEN),
-        timeout=5,
-    ).json()
+    page = requests.get(f"{emu}/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json?PageSize=2&To=%2B15550109999",
+                        auth=(ACCOUNT_SID, AUTH_TOKEN), timeout=5).json()
     assert (page["page"], page["page_size"], page["start"], page["end"]) == (0, 2, 0, 1)
     assert "Page=1" in page["next_page_uri"] and page["previous_page_uri"] is None
 
@@ -229,50 +211,32 @@ def test_bad_auth_and_missing_resources(emu: str) -> None:
     assert (info.value.status, info.value.code) == (401, 20003)
     raw = requests.get(f"{emu}/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json", timeout=5)
     assert raw.status_code == 401
-    assert raw.json() == {
-        "code": 20003,
-        "message": "Authenticate",
-        "more_info": "https://www.twilio.com/docs/errors/20003",
-        "status": 401,
-    }
+    assert raw.json() == {"code": 20003, "message": "Authenticate",
+                          "more_info": "https://www.twilio.com/docs/errors/20003", "status": 401}
     with pytest.raises(TwilioRestException) as info:
         client(emu).messages("SM" + "0" * 32).fetch()
     assert (info.value.status, info.value.code) == (404, 20404)
 
 
 def test_status_callbacks_are_signed_and_ordered(emu: str, bridge: FakeBridge, bridge_url: str) -> None:
-    msg = client(emu).messages.create(
-        to=CALLER, from_=BUSINESS, body="hi", status_callback=f"{bridge_url}/twilio/sms-status"
-    )
-    got = wait_for(
-        lambda: (
-            [f for f in bridge.of("/twilio/sms-status") if f["MessageSid"] == msg.sid][1:]
-            and [f for f in bridge.of("/twilio/sms-status") if f["MessageSid"] == msg.sid]
-        )
-    )
+    msg = client(emu).messages.create(to=CALLER, from_=BUSINESS, body="hi",
+                                      status_callback=f"{bridge_url}/twilio/sms-status")
+    got = wait_for(lambda: [f for f in bridge.of("/twilio/sms-status") if f["MessageSid"] == msg.sid][1:] and
+                   [f for f in bridge.of("/twilio/sms-status") if f["MessageSid"] == msg.sid])
     assert [f["MessageStatus"] for f in got] == ["sent", "delivered"]
     assert all(r["signed"] for r in bridge.received)
-    assert got[1] == {
-        "MessageSid": msg.sid,
-        "SmsSid": msg.sid,
-        "MessageStatus": "delivered",
-        "SmsStatus": "delivered",
-        "AccountSid": ACCOUNT_SID,
-        "From": BUSINESS,
-        "To": CALLER,
-        "ApiVersion": "2010-04-01",
-    }
+    assert got[1] == {"MessageSid": msg.sid, "SmsSid": msg.sid, "MessageStatus": "delivered",
+                      "SmsStatus": "delivered", "AccountSid": ACCOUNT_SID, "From": BUSINESS, "To": CALLER,
+                      "ApiVersion": "2010-04-01"}
     assert wait_for(lambda: state(emu)["messages"][0]["status"] == "delivered")
 
 
 @pytest.mark.parametrize(("code", "final"), [(30003, "failed"), (30006, "undelivered")])
-def test_fail_code_numbers_end_failed_or_undelivered(
-    emu: str, bridge: FakeBridge, bridge_url: str, code: int, final: str
-) -> None:
+def test_fail_code_numbers_end_failed_or_undelivered(emu: str, bridge: FakeBridge, bridge_url: str,
+                                                     code: int, final: str) -> None:
     post(emu, "/_emulator/config", {"numbers": {CALLER: {"fail_code": code}}}).raise_for_status()
-    msg = client(emu).messages.create(
-        to=CALLER, from_=BUSINESS, body="hi", status_callback=f"{bridge_url}/twilio/sms-status"
-    )
+    msg = client(emu).messages.create(to=CALLER, from_=BUSINESS, body="hi",
+                                      status_callback=f"{bridge_url}/twilio/sms-status")
     assert msg.status == "queued"  # failures are asynchronous
     got = wait_for(lambda: bridge.of("/twilio/sms-status")[1:] and bridge.of("/twilio/sms-status"))
     assert [(f["MessageStatus"], f.get("ErrorCode")) for f in got] == [("sent", None), (final, str(code))]
@@ -323,18 +287,14 @@ class DroppingReceiver:
 
 
 @pytest.mark.parametrize("per_connection", [1000, 1])
-def test_status_callbacks_keep_connections_alive_and_survive_dropped_ones(
-    emu: str, per_connection: int
-) -> None:
+def test_status_callbacks_keep_connections_alive_and_survive_dropped_ones(emu: str,
+                                                                           per_connection: int) -> None:
     receiver = DroppingReceiver(per_connection)
     try:
         sids = []
         for n in range(6):
-            sids.append(
-                client(emu)
-                .messages.create(to=CALLER, from_=BUSINESS, body=f"hi {n}", status_callback=receiver.url)
-                .sid
-            )
+            sids.append(client(emu).messages.create(to=CALLER, from_=BUSINESS, body=f"hi {n}",
+                                                    status_callback=receiver.url).sid)
             time.sleep(0.08)  # each message's callbacks are done before the next: one connection will do
         wait_for(lambda: len(receiver.forms) >= 12)
         assert all(receiver.signed)
@@ -349,9 +309,8 @@ def test_status_callbacks_keep_connections_alive_and_survive_dropped_ones(
 
 
 def test_status_callback_to_a_dead_bridge_is_swallowed(emu: str) -> None:
-    msg = client(emu).messages.create(
-        to=CALLER, from_=BUSINESS, body="hi", status_callback="http://127.0.0.1:9/twilio/sms-status"
-    )
+    msg = client(emu).messages.create(to=CALLER, from_=BUSINESS, body="hi",
+                                      status_callback="http://127.0.0.1:9/twilio/sms-status")
     assert wait_for(lambda: client(emu).messages(msg.sid).fetch().status == "delivered")
 
 
@@ -393,26 +352,13 @@ def test_no_answer_then_voicemail_with_transcription(emu: str, bridge: FakeBridg
     report = call(emu, "no-answer", voicemail_text="please call me back", call_sid="CA" + "1" * 32)
     sid = report["call_sid"]
     assert sid == "CA" + "1" * 32 and "error" not in report
-    assert bridge.paths() == [
-        "/twilio/voice",
-        "/twilio/dial-result",
-        "/twilio/recording",
-        "/twilio/transcription",
-        "/twilio/call-status",
-    ]
+    assert bridge.paths() == ["/twilio/voice", "/twilio/dial-result", "/twilio/recording",
+                              "/twilio/transcription", "/twilio/call-status"]
     assert all(r["signed"] for r in bridge.received)
     voice = bridge.of("/twilio/voice")[0]
-    assert voice == {
-        "CallSid": sid,
-        "AccountSid": ACCOUNT_SID,
-        "From": CALLER,
-        "To": BUSINESS,
-        "Caller": CALLER,
-        "Called": BUSINESS,
-        "CallStatus": "ringing",
-        "Direction": "inbound",
-        "ApiVersion": "2010-04-01",
-    }
+    assert voice == {"CallSid": sid, "AccountSid": ACCOUNT_SID, "From": CALLER, "To": BUSINESS,
+                     "Caller": CALLER, "Called": BUSINESS, "CallStatus": "ringing", "Direction": "inbound",
+                     "ApiVersion": "2010-04-01"}
     assert dial_result(bridge) == ("no-answer", "false", "0")
     dial = bridge.of("/twilio/dial-result")[0]
     assert dial["DialCallSid"].startswith("CA") and dial["DialCallSid"] != sid and dial["CallSid"] == sid
@@ -429,18 +375,9 @@ def test_no_answer_then_voicemail_with_transcription(emu: str, bridge: FakeBridg
     # 20 s Dial timeout, then a 4 s message
     assert parsedate_to_datetime(status["Timestamp"]) == started + timedelta(seconds=24)
     assert [s["status"] for s in report["steps"] if "url" in s] == [200] * 5
-    assert state(emu)["calls"] == [
-        {
-            "sid": sid,
-            "from": CALLER,
-            "to": BUSINESS,
-            "outcome": "no-answer",
-            "status": "completed",
-            "duration": 4,
-            "started_at": report["started_at"],
-            "error": None,
-        }
-    ]
+    assert state(emu)["calls"] == [{"sid": sid, "from": CALLER, "to": BUSINESS, "outcome": "no-answer",
+                                    "status": "completed", "duration": 4, "started_at": report["started_at"],
+                                    "error": None}]
 
 
 @pytest.mark.parametrize("outcome", ["busy", "failed"])
@@ -454,21 +391,12 @@ def test_busy_and_failed_dials_hang_up_at_the_beep(emu: str, bridge: FakeBridge,
 def test_completed_call_is_screened_and_bridged(emu: str, bridge: FakeBridge) -> None:
     report = call(emu, "completed", ring_seconds=3)
     sid = report["call_sid"]
-    assert bridge.paths() == [
-        "/twilio/voice",
-        "/twilio/screen",
-        "/twilio/screen-accept",
-        "/twilio/dial-result",
-        "/twilio/call-status",
-    ]
+    assert bridge.paths() == ["/twilio/voice", "/twilio/screen", "/twilio/screen-accept",
+                              "/twilio/dial-result", "/twilio/call-status"]
     screen = bridge.of("/twilio/screen")[0]
     assert screen["ParentCallSid"] == sid and screen["CallSid"] != sid
     assert (screen["From"], screen["To"], screen["Direction"], screen["CallStatus"]) == (
-        CALLER,
-        STAFF,
-        "outbound-dial",
-        "in-progress",
-    )
+        CALLER, STAFF, "outbound-dial", "in-progress")
     accept = bridge.of("/twilio/screen-accept")[0]
     assert accept["Digits"] == "1" and accept["CallSid"] == screen["CallSid"]
     assert dial_result(bridge) == ("completed", "true", "30")
@@ -480,22 +408,14 @@ def test_completed_call_is_screened_and_bridged(emu: str, bridge: FakeBridge) ->
 
 def test_staff_voicemail_does_not_press_1(emu: str, bridge: FakeBridge) -> None:
     call(emu, "voicemail", voicemail_text="hi it is Sam")
-    assert bridge.paths() == [
-        "/twilio/voice",
-        "/twilio/screen",
-        "/twilio/dial-result",
-        "/twilio/recording",
-        "/twilio/transcription",
-        "/twilio/call-status",
-    ]
+    assert bridge.paths() == ["/twilio/voice", "/twilio/screen", "/twilio/dial-result", "/twilio/recording",
+                              "/twilio/transcription", "/twilio/call-status"]
     assert dial_result(bridge) == ("completed", "false", "5")
 
 
 def test_voicemail_on_a_number_without_screening_looks_answered(emu: str, bridge: FakeBridge) -> None:
-    bridge.overrides["/twilio/voice"] = (
-        200,
-        f'<Response><Dial action="/twilio/dial-result"><Number>{STAFF}</Number></Dial></Response>',
-    )
+    bridge.overrides["/twilio/voice"] = (200, '<Response><Dial action="/twilio/dial-result">'
+                                              f"<Number>{STAFF}</Number></Dial></Response>")
     call(emu, "voicemail")
     assert dial_result(bridge) == ("completed", "true", "30")
 
@@ -510,10 +430,8 @@ def test_canceled_call_reports_no_answer_at_t0_plus_ring(emu: str, bridge: FakeB
 
 
 def test_redirect_and_relative_urls_follow_the_requesting_document(emu: str, bridge: FakeBridge) -> None:
-    bridge.overrides["/twilio/voice"] = (
-        200,
-        "<Response><Say>hello</Say><Redirect>next/step</Redirect><Say>unreachable</Say></Response>",
-    )
+    bridge.overrides["/twilio/voice"] = (200, "<Response><Say>hello</Say><Redirect>next/step</Redirect>"
+                                              "<Say>unreachable</Say></Response>")
     bridge.overrides["/twilio/next/step"] = (200, '<Response><Pause length="3"/><Hangup/></Response>')
     report = call(emu, "completed")
     assert bridge.paths() == ["/twilio/voice", "/twilio/next/step", "/twilio/call-status"]
@@ -580,35 +498,15 @@ def test_a_wrong_token_is_rejected_by_the_bridge(emu: str, bridge: FakeBridge) -
 
 
 def test_inbound_sms_is_delivered_signed(emu: str, bridge: FakeBridge) -> None:
-    response = post(
-        emu,
-        "/_emulator/inbound-sms",
-        {
-            "from": CALLER,
-            "to": BUSINESS,
-            "body": "STOP",
-            "opt_out_type": "STOP",
-            "message_sid": "SM" + "2" * 32,
-        },
-    )
+    response = post(emu, "/_emulator/inbound-sms", {"from": CALLER, "to": BUSINESS, "body": "STOP",
+                                                    "opt_out_type": "STOP", "message_sid": "SM" + "2" * 32})
     assert response.json() == {"message_sid": "SM" + "2" * 32, "status": 200, "response": "<Response/>"}
     form = bridge.of("/twilio/sms")[0]
     assert bridge.received[0]["signed"]
     sid = "SM" + "2" * 32
-    assert form == {
-        "MessageSid": sid,
-        "SmsSid": sid,
-        "SmsMessageSid": sid,
-        "AccountSid": ACCOUNT_SID,
-        "From": CALLER,
-        "To": BUSINESS,
-        "Body": "STOP",
-        "NumMedia": "0",
-        "NumSegments": "1",
-        "SmsStatus": "received",
-        "ApiVersion": "2010-04-01",
-        "OptOutType": "STOP",
-    }
+    assert form == {"MessageSid": sid, "SmsSid": sid, "SmsMessageSid": sid, "AccountSid": ACCOUNT_SID,
+                    "From": CALLER, "To": BUSINESS, "Body": "STOP", "NumMedia": "0", "NumSegments": "1",
+                    "SmsStatus": "received", "ApiVersion": "2010-04-01", "OptOutType": "STOP"}
     plain = post(emu, "/_emulator/inbound-sms", {"from": CALLER, "to": BUSINESS, "body": "hello"}).json()
     assert plain["message_sid"].startswith("SM") and "OptOutType" not in bridge.of("/twilio/sms")[1]
     assert post(emu, "/_emulator/inbound-sms", {"from": CALLER, "body": "x"}).status_code == 400
@@ -619,13 +517,8 @@ def test_inbound_sms_is_delivered_signed(emu: str, bridge: FakeBridge) -> None:
 
 
 def test_fault_503_once_then_success(emu: str) -> None:
-    fault = {
-        "path": f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json",
-        "method": "POST",
-        "status": 503,
-        "count": 1,
-        "body": {"code": 20500, "message": "Service unavailable", "status": 503},
-    }
+    fault = {"path": f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json", "method": "POST", "status": 503,
+             "count": 1, "body": {"code": 20500, "message": "Service unavailable", "status": 503}}
     assert post(emu, "/_emulator/faults", fault).status_code == 201
     c = client(emu)
     with pytest.raises(TwilioRestException) as info:
@@ -636,12 +529,8 @@ def test_fault_503_once_then_success(emu: str) -> None:
 
 
 def test_pure_delay_fault_still_creates_the_message(emu: str) -> None:
-    fault = {
-        "path": f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json",
-        "method": "POST",
-        "delay_ms": 800,
-        "count": 1,
-    }
+    fault = {"path": f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json", "method": "POST", "delay_ms": 800,
+             "count": 1}
     assert post(emu, "/_emulator/faults", fault).status_code == 201
     with pytest.raises(requests.RequestException):
         client(emu, timeout=0.3).messages.create(to=CALLER, from_=BUSINESS, body="hi")

@@ -65,16 +65,5 @@ def register(app: Flask, config: Config) -> None:
 # The views attach their routes to ``blueprint`` when imported.
 from bridge.console import admin, auth, dashboard, filters, health, leads, outbox, security  # noqa: E402
 
-__all__ = [
-    "PUBLIC_ENDPOINTS",
-    "admin",
-    "auth",
-    "blueprint",
-    "dashboard",
-    "filters",
-    "health",
-    "leads",
-    "outbox",
-    "register",
-    "security",
-]
+__all__ = ["PUBLIC_ENDPOINTS", "admin", "auth", "blueprint", "dashboard", "filters", "health", "leads",
+           "outbox", "register", "security"]

@@ -72,11 +72,7 @@ def scrub(value: Any, key: str = "") -> Any:
     secret_named = any(word in lowered for word in SECRET_WORDS) and not lowered.endswith("_file")
     if value and secret_named and value != "***":
         return "***"
-    if (
-        isinstance(value, str)
-        and lowered.endswith("webhook_url")
-        and value.startswith(("http://", "https://"))
-    ):
+    if isinstance(value, str) and lowered.endswith("webhook_url") and value.startswith(("http://", "https://")):
         parts = urlsplit(value)
         return f"{parts.scheme}://{parts.hostname or ''}/***"
     return value

@@ -41,20 +41,11 @@ def run_check(business_id: str, connector_id: str, timeout: float = CHECK_TIMEOU
     def work() -> None:
         try:
             result = Connectors(st.config, st.factory).build(business_id, connector_id).check()
-            box.append(
-                CheckOutcome(
-                    business_id,
-                    connector_id,
-                    bool(result.ok),
-                    str(result.summary),
-                    [str(d) for d in result.details],
-                )
-            )
+            box.append(CheckOutcome(business_id, connector_id, bool(result.ok), str(result.summary),
+                                    [str(d) for d in result.details]))
         except Exception as exc:
-            log.warning(
-                "console connector check failed",
-                extra={"connector": connector_id, "error": type(exc).__name__},
-            )
+            log.warning("console connector check failed", extra={"connector": connector_id,
+                                                                  "error": type(exc).__name__})
             box.append(CheckOutcome(business_id, connector_id, False, f"{type(exc).__name__}: {exc}"))
 
     worker = threading.Thread(target=work, name=f"console-check-{connector_id}", daemon=True)

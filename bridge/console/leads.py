@@ -54,13 +54,8 @@ def lead(lead_id: str) -> ResponseReturnValue:
             abort(404)
         data = leads_mod.to_json(s, row)
         links = [
-            {
-                "connector": link.connector_id,
-                "key": link.key,
-                "remote_id": link.remote_id,
-                "url": safe_url(link.remote_url),
-                "raw_url": link.remote_url,
-            }
+            {"connector": link.connector_id, "key": link.key, "remote_id": link.remote_id,
+             "url": safe_url(link.remote_url), "raw_url": link.remote_url}
             for link in queries.crm_links(s, lead_id)
         ]
         takeover = bool(row.human_takeover)
@@ -98,11 +93,8 @@ def reply(lead_id: str) -> ResponseReturnValue:
             flash(f"Not sent: business {row.business_id!r} is no longer configured.", "error")
             return back
         if "opted_out" in leads_mod.suppressions(s, business.id, row.phone):
-            flash(
-                "Not sent: this caller has opted out of texts (replied STOP). "
-                "They must text START before you can write to them.",
-                "error",
-            )
+            flash("Not sent: this caller has opted out of texts (replied STOP). "
+                  "They must text START before you can write to them.", "error")
             return back
         message = relay.send_human(s, business, row, body, author="console:admin", ref=f"console:{ref}")
     if message is None:
