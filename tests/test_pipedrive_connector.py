@@ -254,6 +254,11 @@ def test_a_missed_calls_push_waits_for_the_texts_caller_lookup_not_for_the_text(
     )
     assert push.next_attempt_at >= push.created_at + timedelta(seconds=sync.FOLD_WAIT_S - 0.5)
     # The text looks its caller up, which frees the push; then Twilio answers 429 and it waits.
+    assert stack.worker.run_once() == 1  # the text alone: the push is held
+    [push] = crm_jobs(stack)
+    # Woken by the lookup's answer: a hold that ran out would still carry its reason.
+    assert (push.status, push.last_error) == ("pending", None)
+    assert stack.sent(CALLER) == []
     run_until(stack, lambda: [j.status for j in crm_jobs(stack)] == ["done"])
     assert stack.sent(CALLER) == []  # the push did not wait for the text to go out
     logged = api_requests(pd)
