@@ -10,6 +10,7 @@ there). It then prints one row per run and the median of each side, from the run
         --out bench/results/run11-ab -- --db sqlite --workers 2 --no-naive --crm-duration 0 \\
         --crm-burst 0 --duration 10 --drain-timeout 10 --wait-quiet 20
     python -m bench.ab --a-rev 4bd4903 --pairs 3 --out /tmp/ab -- --db sqlite ...
+    python -m bench.ab --a-rev 4bd4903 --same-bench ... -- --crm pipedrive ...   # only the product differs
     python -m bench.ab --summarize bench/results/run11-ab-a-*.json -- bench/results/run11-ab-b-*.json
 
 Figures only: nothing here judges a difference. Medians of a handful of runs still move with the
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +42,7 @@ COLUMNS = (
     "SMS p50 / p99 at the SMS goal's rate",
     "texts queued at the end of that step",
     "machine busy at that step",
+    "CRM p50 / p99 in the CRM phase",
 )
 
 
@@ -55,6 +58,8 @@ def figures(path: Path) -> dict[str, Any]:
         rates[name] = rate
     web = cell["phases"].get(f"load@{rates.get('webhook_p99_ms', '200')}", {})
     sms = cell["phases"].get(f"load@{rates.get('sms_p99_ms', '100')}", {})
+    crm = cell["phases"].get("crm", {}).get("crm") or {}
+    synced = [v for v in crm.values() if v.get("p50_ms") is not None]
     product = data.get("product", {})
     code = product.get("commit", "?") + ("+" if product.get("uncommitted") else "")
     return {
@@ -66,6 +71,9 @@ def figures(path: Path) -> dict[str, Any]:
         "sms_p99": sms.get("sms", {}).get("p99_ms"),
         "queued": (sms.get("backlog_at_end") or {}).get("sms.send", 0),
         "busy": sms.get("cpu", {}).get("machine_busy_pct"),
+        # the slowest connector's figures when several are installed
+        "crm_p50": max((v["p50_ms"] for v in synced), default=None),
+        "crm_p99": max((v["p99_ms"] for v in synced if v.get("p99_ms") is not None), default=None),
     }
 
 
@@ -87,25 +95,32 @@ def table(sides: dict[str, list[Path]]) -> str:
             start, end = r["calibration"]
             lines.append(
                 f"| {side}: `{r['file']}` | {r['code']} | {start}-{end} | {_ms(r['web_p99'])} | "
-                f"{_ms(r['sms_p50'])} / {_ms(r['sms_p99'])} | {r['queued']} | {r['busy']} % |"
+                f"{_ms(r['sms_p50'])} / {_ms(r['sms_p99'])} | {r['queued']} | {r['busy']} % | "
+                f"{_ms(r['crm_p50'])} / {_ms(r['crm_p99'])} |"
             )
         if rows:
-            web, p50, p99 = (_ms(_median([r[k] for r in rows])) for k in ("web_p99", "sms_p50", "sms_p99"))
+            keys = ("web_p99", "sms_p50", "sms_p99", "crm_p50", "crm_p99")
+            web, p50, p99, crm50, crm99 = (_ms(_median([r[k] for r in rows])) for k in keys)
             medians.append(
                 f"| **{side}: median of {len(rows)}** | | | {web} | {p50} / {p99} | "
-                f"{_median([r['queued'] for r in rows])} | {_median([r['busy'] for r in rows])} % |"
+                f"{_median([r['queued'] for r in rows])} | {_median([r['busy'] for r in rows])} % | "
+                f"{crm50} / {crm99} |"
             )
     return "\n".join(lines + medians)
 
 
 @contextmanager
-def checkout(rev: str | None) -> Iterator[Path]:
-    """The code to run: this checkout, or ``rev`` in a temporary worktree."""
+def checkout(rev: str | None, same_bench: bool = False) -> Iterator[Path]:
+    """The code to run: this checkout, or ``rev`` in a temporary worktree (with this checkout's
+    ``bench/`` copied over its own when ``same_bench``: only the product then differs)."""
     if rev is None:
         yield ROOT
         return
     where = Path(tempfile.mkdtemp(prefix="textback-ab-")) / "tree"
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), rev], check=True)
+    if same_bench:
+        skip = shutil.ignore_patterns("results")
+        shutil.copytree(ROOT / "bench", where / "bench", dirs_exist_ok=True, ignore=skip)
     try:
         yield where
     finally:
@@ -137,6 +152,9 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument(f"--{side}-rev", help=f"side {side.upper()}'s commit (default: this checkout)")
         p.add_argument(f"--{side}-flags", default="", help=f"bench.run flags for side {side.upper()} only")
         p.add_argument(f"--{side}-env", action="append", default=[], help="KEY=VALUE, repeatable")
+    p.add_argument(
+        "--same-bench", action="store_true", help="a side at another commit runs this checkout's bench/ too"
+    )
     p.add_argument("--out", default="bench-ab", help="file prefix: PREFIX-a-1.json, PREFIX-b-1.json, ...")
     p.add_argument("--summarize", action="store_true", help="only print the table of existing files")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="after --: bench.run's flags for both sides")
@@ -158,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         "B": (args.b_rev, shlex.split(args.b_flags), _env(args.b_env)),
     }
     made: dict[str, list[Path]] = {"A": [], "B": []}
-    with checkout(args.a_rev) as code_a, checkout(args.b_rev) as code_b:
+    with checkout(args.a_rev, args.same_bench) as code_a, checkout(args.b_rev, args.same_bench) as code_b:
         codes = {"A": code_a, "B": code_b}
         for i in range(1, args.pairs + 1):
             for side in ("A", "B") if i % 2 else ("B", "A"):  # A B, B A, ...: neither always goes first

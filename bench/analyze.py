@@ -13,6 +13,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import parse_qsl
 
 from bench.load import Result
 
@@ -118,9 +119,10 @@ def _strings(value: Any) -> Iterable[str]:
 class CrmLog:
     """A CRM emulator's request log, attributed to leads (by caller phone).
 
-    A request belongs to a lead when it carries the lead's phone number, or (HubSpot) the id of
-    the lead's contact, in its path, query, form or JSON body. Requests that belong to no lead
-    (schema and pipeline checks) are counted apart.
+    A request belongs to a lead when it carries the lead's phone number, or the id of the lead's
+    contact (HubSpot) or person (Pipedrive: in a ``/persons/<id>`` path or a ``person_id``), in
+    its path, query, form or JSON body. Requests that belong to no lead (schema and pipeline
+    checks) are counted apart.
     """
 
     def __init__(self, connector: str, log: list[dict[str, Any]], state: dict[str, Any], phones: set[str]):
@@ -134,8 +136,13 @@ class CrmLog:
             phone = props.get("textback_phone_e164") or props.get("phone")
             if phone in phones:
                 ids[str(contact["id"])] = phone
+        persons: dict[str, str] = {}
+        for person in state.get("persons", []) if connector == "pipedrive" else []:
+            for number in person.get("phones") or []:
+                if number.get("value") in phones:
+                    persons[str(person["id"])] = number["value"]
         for entry in log:
-            phone = self._owner(entry, phones, ids)
+            phone = self._owner(entry, phones, ids) or _person_owner(entry, persons)
             if phone is None:
                 self.unattributed.append(entry)
             else:
@@ -143,7 +150,8 @@ class CrmLog:
 
     @staticmethod
     def _owner(entry: dict[str, Any], phones: set[str], ids: dict[str, str]) -> str | None:
-        tokens = [*entry["path"].split("/"), entry.get("query") or ""]
+        query = entry.get("query") or ""
+        tokens = [*entry["path"].split("/"), query, *(v for _, v in parse_qsl(query))]
         tokens.extend(_strings(entry.get("form")))
         tokens.extend(_strings(entry.get("json")))
         for token in tokens:
@@ -199,6 +207,21 @@ def complete_leads(lead_jobs: dict[str, dict[str, Any]], connector: str) -> set[
         if jobs and all(s == "done" for _, s in jobs) and {"missed_call", "texted"} <= events:
             done.add(phone)
     return done
+
+
+def _person_owner(entry: dict[str, Any], persons: dict[str, str]) -> str | None:
+    """Pipedrive: the phone of the person a request names by id. Ids are small numbers that deals
+    and users share, so only a ``/persons/<id>`` path and a ``person_id`` field count."""
+    if not persons:
+        return None
+    parts = entry["path"].split("/")
+    for i, part in enumerate(parts[:-1]):
+        if part == "persons" and parts[i + 1] in persons:
+            return persons[parts[i + 1]]
+    body = entry.get("json")
+    if isinstance(body, dict) and str(body.get("person_id")) in persons:
+        return persons[str(body["person_id"])]
+    return None
 
 
 def rss_summary(rss: dict[str, list[dict[str, int]]]) -> dict[str, Any]:

@@ -29,7 +29,8 @@ ACCOUNT_SID = "AC" + "be" * 16
 AUTH_TOKEN = "bench-auth-token-0123456789abcdef"
 PG_ADMIN_URL = os.environ.get("TEXTBACK_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 # Where each CRM emulator gets its answer delay (a `delay_ms` fault on this path prefix).
-CRM_PATHS = {"hubspot": "/crm/", "webhook": "/hooks/"}
+# the path prefixes of each CRM's API, which the emulator delays by --crm-latency-ms
+CRM_PATHS = {"hubspot": ("/crm/",), "pipedrive": ("/api/", "/v1/"), "webhook": ("/hooks/",)}
 CRMS = tuple(CRM_PATHS)
 
 
@@ -389,7 +390,8 @@ class TextbackStack:
                     "--config-file",
                     str(path),
                 )
-            add_delay(urls[crm], CRM_PATHS[crm], self.crm_latency_ms)
+            for prefix in CRM_PATHS[crm]:
+                add_delay(urls[crm], prefix, self.crm_latency_ms)
         self.bridge = self.procs.textback(
             "bridge",
             "serve",
@@ -559,7 +561,8 @@ class NaiveStack:
             env=env,
         )
         self.procs.wait_http([f"{public_url}/healthz"])
-        add_delay(urls["hubspot"], CRM_PATHS["hubspot"], self.crm_latency_ms)
+        for prefix in CRM_PATHS["hubspot"]:
+            add_delay(urls["hubspot"], prefix, self.crm_latency_ms)
         deadline = time.monotonic() + 30
         while len(children(self.bridge.popen.pid)) < self.bridge_workers and time.monotonic() < deadline:
             time.sleep(0.1)
