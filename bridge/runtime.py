@@ -331,16 +331,14 @@ class ConnectorTraits:
 
     def __init__(self) -> None:
         self._known: dict[str, tuple[bool, frozenset[Capability]]] = {}  # id -> (folds, capabilities)
-        self._lock = threading.Lock()
 
     def _traits(self, connector_id: str) -> tuple[bool, frozenset[Capability]]:
         known = self._known.get(connector_id)
         if known is None:
             loaded = registry.load(connector_id)
             folds = bool(getattr(loaded.cls, "folds_first_text", False))  # not every class derives from ours
-            known = (folds, frozenset(loaded.manifest.capabilities))
-            with self._lock:
-                self._known[connector_id] = known
+            # Two threads asking at once both load it and store the same answer.
+            known = self._known[connector_id] = (folds, frozenset(loaded.manifest.capabilities))
         return known
 
     def __call__(self, connector_id: str) -> bool:

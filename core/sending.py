@@ -135,11 +135,13 @@ class SmsJob:
             conn = session.connection()
             st = statements(conn.dialect.name)
             row = self._facts(conn, st, facts)
-            # The pushes its caller lookup may free (core.sync.LOOKUP_REASON), read without the lock.
-            held = lookup_held(conn, row.business_id) if row.kind == "first_text" else []
-        if row.lease_until is None:
-            raise LeaseLost(f"job {job.id}")  # re-claimed before it started: nothing of it ran
-        plan = self._plan(row, now)
+            if row.lease_until is None:
+                raise LeaseLost(f"job {job.id}")  # re-claimed before it started: nothing of it ran
+            plan = self._plan(row, now)
+            # The pushes held for this first text's caller lookup (core.sync.LOOKUP_REASON), which
+            # its record frees: read here, without the lock, and only when it looks up or did before.
+            frees = plan.personalise or (plan.recorded and row.kind == "first_text" and row.crm_matched)
+            held = lookup_held(conn, row.business_id) if frees else []
         if plan.ended is not None:
             return plan.ended  # the worker's completion of the job checks the lease
         # A text claimed in a batch may start late: its lookups get a lease of their own then.
@@ -164,9 +166,8 @@ class SmsJob:
                     # Not read again: only this job's lease holder cancels or sends the text, and an
                     # opt-out landing after the read is as late as one landing during a caller lookup.
                     conn.execute(st.attempt, {"message_id": message_id, "started": now, "at": utcnow()})
-                    if row.crm_matched and row.lead_found is not None:
-                        # Looked up at an earlier call: a push held for this text's lookup goes now.
-                        lookup_done(session, row.business_id, held, row.lead_id)
+                    # Looked up at an earlier call: a push held for this text's lookup goes now.
+                    lookup_done(session, row.business_id, held, row.lead_id)
         assert plan.business is not None
         business, started, budget = plan.business, row.attempt_started_at, plan.budget
         to, from_, body = row.to_number, row.from_number, row.body
@@ -297,6 +298,9 @@ class SmsJob:
             conn = session.connection()
             st = statements(conn.dialect.name)
             rows = {r.id: r for r in conn.execute(st.batch, {"message_ids": ids})}
+            # The pushes these lookups free (core.sync.LOOKUP_REASON), read without the lock.
+            first = {r.business_id for r in rows.values() if r.kind == "first_text"}
+            held = {business_id: lookup_held(conn, business_id) for business_id in first}
         for message_id in ids:
             row = rows.get(message_id)
             if row is None or row.kind != "first_text" or row.sid:
@@ -328,7 +332,7 @@ class SmsJob:
                     if body is not None:
                         conn.execute(st.body, {"message_id": message_id, "text": body, "at": utcnow()})
                     looked_up += 1
-                lookup_done(session, business.id, lookup_held(conn, business.id), *(i[1] for i in items))
+                lookup_done(session, business.id, held[business.id], *(i[1] for i in items))
         return looked_up
 
     def _record_match(

@@ -193,11 +193,9 @@ def emit(
     until = utcnow() + timedelta(seconds=FOLD_WAIT_S) if hold else None
     queued = 0
     for connector_id, sync in installed:
-        reason = None
-        if hold and _folds_texts(sync) and _connector_folds(connector_id):
-            reason = FOLD_REASON
-        elif hold and caller_lookup and _asked(_finds_contacts, connector_id):
-            reason = LOOKUP_REASON
+        reason = _hold_reason(connector_id, sync) if hold else None
+        if reason == LOOKUP_REASON and not caller_lookup:
+            reason = None
         queued += outbox.enqueue(
             session,
             kind="crm.sync",
@@ -243,11 +241,7 @@ def lookup_held(conn: Connection, business_id: str) -> list[str]:
     runs nothing more under SQLite's write lock.
     """
     installed = conn.execute(_statements().installed, {"business_id": business_id}).all()
-    return [
-        c
-        for c, sync in installed
-        if not (_folds_texts(sync) and _connector_folds(c)) and _asked(_finds_contacts, c)
-    ]
+    return [c for c, sync in installed if _hold_reason(c, sync) == LOOKUP_REASON]
 
 
 def lookup_done(session: Session, business_id: str, connector_ids: list[str], *lead_ids: str) -> int:
@@ -264,6 +258,16 @@ def lookup_done(session: Session, business_id: str, connector_ids: list[str], *l
 def _wake(session: Session, business_id: str, lead_id: str, connector_ids: list[str], *reasons: str) -> int:
     keys = [_ordering_key(business_id, c, lead_id) for c in connector_ids]
     return outbox.wake(session, keys, *reasons)
+
+
+def _hold_reason(connector_id: str, sync: dict[str, Any] | None) -> str | None:
+    """What a missed call's push to this connector waits for when its first text goes now: the
+    text (FOLD_REASON), the text's caller lookup (LOOKUP_REASON), or nothing."""
+    if _folds_texts(sync) and _connector_folds(connector_id):
+        return FOLD_REASON
+    if _asked(_finds_contacts, connector_id):
+        return LOOKUP_REASON
+    return None
 
 
 def _folds_texts(sync: dict[str, Any] | None) -> bool:

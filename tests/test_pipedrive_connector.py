@@ -124,6 +124,13 @@ def install(stack: Stack, url: str, **overrides: Any) -> Any:
     return result
 
 
+def queued_push(stack: Stack) -> OutboxJob:
+    """The missed call's one push, queued and not tried yet; its last_error says what it waits for."""
+    [push] = crm_jobs(stack)
+    assert (push.payload["event"], push.status) == ("missed_call", "pending")
+    return push
+
+
 def add_person(url: str, name: str, phone: str) -> None:
     """A person the business already had in Pipedrive, made through its API."""
     phones = [{"value": phone, "primary": True, "label": "mobile"}]
@@ -246,12 +253,8 @@ def test_a_missed_calls_push_waits_for_the_texts_caller_lookup_not_for_the_text(
     install(stack, pd, sync=at_the_missed_call(pd))
     stack.fault(method="POST", path=MESSAGES, status=429, body=TWILIO_429, count=1)
     stack.call(CALLER, "no-answer")
-    [push] = crm_jobs(stack)
-    assert (push.payload["event"], push.status, push.last_error) == (
-        "missed_call",
-        "pending",
-        sync.LOOKUP_REASON,
-    )
+    push = queued_push(stack)
+    assert push.last_error == sync.LOOKUP_REASON
     assert push.next_attempt_at >= push.created_at + timedelta(seconds=sync.FOLD_WAIT_S - 0.5)
     # The text looks its caller up, which frees the push; then Twilio answers 429 and it waits.
     assert stack.worker.run_once() == 1  # the text alone: the push is held
@@ -314,13 +317,8 @@ def test_a_bridge_started_with_connectors_installed_knows_their_folding_before_t
     # A lookup now would be taken to fold (core.sync), and the push would be held for the text.
     monkeypatch.setattr(registry, "load", unreachable)
     stack.call(CALLER, "no-answer")
-    [push] = crm_jobs(stack)
     # Held for the caller lookup only: not for the text, as a connector that folds it would be.
-    assert (push.payload["event"], push.status, push.last_error) == (
-        "missed_call",
-        "pending",
-        sync.LOOKUP_REASON,
-    )
+    assert queued_push(stack).last_error == sync.LOOKUP_REASON
 
 
 def test_a_person_the_calls_own_push_created_does_not_make_the_caller_an_existing_customer(
