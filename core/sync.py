@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -212,7 +212,7 @@ def emit(
     if event == "texted" and installed:
         # A text went out: a missed call's push held for it goes now, and writes it in. It is ahead
         # of this "texted" push in order.
-        _wake(session, business_id, lead_id, [c for c, _ in installed], FOLD_REASON, LOOKUP_REASON)
+        _wake(session, business_id, [lead_id], [c for c, _ in installed], FOLD_REASON, LOOKUP_REASON)
     return queued
 
 
@@ -222,7 +222,7 @@ def release(session: Session, business_id: str, lead_id: str) -> int:
     installed = conn.execute(_statements().installed, {"business_id": business_id}).scalars().all()
     if not installed:
         return 0
-    return _wake(session, business_id, lead_id, list(installed), FOLD_REASON, LOOKUP_REASON)
+    return _wake(session, business_id, [lead_id], list(installed), FOLD_REASON, LOOKUP_REASON)
 
 
 def looks_caller_up(business: Business) -> bool:
@@ -249,14 +249,13 @@ def lookup_done(session: Session, business_id: str, connector_ids: list[str], *l
 
     ``connector_ids``: from ``lookup_held``. One UPDATE, none when it is empty.
     """
-    if not connector_ids:
-        return 0
+    return _wake(session, business_id, lead_ids, connector_ids, LOOKUP_REASON)
+
+
+def _wake(
+    session: Session, business_id: str, lead_ids: Iterable[str], connector_ids: list[str], *reasons: str
+) -> int:
     keys = [_ordering_key(business_id, c, lead_id) for c in connector_ids for lead_id in lead_ids]
-    return outbox.wake(session, keys, LOOKUP_REASON)
-
-
-def _wake(session: Session, business_id: str, lead_id: str, connector_ids: list[str], *reasons: str) -> int:
-    keys = [_ordering_key(business_id, c, lead_id) for c in connector_ids]
     return outbox.wake(session, keys, *reasons)
 
 
