@@ -26,7 +26,7 @@ from connectors.notify.chat import ChatWebhookJob
 from connectors.notify.email import EmailJob
 from connectors.twilio.client import make_client
 from connectors.twilio.sms import TwilioGateway
-from core import connector_state, sync
+from core import connector_state, sqlite_writer, sync
 from core.config import Config
 from core.conversation import ConversationJob, FollowUpJob
 from core.crm import Capability, Remote
@@ -87,7 +87,10 @@ class Connectors:
         self._cache: dict[tuple[str, str], _Cached] = {}
         # One lookup per job thread at once, or texts queue here behind each other's lookups.
         threads = max(4, lookup_threads)
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="crm-lookup")
+        # A lookup is part of its text: on SQLite its rate-limit writes go before the CRM pushes' too.
+        self._pool = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="crm-lookup", initializer=sqlite_writer.urgent_thread
+        )
         # A lookup that outlives its text's budget keeps its thread until the CRM answers. When every
         # thread is held so, the CRM is slow right now: a new text does not queue behind them.
         self._free = threading.BoundedSemaphore(threads)

@@ -15,36 +15,75 @@ background writers (the outbox workers) first queue among themselves on ``<datab
 foreground writer holds ``<database>-waiting`` shared while it waits for the write lock, and the
 background writer waits until it can take that file exclusively, for at most YIELD_AT_MOST_S, so
 that under a flood of webhooks the texts still move.
+
+Among background writers, a caller waits for its text and a CRM does not: threads marked with
+:func:`urgent_thread` (the outbox's text lane and the texts' caller lookups) hold
+``<database>-urgent`` shared while they queue, and every other background writer first lets them
+go, for at most BULK_YIELD_AT_MOST_S. Without it, the burst of CRM pushes that a rate-limit window
+sets free (hundreds of small ledger writes) queued ahead of the texts and held them back for a
+quarter of a second.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 _held = threading.local()
+_urgent = threading.local()
 # The longest a background writer lets waiting foreground writers go first: under a flood of
 # webhooks the texts still move.
 YIELD_AT_MOST_S = 0.02
+# The longest a bulk background writer (a CRM push) lets waiting text writers go first: under a
+# flood of texts the CRM still moves.
+BULK_YIELD_AT_MOST_S = 0.05
 _POLL_S = 0.001
 
 
-def _let_foreground_go_first(waiting_fd: int) -> None:
-    """Wait while a foreground writer waits (they hold ``waiting_fd`` shared), at most YIELD_AT_MOST_S."""
-    deadline = time.monotonic() + YIELD_AT_MOST_S
+def urgent_thread() -> None:
+    """Mark the calling thread's background writes as urgent (texts): they go before bulk ones."""
+    _urgent.on = True
+
+
+@contextlib.contextmanager
+def urgent() -> Iterator[None]:
+    """The calling thread's background writes are urgent for the duration (a text in a mixed batch)."""
+    before = getattr(_urgent, "on", False)
+    _urgent.on = True
+    try:
+        yield
+    finally:
+        _urgent.on = before
+
+
+def _waiting(fd: int) -> bool:
+    """Whether some writer holds ``fd`` shared, i.e. waits for its turn."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
+def _let_go_first(fd: int, at_most: float) -> None:
+    """Wait while others hold ``fd`` shared (they are waiting to write), at most ``at_most`` seconds."""
+    deadline = time.monotonic() + at_most
     while True:
         try:
-            fcntl.flock(waiting_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 return
             time.sleep(_POLL_S)
             continue
-        fcntl.flock(waiting_fd, fcntl.LOCK_UN)
+        fcntl.flock(fd, fcntl.LOCK_UN)
         return
 
 
@@ -54,6 +93,7 @@ class QueuedWriterConnection(sqlite3.Connection):
     writer_fd: int | None = None
     background_fd: int | None = None
     waiting_fd: int | None = None
+    urgent_fd: int | None = None
     writer_locked: bool = False
 
     def take_writer_lock(self) -> None:
@@ -62,11 +102,11 @@ class QueuedWriterConnection(sqlite3.Connection):
         if self.writer_fd is None or self.writer_locked or getattr(_held, "active", False):
             return
         if self.background_fd is not None:
-            fcntl.flock(self.background_fd, fcntl.LOCK_EX)
+            self._queue_in_background()
         try:
             if self.waiting_fd is not None:
                 if self.background_fd is not None:
-                    _let_foreground_go_first(self.waiting_fd)
+                    _let_go_first(self.waiting_fd, YIELD_AT_MOST_S)
                 else:
                     fcntl.flock(self.waiting_fd, fcntl.LOCK_SH)
             try:
@@ -80,6 +120,27 @@ class QueuedWriterConnection(sqlite3.Connection):
             raise
         self.writer_locked = True
         _held.active = True
+
+    def _queue_in_background(self) -> None:
+        """Take the background writers' turn; a bulk writer first lets waiting text writers go."""
+        assert self.background_fd is not None
+        if self.urgent_fd is None:
+            fcntl.flock(self.background_fd, fcntl.LOCK_EX)
+        elif getattr(_urgent, "on", False):
+            fcntl.flock(self.urgent_fd, fcntl.LOCK_SH)  # seen by bulk writers while this one queues
+            try:
+                fcntl.flock(self.background_fd, fcntl.LOCK_EX)
+            finally:
+                fcntl.flock(self.urgent_fd, fcntl.LOCK_UN)
+        else:
+            # Also when already queued: a text that queued behind this writer goes first all the same.
+            deadline = time.monotonic() + BULK_YIELD_AT_MOST_S
+            while True:
+                _let_go_first(self.urgent_fd, max(0.0, deadline - time.monotonic()))
+                fcntl.flock(self.background_fd, fcntl.LOCK_EX)
+                if time.monotonic() >= deadline or not _waiting(self.urgent_fd):
+                    return
+                fcntl.flock(self.background_fd, fcntl.LOCK_UN)
 
     def give_writer_lock_back(self) -> None:
         if self.writer_locked and self.writer_fd is not None:
@@ -106,10 +167,10 @@ class QueuedWriterConnection(sqlite3.Connection):
             super().close()
         finally:
             self.give_writer_lock_back()
-            for fd in (self.writer_fd, self.background_fd, self.waiting_fd):
+            for fd in (self.writer_fd, self.background_fd, self.waiting_fd, self.urgent_fd):
                 if fd is not None:
                     os.close(fd)
-            self.writer_fd = self.background_fd = self.waiting_fd = None
+            self.writer_fd = self.background_fd = self.waiting_fd = self.urgent_fd = None
 
 
 def open_queue(dbapi_conn: Any, database: str | None, background: bool) -> None:
@@ -120,3 +181,4 @@ def open_queue(dbapi_conn: Any, database: str | None, background: bool) -> None:
     dbapi_conn.waiting_fd = os.open(f"{database}-waiting", os.O_RDWR | os.O_CREAT, 0o600)
     if background:
         dbapi_conn.background_fd = os.open(f"{database}-background", os.O_RDWR | os.O_CREAT, 0o600)
+        dbapi_conn.urgent_fd = os.open(f"{database}-urgent", os.O_RDWR | os.O_CREAT, 0o600)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from core import logs
+from core import logs, sqlite_writer
 from core.errors import JobError, TransientError
 from core.outbox import TEXT_PRIORITY, Deferred, Finished, Job, LeaseLost, Outbox
 from core.wakeup import Waker
@@ -107,10 +107,19 @@ class Worker:
         jobs = self.outbox.claim(limit or self.batch_size, max_priority=max_priority)
         if jobs:
             crash_point("after_claim")
+        # Texts claimed with other work go first: a batch's CRM pushes take a CRM round trip each,
+        # and a caller waits for the text. On SQLite their writes also go before the pushes'.
+        texts = [job for job in jobs if job.priority <= TEXT_PRIORITY]
+        if texts:
+            with sqlite_writer.urgent():
+                self._work(texts)
+        self._work([job for job in jobs if job.priority > TEXT_PRIORITY])
+        return len(jobs)
+
+    def _work(self, jobs: list[Job]) -> None:
         self._prepare(jobs)
         for job in jobs:
             self.process(job)
-        return len(jobs)
 
     def _prepare(self, jobs: list[Job]) -> None:
         """Let a handler batch work across the jobs claimed together (e.g. one CRM call for many)."""
@@ -196,6 +205,8 @@ class Worker:
     def run(self, stop: threading.Event, waker: Waker | None = None, lane: str = "job") -> None:
         """Claim and run jobs until ``stop``; ``lane`` "text" takes only texts and replies."""
         text = lane == "text"
+        if text:
+            sqlite_writer.urgent_thread()  # on SQLite its writes go before the CRM pushes
         limit, max_priority = (self.text_batch_size, TEXT_PRIORITY) if text else (self.batch_size, None)
         log.info("worker started", extra={"worker": self.outbox.worker_id, "lane": lane})
         while not stop.is_set():

@@ -227,3 +227,89 @@ def test_webhook_writes_waiting_go_before_a_workers_write(
         release.set()
         for eng in (holder, worker, *bridges):
             eng.dispose()
+
+
+def test_a_texts_write_goes_before_crm_writes_queued_ahead_of_it(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Among worker writes, a text's (an urgent thread's) goes first, even past CRM writes already queued."""
+    # Longer than the pauses below, so that the order does not depend on the machine's speed.
+    monkeypatch.setattr(sqlite_writer, "BULK_YIELD_AT_MOST_S", 5.0)
+    engines = {who: _engine(sqlite_url, background=True) for who in ("holder", "crm 1", "text", "crm 2")}
+    holding, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def hold() -> None:
+        with transaction(session_factory(engines["holder"])) as s:
+            s.execute(text("SELECT 1"))
+            holding.set()
+            release.wait(10)
+
+    def write(who: str) -> None:
+        if who == "text":
+            sqlite_writer.urgent_thread()
+        with transaction(session_factory(engines[who])) as s:
+            outbox.enqueue(s, kind="crm.sync", target="hubspot", dedupe_key=who)
+            s.flush()
+            order.append(who)
+
+    threads = [threading.Thread(target=hold)]
+    try:
+        threads[0].start()
+        assert holding.wait(10)
+        # In arrival order, each waiting before the next: a CRM write, a text's, another CRM write.
+        for who in ("crm 1", "text", "crm 2"):
+            t = threading.Thread(target=write, args=(who,))
+            t.start()
+            threads.append(t)
+            t.join(0.3)
+        assert order == []
+        release.set()
+        for t in threads:
+            t.join(10)
+        assert order[0] == "text" and sorted(order[1:]) == ["crm 1", "crm 2"]
+    finally:
+        release.set()
+        for eng in engines.values():
+            eng.dispose()
+
+
+def test_a_text_in_a_mixed_batch_writes_as_urgently_as_the_text_lane(sqlite_url: str) -> None:
+    """A general thread's writes are urgent inside its text only: the urgency does not leak past it."""
+    eng = _engine(sqlite_url, background=True)
+    urgent = _path(sqlite_url) + "-urgent"
+    # The background writers' turn, taken from outside: a worker's write queues for it.
+    turn = os.open(_path(sqlite_url) + "-background", os.O_RDWR | os.O_CREAT, 0o600)
+    text_done, push_next = threading.Event(), threading.Event()
+
+    def write() -> None:
+        with transaction(session_factory(eng)) as s:
+            s.execute(text("SELECT 1"))
+
+    def general_thread() -> None:
+        with sqlite_writer.urgent():
+            write()  # its text
+        text_done.set()
+        assert push_next.wait(10)
+        write()  # a CRM push, in the same thread
+
+    seen: list[bool] = []
+    t = threading.Thread(target=general_thread)
+    try:
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        t.start()
+        t.join(0.3)
+        seen.append(_held_by_someone(urgent))  # a text waiting for its turn says so
+        fcntl.flock(turn, fcntl.LOCK_UN)
+        assert text_done.wait(10)
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        push_next.set()
+        t.join(0.3)
+        seen.append(_held_by_someone(urgent))  # the push after it does not
+        fcntl.flock(turn, fcntl.LOCK_UN)
+        t.join(20)
+        assert not t.is_alive() and seen == [True, False]
+    finally:
+        push_next.set()
+        os.close(turn)
+        eng.dispose()

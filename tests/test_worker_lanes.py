@@ -196,3 +196,30 @@ def test_an_auth_pause_leaves_the_other_jobs_for_an_admins_reinstall(factory: se
     [job] = box.claim(1)
     box.defer(job, until, "hubspot auth failed; paused")
     assert len(box.claim(10)) == 2  # each finds the pause itself; a reinstall resumes them at once
+
+
+class _Pushes:
+    """A CRM push handler that batches: its prepare stands for one CRM round trip for the batch."""
+
+    def __init__(self, order: list[str]) -> None:
+        self.order = order
+
+    def prepare(self, jobs: list[Any]) -> int:
+        self.order.append(f"crm batch of {len(jobs)}")
+        return len(jobs)
+
+    def __call__(self, job: Any) -> None:
+        self.order.append(f"crm {job.payload['n']}")
+
+
+def test_a_text_claimed_with_crm_pushes_goes_before_their_batch(factory: sessionmaker[Session]) -> None:
+    """A general thread's batch can hold a text and CRM pushes: the caller's text does not wait for them."""
+    for i in range(3):
+        add(factory, f"crm-{i}", kind="crm.sync", target="hubspot", payload={"n": i})
+    add(factory, "text", kind="sms.send", target="twilio", payload={"n": "t"})
+    order: list[str] = []
+    handlers = {"crm.sync": _Pushes(order), "sms.send": lambda j: order.append("text") or None}
+    worker = Worker(Outbox(factory, "w"), handlers, batch_size=10)
+    assert worker.run_once() == 4  # the general lane: any job, texts included
+    assert order == ["text", "crm batch of 3", "crm 0", "crm 1", "crm 2"]
+    assert set(statuses(factory).values()) == {"done"}
