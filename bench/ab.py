@@ -74,6 +74,13 @@ def figures(path: Path) -> dict[str, Any]:
         # the slowest connector's figures when several are installed
         "crm_p50": max((v["p50_ms"] for v in synced), default=None),
         "crm_p99": max((v["p99_ms"] for v in synced if v.get("p99_ms") is not None), default=None),
+        # every load step's SMS p99 (a --ramp adds steps), and the highest within both latency goals
+        "steps": {
+            float(name.removeprefix("load@")): phase.get("sms", {}).get("p99_ms")
+            for name, phase in cell["phases"].items()
+            if name.startswith("load@")
+        },
+        "within": cell.get("sustained", {}).get("within_goals"),
     }
 
 
@@ -106,7 +113,29 @@ def table(sides: dict[str, list[Path]]) -> str:
                 f"{_median([r['queued'] for r in rows])} | {_median([r['busy'] for r in rows])} % | "
                 f"{crm50} / {crm99} |"
             )
-    return "\n".join(lines + medians)
+    return "\n".join(lines + medians + ["", *steps_table(sides)])
+
+
+def steps_table(sides: dict[str, list[Path]]) -> list[str]:
+    """SMS p99 at every load step, and the highest step within both latency goals, per side."""
+    figs = {side: [figures(p) for p in paths] for side, paths in sides.items()}
+    rates = sorted({rate for rows in figs.values() for r in rows for rate in r["steps"]})
+    if len(rates) < 3:
+        return []  # only the two goal steps: the table above has them
+    head = ["run", *(f"SMS p99 at {rate:g}/s" for rate in rates), "highest step within both goals"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    medians = []
+    for side, rows in figs.items():
+        for r in rows:
+            cells = [_ms(r["steps"].get(rate)) for rate in rates]
+            lines.append(f"| {side}: `{r['file']}` | " + " | ".join(cells) + f" | {r['within']:g}/s |")
+        if rows:
+            cells = [_ms(_median([r["steps"].get(rate) for r in rows])) for rate in rates]
+            within = _median([r["within"] for r in rows])
+            medians.append(
+                f"| **{side}: median of {len(rows)}** | " + " | ".join(cells) + f" | {within:g}/s |"
+            )
+    return lines + medians
 
 
 @contextmanager

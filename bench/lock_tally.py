@@ -46,7 +46,8 @@ def install(directory: str) -> None:
     from core import sqlite_writer
 
     conn_cls: Any = sqlite_writer.QueuedWriterConnection
-    tally: dict[str, list[float]] = {}  # site -> [count, waited s, held s, longest hold s]
+    # site -> [count, waited s, held s, longest hold s, longest wait s]
+    tally: dict[str, list[float]] = {}
     lock = threading.Lock()
     take, give = conn_cls.take_writer_lock, conn_cls.give_writer_lock_back
 
@@ -64,11 +65,12 @@ def install(directory: str) -> None:
             hold = time.perf_counter() - got
             self._tally = None
             with lock:
-                row = tally.setdefault(site, [0, 0.0, 0.0, 0.0])
+                row = tally.setdefault(site, [0, 0.0, 0.0, 0.0, 0.0])
                 row[0] += 1
                 row[1] += got - started
                 row[2] += hold
                 row[3] = max(row[3], hold)
+                row[4] = max(row[4], got - started)
 
     conn_cls.take_writer_lock, conn_cls.give_writer_lock_back = timed_take, timed_give
     out = Path(directory)
@@ -105,22 +107,26 @@ def main() -> None:
     for path in sorted(args.directory.glob("*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
         role = _role(data["argv"])
-        for site, (n, waited, held, longest) in data["tally"].items():
-            row = rows.setdefault((role, site), [0, 0.0, 0.0, 0.0])
+        for site, (n, waited, held, longest, *rest) in data["tally"].items():
+            row = rows.setdefault((role, site), [0, 0.0, 0.0, 0.0, 0.0])
             row[0] += n
             row[1] += waited
             row[2] += held
             row[3] = max(row[3], longest)
+            row[4] = max(row[4], rest[0] if rest else 0.0)  # tallies written before the longest wait
     if not rows:
         raise SystemExit(f"no tallies in {args.directory}")
     total = sum(r[2] for r in rows.values())
     per = f" | ms held per call ({args.calls} calls)" if args.calls else ""
-    print(f"| process | transaction | count | mean hold | longest | mean wait | share of the lock{per} |")
-    print("|---|---|---|---|---|---|---|" + ("---|" if args.calls else ""))
-    for (role, site), (n, waited, held, longest) in sorted(rows.items(), key=lambda kv: -kv[1][2]):
+    print(
+        f"| process | transaction | count | mean hold | longest | mean wait | longest wait "
+        f"| share of the lock{per} |"
+    )
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if args.calls else ""))
+    for (role, site), (n, waited, held, longest, most) in sorted(rows.items(), key=lambda kv: -kv[1][2]):
         line = (
             f"| {role} | `{site}` | {int(n)} | {1000 * held / n:.2f} ms | {1000 * longest:.1f} ms "
-            f"| {1000 * waited / n:.2f} ms | {100 * held / total:.1f} %"
+            f"| {1000 * waited / n:.2f} ms | {1000 * most:.1f} ms | {100 * held / total:.1f} %"
         )
         if args.calls:
             line += f" | {1000 * held / args.calls:.2f}"

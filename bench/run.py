@@ -240,6 +240,8 @@ def run_textback_cell(args: argparse.Namespace, db: str, workers: int) -> dict[s
         done_with(workdir, args, ok)
     cell["wall_s"] = round(time.monotonic() - t0, 1)
     cell["product_at_end"] = product_version()
+    if args.raw_out:
+        write_raw(args.raw_out, f"{db}-w{workers}", phases, twilio_log, crm_logs)
     sms_at = analyze.sms_requests(twilio_log)
     phones = {r.caller for _, results, _ in phases for r in results} | {r.caller for r in warmup}
     complete = {c: analyze.complete_leads(lead_jobs, c) for c in args.crm}
@@ -265,6 +267,22 @@ def run_textback_cell(args: argparse.Namespace, db: str, workers: int) -> dict[s
             entry["crm"][c]["calls_per_lead"] = log.calls_per_lead(complete[c] & callers)
         cell["phases"][name] = entry
     return cell
+
+
+def write_raw(
+    path: str, cell: str, phases: list[Phase], twilio_log: list[Any], crm_logs: dict[str, Any]
+) -> None:
+    """Every call of the steps and the emulators' request logs, for timelines of single leads."""
+    calls = [
+        {"phase": name, "caller": r.caller, "scheduled": r.scheduled, "sent": r.sent,
+         "missed_at": r.missed_at, "latencies": r.latencies, "error": r.error}
+        for name, results, _ in phases for r in results
+    ]  # fmt: skip
+    raw = {"calls": calls, "twilio": twilio_log, "crm": {c: log for c, (log, _state) in crm_logs.items()}}
+    out = Path(path)
+    out = out.with_name(f"{out.stem}-{cell}{out.suffix}") if out.suffix else out / f"{cell}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(raw))
 
 
 def naive_complete(state: dict[str, Any], phones: set[str]) -> set[str]:
@@ -571,6 +589,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--out", default=None, help="write every figure as JSON here")
     add("--workdir", default=None, help="parent of the per-cell directories (config, logs)")
     add("--keep", action="store_true", help="keep each cell's directory (config, logs)")
+    add("--raw-out", help="also write every call and the emulators' request logs (FILE-<cell>.json)")
     args = p.parse_args(argv)
     if args.crm is None:
         from connectors import emulators, registry
