@@ -108,12 +108,12 @@ def main() -> None:
         data = json.loads(path.read_text(encoding="utf-8"))
         role = _role(data["argv"])
         for site, (n, waited, held, longest, *rest) in data["tally"].items():
-            row = rows.setdefault((role, site), [0, 0.0, 0.0, 0.0, 0.0])
+            row = rows.setdefault((role, site), [0, 0.0, 0.0, 0.0, -1.0])
             row[0] += n
             row[1] += waited
             row[2] += held
             row[3] = max(row[3], longest)
-            row[4] = max(row[4], rest[0] if rest else 0.0)  # tallies written before the longest wait
+            row[4] = max(row[4], rest[0] if rest else -1.0)  # -1: a tally from before the longest wait
     if not rows:
         raise SystemExit(f"no tallies in {args.directory}")
     total = sum(r[2] for r in rows.values())
@@ -126,7 +126,8 @@ def main() -> None:
     for (role, site), (n, waited, held, longest, most) in sorted(rows.items(), key=lambda kv: -kv[1][2]):
         line = (
             f"| {role} | `{site}` | {int(n)} | {1000 * held / n:.2f} ms | {1000 * longest:.1f} ms "
-            f"| {1000 * waited / n:.2f} ms | {1000 * most:.1f} ms | {100 * held / total:.1f} %"
+            f"| {1000 * waited / n:.2f} ms | {f'{1000 * most:.1f} ms' if most >= 0 else 'n/a'} "
+            f"| {100 * held / total:.1f} %"
         )
         if args.calls:
             line += f" | {1000 * held / args.calls:.2f}"
