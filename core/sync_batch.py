@@ -14,12 +14,12 @@ import functools
 from collections.abc import Iterable
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, or_, select
+from sqlalchemy import Row, Table, bindparam, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.crm import ActivityData, DealData, NewRecord, Remote, TaskData
-from core.db import transaction
+from core.db import reading, transaction
 from core.models import SyncLedger, utcnow
 from core.pairs import any_pair, pair_params
 
@@ -179,3 +179,25 @@ def untouched(factory: sessionmaker[Session], connector_id: str, keys: list[Key]
             .all()
         )
     return set(keys) - {(lead_id, key) for lead_id, key in seen}
+
+
+@functools.cache
+def _rows() -> Any:
+    t = _LEDGER
+    return select(t.c.lead_id, t.c.key, t.c.remote_id, t.c.remote_url, t.c.intent_at).where(
+        t.c.lead_id.in_(bindparam("lead_ids", expanding=True)), t.c.connector_id == bindparam("connector_id")
+    )
+
+
+def rows(
+    factory: sessionmaker[Session], connector_id: str, lead_ids: Iterable[str]
+) -> dict[str, dict[str, Row[Any]]]:
+    """Every ledger row of these leads in one connector, in one read: lead id -> key -> row."""
+    ids = sorted(set(lead_ids))
+    found: dict[str, dict[str, Row[Any]]] = {lead_id: {} for lead_id in ids}
+    if not ids:
+        return found
+    with reading(factory) as session:
+        for row in session.connection().execute(_rows(), {"lead_ids": ids, "connector_id": connector_id}):
+            found[row.lead_id][row.key] = row
+    return found

@@ -75,6 +75,9 @@ def test_batch_ledger_reads_and_deletes_look_up_their_keys(
 
     def read_and_forget() -> None:
         assert sync_batch.untouched(factory, "hubspot", keys) == set(keys)
+        assert sync_batch.rows(factory, "hubspot", [lead for lead, _ in keys]) == {
+            lead: {} for lead, _ in keys
+        }
         sync_batch.forget_intents(factory, "hubspot", keys)
 
     assert scans(plans_of(sqlite_engine, read_and_forget, "sync_ledger"), "sync_ledger") == []
