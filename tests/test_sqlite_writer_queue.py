@@ -186,14 +186,11 @@ def test_a_claim_with_nothing_ready_does_not_wait_for_the_write_lock(sqlite_url:
     eng.dispose()
 
 
-def test_webhook_writes_waiting_go_before_a_workers_write(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """While bridge writers wait for the lock, a worker's write lets them go first."""
-    # Longer than the pauses below, so that the order does not depend on the machine's speed.
-    monkeypatch.setattr(sqlite_writer, "YIELD_AT_MOST_S", 5.0)
-    holder, worker = _engine(sqlite_url), _engine(sqlite_url, background=True)
-    bridges = [_engine(sqlite_url), _engine(sqlite_url)]
+def _order_of_writes(holder: Engine, writers: list[tuple[Engine, str, bool]]) -> list[str]:
+    """The order in which ``writers`` (engine, name, urgent) write after ``holder`` lets go.
+
+    Each starts while ``holder`` holds the lock, in the order given, and waits before the next.
+    """
     holding, release = threading.Event(), threading.Event()
     order: list[str] = []
 
@@ -203,7 +200,9 @@ def test_webhook_writes_waiting_go_before_a_workers_write(
             holding.set()
             release.wait(10)
 
-    def write(eng: Engine, who: str) -> None:
+    def write(eng: Engine, who: str, urgent: bool) -> None:
+        if urgent:
+            sqlite_writer.urgent_thread()
         with transaction(session_factory(eng)) as s:
             outbox.enqueue(s, kind="crm.sync", target="hubspot", dedupe_key=who)
             s.flush()
@@ -213,18 +212,33 @@ def test_webhook_writes_waiting_go_before_a_workers_write(
     try:
         threads[0].start()
         assert holding.wait(10)
-        # In arrival order: a webhook, a worker, another webhook, each waiting before the next.
-        for eng, who in ((bridges[0], "bridge 1"), (worker, "worker"), (bridges[1], "bridge 2")):
-            t = threading.Thread(target=write, args=(eng, who))
+        for writer in writers:
+            t = threading.Thread(target=write, args=writer)
             t.start()
             threads.append(t)
             t.join(0.3)
+        assert order == []  # every one of them queued behind the holder
+    finally:
         release.set()
         for t in threads:
             t.join(10)
+    return order
+
+
+def test_webhook_writes_waiting_go_before_a_workers_write(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While bridge writers wait for the lock, a worker's write lets them go first."""
+    # Longer than the pauses below, so that the order does not depend on the machine's speed.
+    monkeypatch.setattr(sqlite_writer, "YIELD_AT_MOST_S", 5.0)
+    holder, worker = _engine(sqlite_url), _engine(sqlite_url, background=True)
+    bridges = [_engine(sqlite_url), _engine(sqlite_url)]
+    try:
+        # In arrival order: a webhook, a worker, another webhook.
+        writers = [(bridges[0], "bridge 1"), (worker, "worker"), (bridges[1], "bridge 2")]
+        order = _order_of_writes(holder, [(eng, who, False) for eng, who in writers])
         assert sorted(order[:2]) == ["bridge 1", "bridge 2"] and order[2] == "worker"
     finally:
-        release.set()
         for eng in (holder, worker, *bridges):
             eng.dispose()
 
@@ -233,43 +247,14 @@ def test_a_texts_write_goes_before_crm_writes_queued_ahead_of_it(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Among worker writes, a text's (an urgent thread's) goes first, even past CRM writes already queued."""
-    # Longer than the pauses below, so that the order does not depend on the machine's speed.
     monkeypatch.setattr(sqlite_writer, "BULK_YIELD_AT_MOST_S", 5.0)
     engines = {who: _engine(sqlite_url, background=True) for who in ("holder", "crm 1", "text", "crm 2")}
-    holding, release = threading.Event(), threading.Event()
-    order: list[str] = []
-
-    def hold() -> None:
-        with transaction(session_factory(engines["holder"])) as s:
-            s.execute(text("SELECT 1"))
-            holding.set()
-            release.wait(10)
-
-    def write(who: str) -> None:
-        if who == "text":
-            sqlite_writer.urgent_thread()
-        with transaction(session_factory(engines[who])) as s:
-            outbox.enqueue(s, kind="crm.sync", target="hubspot", dedupe_key=who)
-            s.flush()
-            order.append(who)
-
-    threads = [threading.Thread(target=hold)]
     try:
-        threads[0].start()
-        assert holding.wait(10)
-        # In arrival order, each waiting before the next: a CRM write, a text's, another CRM write.
-        for who in ("crm 1", "text", "crm 2"):
-            t = threading.Thread(target=write, args=(who,))
-            t.start()
-            threads.append(t)
-            t.join(0.3)
-        assert order == []
-        release.set()
-        for t in threads:
-            t.join(10)
+        # In arrival order: a CRM write, a text's, another CRM write.
+        writers = [(engines[who], who, who == "text") for who in ("crm 1", "text", "crm 2")]
+        order = _order_of_writes(engines["holder"], writers)
         assert order[0] == "text" and sorted(order[1:]) == ["crm 1", "crm 2"]
     finally:
-        release.set()
         for eng in engines.values():
             eng.dispose()
 
