@@ -601,8 +601,8 @@ def _paused(install: Row[Any]) -> datetime | None:
 def _read_ledgers(factory: sessionmaker[Session], connector_id: str, runs: list[_Run]) -> None:
     """Give a batch's runs their leads' ledger rows, read at once (``_Run.snapshot``).
 
-    Only the runs of a batch's preparation read it: a job's own run reads each row afresh. A row
-    per key and lead read apart cost a session each, a fifth of a worker's CPU under load.
+    Only the runs of a batch's preparation read it: a job's own run reads each row afresh. Read one
+    row per key and lead, in a session each, they took a fifth of a loaded worker's profile.
     """
     rows = sync_batch.rows(factory, connector_id, [run.lead["id"] for run in runs])
     for run in runs:
@@ -681,7 +681,7 @@ class _Run:
     def _ledger(self, key: str) -> Row[Any] | None:
         """The ledger row under ``key`` (remote_id, remote_url, intent_at), read afresh each time.
 
-        Except in a batch's preparation, which read the batch's rows at once (``snapshot``).
+        Except in a batch's preparation, which reads the batch's rows at once (``snapshot``).
         """
         if self.snapshot is not None:
             return self.snapshot.get(key)
