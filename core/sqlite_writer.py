@@ -75,16 +75,8 @@ def _waiting(fd: int) -> bool:
 def _let_go_first(fd: int, at_most: float) -> None:
     """Wait while others hold ``fd`` shared (they are waiting to write), at most ``at_most`` seconds."""
     deadline = time.monotonic() + at_most
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                return
-            time.sleep(_POLL_S)
-            continue
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return
+    while _waiting(fd) and time.monotonic() < deadline:
+        time.sleep(_POLL_S)
 
 
 class QueuedWriterConnection(sqlite3.Connection):
