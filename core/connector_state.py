@@ -136,11 +136,29 @@ def pause_of(session: Session, business_id: str, connector_id: str) -> tuple[dat
     return (found.paused_until, found.pause_reason) if found is not None else (None, None)
 
 
+RATE_LIMITED = "rate limited"  # how a rate limit's pause reason begins (see core.sync)
+
+
+def rate_limit_reason(detail: object) -> str:
+    """A rate limit's pause reason, as :func:`rate_limit_end` recognises it."""
+    return f"{RATE_LIMITED}: {detail}"
+
+
+def rate_limit_end(until: datetime | None, reason: str | None, now: datetime) -> datetime | None:
+    """When a pause set by a rate limit ends, if it is one and still on; None otherwise.
+
+    An auth pause is not one: it ends when an admin reinstalls, and jobs then go at once.
+    """
+    if until is None or until <= now or not (reason or "").startswith(RATE_LIMITED):
+        return None
+    return until
+
+
 def rate_limit_pause(session: Session, business_id: str, connector_id: str) -> float:
     """Seconds left of a pause set after a vendor's rate limit; 0 when there is none (or another kind)."""
-    until, reason = pause_of(session, business_id, connector_id)
-    left = (until - utcnow()).total_seconds() if until is not None else 0.0
-    return left if left > 0 and (reason or "").startswith("rate limited") else 0.0
+    now = utcnow()
+    end = rate_limit_end(*pause_of(session, business_id, connector_id), now)
+    return (end - now).total_seconds() if end is not None else 0.0
 
 
 def paused_until(session: Session, business_id: str, connector_id: str) -> datetime | None:

@@ -48,6 +48,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import Select, Update
 from tenacity import RetryCallState, wait_exponential_jitter
 
+from core import connector_state
 from core.db import READ_ONLY
 from core.errors import JobError, TransientError
 from core.models import ConnectorState, OutboxJob, utcnow
@@ -173,6 +174,19 @@ def wake(session: Session, ordering_keys: list[str], *reasons: str) -> int:
     return _updated(result)
 
 
+def postpone(session: Session, ordering_keys: list[str], until: datetime, because: str, *reasons: str) -> int:
+    """Make the pending jobs with these ordering keys that wait for one of ``reasons`` wait for
+    ``until`` instead, for ``because`` (a connector paused by a rate limit): :func:`wake`, for later.
+    """
+    if not ordering_keys:
+        return 0
+    _autoflush(session)
+    conn = session.connection()
+    params = {"ordering_keys": ordering_keys, "reasons": list(reasons), "until": until, "because": because}
+    result = conn.execute(_statements(conn.dialect.name).postpone, {**params, "at": utcnow()})
+    return _updated(result)
+
+
 def complete_pending(session: Session, results: dict[str, dict[str, Any]]) -> int:
     """Mark the pending jobs with these dedupe keys done, with their results, without running them.
 
@@ -215,6 +229,7 @@ class _Statements:
     pause: Select[Any]
     defer_siblings: Update
     wake: Update
+    postpone: Update
     complete_pending: Update
 
 
@@ -242,7 +257,7 @@ def _statements(dialect: str) -> _Statements:
         }
         announce = (c.id, literal_column(f"pg_notify('{CHANNEL}', '{DUE}')"))
     # Held jobs' own reason only: a job deferred for anything else (a backoff, a pause) keeps its time.
-    wake_held = (
+    held = (
         update(jobs)
         .where(
             c.ordering_key.in_(bindparam("ordering_keys", expanding=True)),
@@ -253,11 +268,15 @@ def _statements(dialect: str) -> _Statements:
             c.status.concat("") == "pending",
             c.last_error.in_(bindparam("reasons", expanding=True)),
         )
-        .values(next_attempt_at=at, last_error=None, updated_at=at)
+    )
+    wake_held = held.values(next_attempt_at=at, last_error=None, updated_at=at)
+    postpone_held = held.values(
+        next_attempt_at=bindparam("until", type_=stamp), last_error=bindparam("because"), updated_at=at
     )
     if dialect == "postgresql":
         # Due now, like a new job of the general lane (the text lane's jobs are never held).
         wake_held = wake_held.returning(c.id, literal_column(f"pg_notify('{CHANNEL}', 'job')"))
+        postpone_held = postpone_held.returning(*announce)
     state = cast(Table, ConnectorState.__table__)
     wake: Any = bindparam("wake", type_=stamp)
     defer = (
@@ -313,6 +332,7 @@ def _statements(dialect: str) -> _Statements:
         )
         .values(next_attempt_at=wake, updated_at=at),
         wake=wake_held,
+        postpone=postpone_held,
         complete_pending=update(jobs)
         .where(c.dedupe_key == bindparam("key"), c.status == "pending")
         .values(
@@ -591,20 +611,15 @@ def _updated(result: Any) -> int:
 
 def _defer_paused_siblings(conn: Connection, st: _Statements, job: Job, until: datetime) -> None:
     state = conn.execute(st.pause, {"business": job.business_id, "connector": job.target}).first()
-    if (
-        state is None
-        or state.paused_until is None
-        or not (state.pause_reason or "").startswith("rate limited")
-    ):
-        return  # an auth pause ends when an admin reinstalls: jobs not yet tried resume at once then
     now = utcnow()
-    if state.paused_until <= now:
-        return
+    end = connector_state.rate_limit_end(state.paused_until, state.pause_reason, now) if state else None
+    if end is None:
+        return  # an auth pause ends when an admin reinstalls: jobs not yet tried resume at once then
     params = {
         "business": job.business_id,
         "connector": job.target,
         "job_kind": job.kind,
-        "wake": min(until, state.paused_until),
+        "wake": min(until, end),
         "at": now,
     }
     conn.execute(st.defer_siblings, params)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -149,10 +149,23 @@ def _statements() -> _Statements:
         )
         .where(installs.c.business_id == b, installs.c.connector_id == c)
     )
+    # Each enabled connector with its pause: a push due while a rate limit pauses its connector
+    # waits for the pause's end (``emit``) instead of being claimed and put back.
+    installed = (
+        select(installs.c.connector_id, installs.c.sync, state.c.paused_until, state.c.pause_reason)
+        .select_from(
+            installs.outerjoin(
+                state,
+                and_(
+                    state.c.business_id == installs.c.business_id,
+                    state.c.connector_id == installs.c.connector_id,
+                ),
+            )
+        )
+        .where(installs.c.business_id == b, installs.c.enabled.is_(True))
+    )
     return _Statements(
-        installed=select(installs.c.connector_id, installs.c.sync).where(
-            installs.c.business_id == b, installs.c.enabled.is_(True)
-        ),
+        installed=installed,
         target=target,
         ledger=select(ledger.c.remote_id, ledger.c.remote_url, ledger.c.intent_at).where(
             ledger.c.lead_id == bindparam("lead_id"),
@@ -189,13 +202,19 @@ def emit(
     assert event in EVENTS, event
     conn = session.connection()
     installed = conn.execute(_statements().installed, {"business_id": business_id}).all()
+    now = utcnow()
     hold = event == "missed_call" and first_text_due
-    until = utcnow() + timedelta(seconds=FOLD_WAIT_S) if hold else None
     queued = 0
-    for connector_id, sync in installed:
+    for connector_id, sync, paused_until, pause_reason in installed:
         reason = _hold_reason(connector_id, sync) if hold else None
         if reason == LOOKUP_REASON and not caller_lookup:
             reason = None
+        until = now + timedelta(seconds=FOLD_WAIT_S) if reason else None
+        resumes = connector_state.rate_limit_end(paused_until, pause_reason, now)
+        if resumes is not None and (until is None or resumes > until):
+            # A worker would only claim it and put it back: under load, once per new lead per
+            # rate-limit window. The text has gone out by the pause's end; the push then logs it.
+            until, reason = resumes, paused_reason(connector_id)
         queued += outbox.enqueue(
             session,
             kind="crm.sync",
@@ -206,23 +225,46 @@ def emit(
             lead_id=lead_id,
             payload={"event": event, "ref": ref, "data": data or {}},
             max_attempts=MAX_ATTEMPTS,
-            run_at=until if reason else None,
+            run_at=until,
             reason=reason,
         )
     if event == "texted" and installed:
         # A text went out: a missed call's push held for it goes now, and writes it in. It is ahead
         # of this "texted" push in order.
-        _wake(session, business_id, [lead_id], [c for c, _ in installed], FOLD_REASON, LOOKUP_REASON)
+        _wake_or_postpone(session, business_id, lead_id, installed, now)
     return queued
 
 
 def release(session: Session, business_id: str, lead_id: str) -> int:
     """The lead's first text failed or was skipped: a missed call's push held for it goes now."""
     conn = session.connection()
-    installed = conn.execute(_statements().installed, {"business_id": business_id}).scalars().all()
-    if not installed:
-        return 0
-    return _wake(session, business_id, [lead_id], list(installed), FOLD_REASON, LOOKUP_REASON)
+    installed = conn.execute(_statements().installed, {"business_id": business_id}).all()
+    return _wake_or_postpone(session, business_id, lead_id, installed, utcnow())
+
+
+def paused_reason(connector_id: str) -> str:
+    """Why a job waits for its connector's pause to end (also a deferral's reason, see SyncJob)."""
+    return f"{connector_id} is paused"
+
+
+def _wake_or_postpone(
+    session: Session, business_id: str, lead_id: str, installed: Sequence[Row[Any]], now: datetime
+) -> int:
+    """A lead's pushes held for its first text go now, or at the end of their connector's
+    rate-limit pause (``installed``: rows of ``_statements().installed``)."""
+    woken = 0
+    now_ids = []
+    for row in installed:
+        connector_id = row.connector_id
+        resumes = connector_state.rate_limit_end(row.paused_until, row.pause_reason, now)
+        if resumes is None:
+            now_ids.append(connector_id)
+            continue
+        keys = [_ordering_key(business_id, connector_id, lead_id)]
+        woken += outbox.postpone(
+            session, keys, resumes, paused_reason(connector_id), FOLD_REASON, LOOKUP_REASON
+        )
+    return woken + _wake(session, business_id, [lead_id], now_ids, FOLD_REASON, LOOKUP_REASON)
 
 
 def looks_caller_up(business: Business) -> bool:
@@ -241,7 +283,7 @@ def lookup_held(conn: Connection, business_id: str) -> list[str]:
     runs nothing more under SQLite's write lock.
     """
     installed = conn.execute(_statements().installed, {"business_id": business_id}).all()
-    return [c for c, sync in installed if _hold_reason(c, sync) == LOOKUP_REASON]
+    return [r.connector_id for r in installed if _hold_reason(r.connector_id, r.sync) == LOOKUP_REASON]
 
 
 def lookup_done(session: Session, business_id: str, connector_ids: list[str], *lead_ids: str) -> int:
@@ -371,7 +413,8 @@ class SyncJob:
                 # A 429 binds every call: pause the connector now, or each job would retry at once.
                 until = utcnow() + timedelta(seconds=max(float(exc.retry_after or 1.0), 0.5))
                 with transaction(self.factory) as session:
-                    connector_state.pause(session, business_id, connector_id, until, f"rate limited: {exc}")
+                    reason = connector_state.rate_limit_reason(exc)
+                    connector_state.pause(session, business_id, connector_id, until, reason)
                     connector_state.record_error(
                         session, business_id, connector_id, str(exc), 1, rate_limited=exc.code is not None
                     )
@@ -522,7 +565,7 @@ class SyncJob:
                 return {"skipped": "connector not installed"}
             until = _paused(install)
             if until is not None:
-                raise Deferred(until, f"{connector_id} is paused")
+                raise Deferred(until, paused_reason(connector_id))
             lead_json = documents(session, [job.lead_id]).get(job.lead_id) if job.lead_id else None
         if lead_json is None:
             return {"skipped": "lead no longer exists"}
@@ -539,7 +582,8 @@ class SyncJob:
             retry_after = max(float(exc.retry_after or 1.0), 0.5)
             until = utcnow() + timedelta(seconds=retry_after)
             with transaction(self.factory) as session:
-                connector_state.pause(session, business_id, connector_id, until, f"rate limited: {exc}")
+                reason = connector_state.rate_limit_reason(exc)
+                connector_state.pause(session, business_id, connector_id, until, reason)
                 connector_state.record_error(
                     session,
                     business_id,

@@ -552,6 +552,44 @@ def test_a_429_pauses_the_connector_for_every_worker(stack: Stack, hub: Hub, sec
     assert first_text_logged(state) == 1  # in the call activity: the text went out before the push
 
 
+def test_a_call_during_a_rate_limit_pause_waits_for_its_end_without_being_claimed(
+    stack: Stack, hub: Hub, secret_key: str
+) -> None:
+    install(stack, at_the_missed_call(hub.url))
+    hub.fault(
+        path=paths.contacts_batch_upsert(),
+        status=429,
+        headers={"Retry-After": "4"},
+        count=1,
+        body={"status": "error", "message": "You have reached your ten_secondly_rolling limit."},
+    )
+    first, second = "+13125550147", "+13125550148"
+    stack.call(first, "no-answer")
+    stack.drain(timeout=5, settle=0)
+    row = connector_state(stack)
+    assert row is not None and row.paused_until is not None
+    paused_until = row.paused_until
+    # A missed call while HubSpot is paused: its text goes out, and its pushes wait for the pause.
+    stack.call(second, "no-answer")
+    stack.drain(timeout=5, settle=0)
+    assert len(stack.sent(second)) == 1
+    assert utcnow() < paused_until, "the pause ended before the test could look"
+    with stack.factory() as s:
+        texts = select(OutboxJob.lead_id).where(OutboxJob.kind == "sms.send")
+        lead_id = s.scalar(texts.order_by(OutboxJob.id.desc()))
+    waiting = [j for j in jobs(stack) if j.lead_id == lead_id]
+    assert [j.payload["event"] for j in waiting] == ["missed_call", "texted"]
+    for job in waiting:
+        # Never claimed and put back: no worker spent a transaction on it during the pause.
+        assert (job.status, job.locked_by, job.attempts) == ("pending", None, 0)
+        assert job.next_attempt_at == paused_until and job.last_error == "hubspot is paused"
+    settle_all(stack, lambda: all(j.status == "done" for j in jobs(stack)) and len(hub.contacts(second)) == 1)
+    state = hub.state()
+    assert len(hub.contacts(first)) == 1
+    # Each call logged once, with its text written in (it went out long before the push).
+    assert by_type(state)["calls"] == 2 and first_text_logged(state) == 2 and not state["notes"]
+
+
 def test_oauth_refreshes_once_across_workers_and_a_revoked_token_pauses(
     stack: Stack, hub: Hub, secret_key: str
 ) -> None:
