@@ -43,6 +43,7 @@ COLUMNS = (
     "texts queued at the end of that step",
     "machine busy at that step",
     "CRM p50 / p99 in the CRM phase",
+    "jobs put back untried (whole run)",
 )
 
 
@@ -81,11 +82,16 @@ def figures(path: Path) -> dict[str, Any]:
             if name.startswith("load@")
         },
         "within": cell.get("sustained", {}).get("within_goals"),
+        "deferred": cell["job_log"].get("deferred", 0) if "job_log" in cell else None,
     }
 
 
 def _ms(v: float | None) -> str:
     return "n/a" if v is None else f"{v:,.0f} ms" if v >= 100 else f"{v:.1f} ms"
+
+
+def _count(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.0f}"
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -103,7 +109,7 @@ def table(sides: dict[str, list[Path]]) -> str:
             lines.append(
                 f"| {side}: `{r['file']}` | {r['code']} | {start}-{end} | {_ms(r['web_p99'])} | "
                 f"{_ms(r['sms_p50'])} / {_ms(r['sms_p99'])} | {r['queued']} | {r['busy']} % | "
-                f"{_ms(r['crm_p50'])} / {_ms(r['crm_p99'])} |"
+                f"{_ms(r['crm_p50'])} / {_ms(r['crm_p99'])} | {_count(r['deferred'])} |"
             )
         if rows:
             keys = ("web_p99", "sms_p50", "sms_p99", "crm_p50", "crm_p99")
@@ -111,7 +117,7 @@ def table(sides: dict[str, list[Path]]) -> str:
             medians.append(
                 f"| **{side}: median of {len(rows)}** | | | {web} | {p50} / {p99} | "
                 f"{_median([r['queued'] for r in rows])} | {_median([r['busy'] for r in rows])} % | "
-                f"{crm50} / {crm99} |"
+                f"{crm50} / {crm99} | {_count(_median([r['deferred'] for r in rows]))} |"
             )
     return "\n".join(lines + medians + ["", *steps_table(sides)])
 

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,7 @@ def run_textback_cell(args: argparse.Namespace, db: str, workers: int) -> dict[s
         ok = True
     finally:
         stack.stop()
+        cell["job_log"] = job_log(stack.procs.log_dir)
         done_with(workdir, args, ok)
     cell["wall_s"] = round(time.monotonic() - t0, 1)
     cell["product_at_end"] = product_version()
@@ -267,6 +269,26 @@ def run_textback_cell(args: argparse.Namespace, db: str, workers: int) -> dict[s
             entry["crm"][c]["calls_per_lead"] = log.calls_per_lead(complete[c] & callers)
         cell["phases"][name] = entry
     return cell
+
+
+def job_log(log_dir: Path) -> dict[str, Any]:
+    """The outbox workers' job outcomes over the whole cell (warm-up included), from their logs:
+    how many jobs were done, failed or deferred (put back untried), and why they were deferred."""
+    outcomes: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    for path in sorted(log_dir.glob("worker-*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if '"event": "job ' not in line:
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            outcome = str(entry.get("event", ""))[len("job ") :]
+            outcomes[outcome] += 1
+            if outcome == "deferred":
+                reasons[str(entry.get("reason"))] += 1
+    return {**dict(outcomes), "deferred_reasons": dict(reasons)}
 
 
 def write_raw(
@@ -340,6 +362,7 @@ def run_naive_cell(args: argparse.Namespace, workers: int) -> dict[str, Any]:
         ok = True
     finally:
         stack.stop()
+        cell["job_log"] = job_log(stack.procs.log_dir)
         done_with(workdir, args, ok)
     cell["wall_s"] = round(time.monotonic() - t0, 1)
     sms_at = analyze.sms_requests(twilio_log)
