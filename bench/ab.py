@@ -90,6 +90,10 @@ def _ms(v: float | None) -> str:
     return "n/a" if v is None else f"{v:,.0f} ms" if v >= 100 else f"{v:.1f} ms"
 
 
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1f} %"
+
+
 def _count(v: float | None) -> str:
     return "n/a" if v is None else f"{v:,.0f}"
 
@@ -114,9 +118,10 @@ def table(sides: dict[str, list[Path]]) -> str:
         if rows:
             keys = ("web_p99", "sms_p50", "sms_p99", "crm_p50", "crm_p99")
             web, p50, p99, crm50, crm99 = (_ms(_median([r[k] for r in rows])) for k in keys)
+            queued, busy = (_median([r[k] for r in rows]) for k in ("queued", "busy"))
             medians.append(
                 f"| **{side}: median of {len(rows)}** | | | {web} | {p50} / {p99} | "
-                f"{_median([r['queued'] for r in rows])} | {_median([r['busy'] for r in rows])} % | "
+                f"{_count(queued)} | {_pct(busy)} | "
                 f"{crm50} / {crm99} | {_count(_median([r['deferred'] for r in rows]))} |"
             )
     return "\n".join(lines + medians + ["", *steps_table(sides)])
