@@ -55,6 +55,8 @@ class Lane:
 
     A wake-up that finds no thread idle is kept (a few at most): a thread that found nothing just
     before the job was queued, and is about to wait, must look once more instead of sleeping.
+    Once closed (the worker is stopping) no thread waits at all, including one that was between
+    its last claim and this wait when the stop came.
     """
 
     MAX_PENDING = 4
@@ -63,20 +65,27 @@ class Lane:
         self._cond = threading.Condition()
         self._signals = 0  # released threads that have not run yet
         self._pending = 0  # wake-ups that found nobody idle
+        self._closed = False
         self.idle = 0
 
     def wait(self, timeout: float) -> None:
         with self._cond:
-            if self._pending:
-                self._pending -= 1
+            if self._pending or self._closed:
+                self._pending = max(self._pending - 1, 0)
                 return
             self.idle += 1
             try:
-                self._cond.wait_for(lambda: self._signals > 0, timeout)
+                self._cond.wait_for(lambda: self._signals > 0 or self._closed, timeout)
             finally:
                 self.idle -= 1
             if self._signals:
                 self._signals -= 1
+
+    def close(self) -> None:
+        """Release every waiting thread, and every thread that comes to wait from now on."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
     def wake(self, count: int = 1) -> bool:
         """Release up to ``count`` idle threads; False when none was idle."""
@@ -159,7 +168,7 @@ class Waker:
     def stop(self) -> None:
         self._stop.set()
         for lane in self.lanes.values():
-            lane.wake(lane.idle)
+            lane.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
 

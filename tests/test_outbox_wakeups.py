@@ -22,6 +22,7 @@ from core.db import make_engine, session_factory, transaction
 from core.errors import TransientError
 from core.models import OutboxJob, utcnow
 from core.outbox import Deferred, Job, Outbox
+from core.wakeup import Waker
 from core.worker import Worker
 
 POLL = 60.0  # longer than any deadline below
@@ -194,3 +195,20 @@ def test_a_job_claimed_elsewhere_before_the_watcher_saw_it_wakes_no_thread(
         add(elsewhere, "now")
         assert wait_for(lambda: started == ["hubspot"])
     assert "taken" not in started
+
+
+def test_a_thread_that_comes_to_wait_after_the_stop_does_not_wait(engine: Engine) -> None:
+    # A thread whose last claim was under way when SIGTERM came reaches its wait after the stop
+    # woke the idle ones: it must not sleep out its wait (the worker would outlive systemd's stop).
+    waker = Waker(engine, poll_interval=POLL, probe_interval=0.01, name="stopping")
+    waker.stop()
+    done = threading.Event()
+
+    def late_thread() -> None:
+        waker.wait("job", timeout=POLL)
+        waker.wait("text", timeout=POLL)
+        done.set()
+
+    thread = threading.Thread(target=late_thread, daemon=True)
+    thread.start()
+    assert done.wait(10), "a thread waited for wake-ups after the worker stopped"
