@@ -449,6 +449,18 @@ class SmsJob:
             best = texting.furthest([(r.known_status, r.known_error) for r in rows if r.known_status])
             if best is not None:
                 status, error = _advance(status, error, *best)
+            # Guarded in SQL too (Statements.sent): a callback may commit between the read and here.
+            conn.execute(
+                st.sent.get(status, st.sent_unranked),
+                {
+                    "message_id": message_id,
+                    "sid": sent.sid,
+                    "sent_at": now,
+                    "state": status,
+                    "error": error,
+                    "at": utcnow(),
+                },
+            )
             if row.lead_found is not None and row.kind == "first_text":
                 if row.lead_status in ("new", "scheduled"):
                     conn.execute(st.texted, {"lead_id": row.lead_id, "at": utcnow()})
@@ -466,23 +478,7 @@ class SmsJob:
                     )
             if row.lead_found is not None and row.kind not in texting.STAFF_KINDS:
                 emit(session, row.business_id, row.lead_id, "texted", message_id, {"message_id": message_id})
-            finished = outbox.complete_in(session, job, result)
-            # Last, so that on PostgreSQL the text's row is locked only for this statement and the
-            # commit: a status callback that beat the commit waits on that lock (no deadlock: a
-            # callback locks no lead or job). Guarded in SQL too (Statements.sent): a callback may
-            # commit between the read and here.
-            conn.execute(
-                st.sent.get(status, st.sent_unranked),
-                {
-                    "message_id": message_id,
-                    "sid": sent.sid,
-                    "sent_at": now,
-                    "state": status,
-                    "error": error,
-                    "at": utcnow(),
-                },
-            )
-            return finished
+            return outbox.complete_in(session, job, result)
 
     def _rejected(self, message_id: str, exc: Rejected) -> None:
         code = (
