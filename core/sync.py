@@ -135,33 +135,21 @@ def _statements() -> _Statements:
     installs, state, ledger = _table(ConnectorInstall), _table(ConnectorState), _table(SyncLedger)
     b: Any = bindparam("business_id")
     c: Any = bindparam("connector_id")
+    with_pause = installs.outerjoin(
+        state,
+        and_(state.c.business_id == installs.c.business_id, state.c.connector_id == installs.c.connector_id),
+    )
     # A job's connector: its install and its pause in one read, so a deferred job costs only this.
     target = (
         select(installs.c.enabled, installs.c.sync, state.c.paused_until)
-        .select_from(
-            installs.outerjoin(
-                state,
-                and_(
-                    state.c.business_id == installs.c.business_id,
-                    state.c.connector_id == installs.c.connector_id,
-                ),
-            )
-        )
+        .select_from(with_pause)
         .where(installs.c.business_id == b, installs.c.connector_id == c)
     )
     # Each enabled connector with its pause: a push due while a rate limit pauses its connector
     # waits for the pause's end (``emit``) instead of being claimed and put back.
     installed = (
         select(installs.c.connector_id, installs.c.sync, state.c.paused_until, state.c.pause_reason)
-        .select_from(
-            installs.outerjoin(
-                state,
-                and_(
-                    state.c.business_id == installs.c.business_id,
-                    state.c.connector_id == installs.c.connector_id,
-                ),
-            )
-        )
+        .select_from(with_pause)
         .where(installs.c.business_id == b, installs.c.enabled.is_(True))
     )
     return _Statements(

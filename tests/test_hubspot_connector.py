@@ -508,12 +508,12 @@ def test_a_hubspot_outage_loses_nothing(stack: Stack, hub: Hub, secret_key: str)
     assert all(j.status == "done" for j in jobs(stack))
 
 
-def test_a_429_pauses_the_connector_for_every_worker(stack: Stack, hub: Hub, secret_key: str) -> None:
-    install(stack, at_the_missed_call(hub.url))
+def upsert_answers_429_once(hub: Hub, retry_after: int) -> None:
+    """HubSpot's ten-secondly limit, once, on the contact upsert that a missed call's push makes."""
     hub.fault(
         path=paths.contacts_batch_upsert(),
         status=429,
-        headers={"Retry-After": "2"},
+        headers={"Retry-After": str(retry_after)},
         count=1,
         body={
             "status": "error",
@@ -522,6 +522,11 @@ def test_a_429_pauses_the_connector_for_every_worker(stack: Stack, hub: Hub, sec
             "policyName": "TEN_SECONDLY_ROLLING",
         },
     )
+
+
+def test_a_429_pauses_the_connector_for_every_worker(stack: Stack, hub: Hub, secret_key: str) -> None:
+    install(stack, at_the_missed_call(hub.url))
+    upsert_answers_429_once(hub, retry_after=2)
     caller = "+13125550146"
     seen = len(hub.requests())
     stack.call(caller, "no-answer")
@@ -556,13 +561,7 @@ def test_a_call_during_a_rate_limit_pause_waits_for_its_end_without_being_claime
     stack: Stack, hub: Hub, secret_key: str
 ) -> None:
     install(stack, at_the_missed_call(hub.url))
-    hub.fault(
-        path=paths.contacts_batch_upsert(),
-        status=429,
-        headers={"Retry-After": "4"},
-        count=1,
-        body={"status": "error", "message": "You have reached your ten_secondly_rolling limit."},
-    )
+    upsert_answers_429_once(hub, retry_after=4)
     first, second = "+13125550147", "+13125550148"
     stack.call(first, "no-answer")
     stack.drain(timeout=5, settle=0)
