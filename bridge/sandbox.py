@@ -279,15 +279,18 @@ class Sandbox:
             time.sleep(0.5)
         raise RuntimeError(f"a sandbox process stopped; see the logs in {self.log_dir}")
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 10.0) -> None:
+        """Ask every process to stop, give them ``grace`` seconds together, then kill what is left."""
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.terminate()
+        deadline = time.monotonic() + grace
         for proc in self.procs:
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
         self.procs.clear()
         for server in self.servers:
             server.stop()
