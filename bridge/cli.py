@@ -156,9 +156,14 @@ for _name in ("hubspot", "salesforce", "pipedrive", "google_calendar", "webhook"
 )
 @CONFIG_OPTION
 def sandbox(directory: str, config_path: str | None) -> None:
-    """Start every emulator, the bridge and a worker on 127.0.0.1, until Ctrl-C."""
+    """Start every emulator, the bridge and a worker on 127.0.0.1, until Ctrl-C (or SIGTERM)."""
     from bridge.sandbox import Sandbox
 
+    # Python raises KeyboardInterrupt only if SIGINT was not ignored when it started, and a shell
+    # ignores it for the jobs it starts in the background: a sandbox started so would outlive
+    # Ctrl-C or kill -INT and leave its processes running. SIGTERM stops it the same way.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with Sandbox(directory, config_path) as sb:
         sb.start()
         click.echo(sb.guide())

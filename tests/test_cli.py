@@ -349,8 +349,14 @@ def test_demo_json(tmp_path: Path) -> None:
     assert facts["text"]["sid"] in {e.get("sid") for e in facts["lead"]["timeline"]}
 
 
+def _as_a_background_job() -> None:
+    """What a shell does for a job it starts in the background: Ctrl-C is ignored there."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.mark.slow
-def test_sandbox_runs_until_ctrl_c_and_then_stops_everything(tmp_path: Path) -> None:
+@pytest.mark.parametrize("started", ["in the foreground", "as a background job"])
+def test_sandbox_runs_until_ctrl_c_and_then_stops_everything(tmp_path: Path, started: str) -> None:
     directory = tmp_path / "sb"
     proc = subprocess.Popen(
         [sys.executable, "-m", "bridge.cli", "sandbox", "--dir", str(directory)],
@@ -359,6 +365,7 @@ def test_sandbox_runs_until_ctrl_c_and_then_stops_everything(tmp_path: Path) -> 
         cwd=tmp_path,
         env=env(),
         start_new_session=True,
+        preexec_fn=_as_a_background_job if started == "as a background job" else None,
     )
     try:
         manifest_path = directory / "sandbox.json"

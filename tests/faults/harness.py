@@ -248,9 +248,13 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    with contextlib.suppress(FileNotFoundError):
+    try:
         if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
             return False
+    except FileNotFoundError:
+        pass
+    except ProcessLookupError:
+        return False  # reaped between the two looks
     return True
 
 
