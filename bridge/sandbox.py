@@ -129,19 +129,19 @@ class Sandbox:
         )
         self.procs.append(proc)
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 60.0) -> None:
+        """Migrate, then start everything; up within ``timeout`` seconds in all, or RuntimeError.
+
+        The bridge and the worker start before the connectors are installed: their imports (seconds
+        on a small or busy machine) overlap the installs, which only the first call needs.
+        """
+        deadline = time.monotonic() + timeout
         cfg = self.config
         src = str(self.config_path)
         bridge_port = _port(cfg.public_url, "public_url", src)
         twilio_port = _port(cfg.twilio.api_base_url, "twilio.api_base_url", src)
-        subprocess.run(
-            [sys.executable, "-m", "bridge.cli", "db", "upgrade", "--config", src],
-            check=True,
-            capture_output=True,
-            cwd=str(self.dir),
-        )
+        self._migrate()
         self._start_emulators(twilio_port)
-        self._install_connectors()
         self._spawn(
             "bridge",
             "serve",
@@ -157,8 +157,18 @@ class Sandbox:
             "8",
         )
         self._spawn("worker", "worker", "--config", src)
-        self._wait_until_up(timeout)
+        self._install_connectors()
+        self._wait_until_up(deadline, timeout)
         self.write_manifest()
+
+    def _migrate(self) -> None:
+        from core.db import make_engine, upgrade
+
+        engine = make_engine(self.config.database_url)
+        try:
+            upgrade(engine)
+        finally:
+            engine.dispose()
 
     def _start_emulators(self, twilio_port: int) -> None:
         """Every emulator runs in this process, each on its own port (fewer processes start faster)."""
@@ -202,23 +212,8 @@ class Sandbox:
         finally:
             engine.dispose()
 
-    def _wait_for(self, urls: list[str], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        pending = list(urls)
-        while pending and time.monotonic() < deadline:
-            try:
-                if requests.get(pending[0], timeout=1).status_code == 200:
-                    pending.pop(0)
-                    continue
-            except requests.RequestException:
-                pass
-            time.sleep(0.05)
-        if pending:
-            raise RuntimeError(f"{pending[0]} did not answer in {timeout:.0f}s; logs in {self.log_dir}")
-
-    def _wait_until_up(self, timeout: float) -> None:
+    def _wait_until_up(self, deadline: float, timeout: float) -> None:
         checks = [f"{self.bridge_url}/healthz", *(f"{u}/_emulator/health" for u in self.emulators.values())]
-        deadline = time.monotonic() + timeout
         pending = list(checks)
         while pending and time.monotonic() < deadline:
             for proc in self.procs:

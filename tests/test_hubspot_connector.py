@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,7 +37,7 @@ from core.models import Alert, ConnectorState, OutboxJob, utcnow
 from core.outbox import Job
 from core.secrets import generate_key
 from core.worker import Worker
-from tests.stack import Stack, stop_servers
+from tests.stack import PATIENT_LOOKUP, Stack, business_with, stop_servers
 
 TestHubSpotConformance = conformance_suite(HubSpotKit())
 
@@ -651,30 +652,35 @@ def test_queued_leads_share_one_batch_upsert(stack: Stack, hub: Hub, secret_key:
 
 
 def test_a_known_caller_gets_the_existing_customer_text_by_first_name(
-    stack: Stack, hub: Hub, secret_key: str
+    tmp_path: Path, db_url: str, hub: Hub, secret_key: str
 ) -> None:
-    install(stack, at_the_missed_call(hub.url))
-    caller = "+13125550231"
-    hub.api(
-        "POST",
-        "/crm/v3/objects/contacts/batch/upsert",
-        {
-            "inputs": [
-                {
-                    "idProperty": PHONE_PROP,
-                    "id": caller,
-                    "properties": {"firstname": "Dana", "lastname": "Reyes"},
-                }
-            ]
-        },
-    )
-    stack.call(caller, "no-answer")
-    stack.drain()
-    [text] = [m["body"] for m in stack.sent(caller)]
-    assert text.startswith("Hi Dana, it's Bright Spark Electric. Sorry we missed you!")  # existing-customer
-    assert len(hub.state()["deals"]) == 0  # existing customers get no new deal
-    lead = stack.lead(caller)
-    assert lead is not None and lead["name"] == "Dana Reyes"
+    stack = Stack(tmp_path, db_url, businesses=[business_with(policy=PATIENT_LOOKUP)])
+    try:
+        install(stack, at_the_missed_call(hub.url))
+        caller = "+13125550231"
+        hub.api(
+            "POST",
+            "/crm/v3/objects/contacts/batch/upsert",
+            {
+                "inputs": [
+                    {
+                        "idProperty": PHONE_PROP,
+                        "id": caller,
+                        "properties": {"firstname": "Dana", "lastname": "Reyes"},
+                    }
+                ]
+            },
+        )
+        stack.call(caller, "no-answer")
+        stack.drain()
+        [text] = [m["body"] for m in stack.sent(caller)]
+        # The existing-customer text:
+        assert text.startswith("Hi Dana, it's Bright Spark Electric. Sorry we missed you!")
+        assert len(hub.state()["deals"]) == 0  # existing customers get no new deal
+        lead = stack.lead(caller)
+        assert lead is not None and lead["name"] == "Dana Reyes"
+    finally:
+        stack.close()
 
 
 def test_a_slow_crm_never_delays_the_first_text(stack: Stack, hub: Hub, secret_key: str) -> None:

@@ -34,7 +34,7 @@ from core.errors import AuthError, ConnectorConfigError, RateLimited, TransientE
 from core.models import Alert, ConnectorState, OutboxJob, SyncLedger
 from core.secrets import generate_key
 from tests.conftest import ACCOUNT_SID
-from tests.stack import Stack, all_day_business, settle
+from tests.stack import PATIENT_LOOKUP, Stack, all_day_business, settle
 
 TestPipedriveConformance = conformance_suite(PipedriveKit())
 
@@ -285,7 +285,7 @@ def test_a_caller_pipedrive_knew_gets_the_existing_customer_text_though_the_push
     """A returning customer is greeted by name even when the call's push reaches Pipedrive before
     the text's caller lookup (here the text's first try fails at Twilio Lookup): the push found
     the person already there, so the person the lookup finds is not one the push made."""
-    policy = {**all_day_business()["policy"], "lookup_line_type": True}
+    policy = {**all_day_business()["policy"], "lookup_line_type": True, **PATIENT_LOOKUP}
     stack = Stack(tmp_path, db_url, businesses=[all_day_business(mode="forward", policy=policy)])
     try:
         install(stack, pd, sync=at_the_missed_call(pd))
@@ -327,7 +327,7 @@ def test_a_person_the_calls_own_push_created_does_not_make_the_caller_an_existin
 ) -> None:
     """Pipedrive's push does not wait for the first text, so the text's caller lookup can find the
     person that push just made for this very call: that is not a customer the business knew."""
-    policy = {**all_day_business()["policy"], "send_delay_seconds": 2}
+    policy = {**all_day_business()["policy"], "send_delay_seconds": 2, **PATIENT_LOOKUP}
     stack = Stack(tmp_path, db_url, businesses=[all_day_business(mode="forward", policy=policy)])
     try:
         install(stack, pd, sync=at_the_missed_call(pd))
@@ -347,7 +347,7 @@ def test_a_caller_pipedrive_knew_is_still_greeted_by_name_when_a_delayed_text_fo
 ) -> None:
     """A text delayed on purpose looks its caller up after the call's push has run (the push does
     not wait that long): the push found the person already there, so she is still a customer."""
-    policy = {**all_day_business()["policy"], "send_delay_seconds": 2}
+    policy = {**all_day_business()["policy"], "send_delay_seconds": 2, **PATIENT_LOOKUP}
     stack = Stack(tmp_path, db_url, businesses=[all_day_business(mode="forward", policy=policy)])
     try:
         install(stack, pd, sync=at_the_missed_call(pd))
