@@ -18,7 +18,8 @@ import yaml
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.db import make_engine, session_factory, upgrade
+from core.db import make_engine, session_factory
+from tests.schema import migrate
 
 PG_ADMIN_URL = os.environ.get("TEXTBACK_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -64,7 +65,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_problem: str | Non
 def engine(db_url: str) -> Iterator[Engine]:
     """A migrated database on each backend (``db_url``), disposed after the test."""
     eng = make_engine(db_url)
-    upgrade(eng)
+    migrate(eng)
     try:
         yield eng
     finally:

@@ -22,10 +22,11 @@ from connectors.emulator import serve_in_thread
 from connectors.twilio.emulator import TwilioEmulator
 from core import config as config_mod
 from core import leads
-from core.db import make_engine, session_factory, upgrade
+from core.db import make_engine, session_factory
 from core.models import Base, OutboxJob
 from core.worker import Worker
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, config_dict, write_config
+from tests.schema import migrate
 
 
 class _Later:
@@ -60,7 +61,7 @@ class Stack:
         self.config_path = write_config(tmp_path / "textback.yaml", data)
         self.config = config_mod.load(str(self.config_path))
         self.engine = make_engine(self.config.database_url)
-        upgrade(self.engine)
+        migrate(self.engine)
         self.factory = session_factory(self.engine)
         self.app = create_app(self.config, engine=self.engine)
         self._dispatch.app = self.app
@@ -96,14 +97,21 @@ class Stack:
         assert resp.status_code == 201, resp.text
 
     def drain(self, timeout: float = 10.0, settle: float = 0.3) -> None:
-        """Run the worker until nothing is due, then let status callbacks land."""
+        """Run the worker until nothing is due, then let status callbacks land (up to ``settle`` s)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.worker.run_once():
                 if not self.due_jobs():
                     break
                 time.sleep(0.05)
-        time.sleep(settle)
+        self.await_callbacks(settle)
+
+    def await_callbacks(self, limit: float) -> None:
+        """Wait, up to ``limit`` s, until every text sent has reached its last status and each of its
+        status callbacks has been answered by the bridge."""
+        deadline = time.monotonic() + limit
+        while self.emulator.progressing and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def due_jobs(self) -> int:
         from core.models import utcnow
@@ -262,7 +270,7 @@ def settle(stack: Stack, timeout: float = 20.0, horizon: float = 5.0, callbacks:
         time.sleep(0.05)
     else:
         raise AssertionError(f"the outbox did not settle within {timeout} s")
-    time.sleep(callbacks)
+    stack.await_callbacks(callbacks)
 
 
 def outbox_jobs(stack: Stack, kind: str | None = None) -> list[OutboxJob]:

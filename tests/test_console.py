@@ -31,9 +31,10 @@ from bridge.console.common import fmt_duration
 from core import config as config_mod
 from core import leads, outbox, relay
 from core import report as report_mod
-from core.db import make_engine, session_factory, transaction, upgrade
+from core.db import make_engine, session_factory, transaction
 from core.models import Alert, Call, ConnectorInstall, Lead, Message, OutboxJob, Suppression, utcnow
 from tests.conftest import AUTH_TOKEN, business, config_dict
+from tests.schema import migrate
 from tests.stack import Stack, all_day_business, configure_emulator
 
 PASSWORD = "console-password-0123"
@@ -60,7 +61,7 @@ def make_env(tmp_path: Path, db_url: str, console: dict[str, Any] | None = None,
         data["console"] = console
     cfg = config_mod.from_dict(data, source=str(tmp_path / "textback.yaml"))
     engine = make_engine(cfg.database_url)
-    upgrade(engine)
+    migrate(engine)
     return Env(create_app(cfg, engine=engine), session_factory(engine), cfg)
 
 

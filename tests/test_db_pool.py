@@ -15,9 +15,10 @@ from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import outbox
-from core.db import make_engine, reading, session_factory, transaction, upgrade
+from core.db import make_engine, reading, session_factory, transaction
 from core.models import OutboxJob
 from core.outbox import Outbox
+from tests.schema import migrate
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def pg_url(db_url: str) -> str:
 @pytest.fixture
 def engine(pg_url: str) -> Iterator[Engine]:
     engine = make_engine(pg_url, pool_size=3, max_overflow=0)
-    upgrade(engine)
+    migrate(engine)
     yield engine
     engine.dispose()
 
@@ -88,7 +89,7 @@ def test_work_survives_the_server_ending_every_pooled_session(engine: Engine, pg
 
 def test_a_read_keeps_the_connections_prepared_statements(pg_url: str) -> None:
     engine = make_engine(pg_url, pool_size=1, max_overflow=0)  # every unit of work on one session
-    upgrade(engine)
+    migrate(engine)
     factory = session_factory(engine)
     box = Outbox(factory, "w1")
     for _ in range(8):  # psycopg prepares a statement at its fifth run on a connection

@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from core.db import make_engine, reading, session_factory, transaction, upgrade
+from core.db import make_engine, reading, session_factory, transaction
 from core.models import OutboxJob
+from tests.schema import migrate
 
 
 def test_a_read_does_not_wait_for_the_write_lock(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
     engine = make_engine(f"sqlite:///{path}")
-    upgrade(engine)
+    migrate(engine)
     factory = session_factory(engine)
     writer = sqlite3.connect(path, timeout=0, isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")  # another process holds the write lock

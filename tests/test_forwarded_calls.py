@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import calls
 from core.config import Business, from_dict
-from core.db import make_engine, session_factory, transaction, upgrade
+from core.db import make_engine, session_factory, transaction
 from core.models import (
     Call,
     ConnectorInstall,
@@ -33,6 +33,7 @@ from core.models import (
     utcnow,
 )
 from tests.conftest import business, config_dict
+from tests.schema import migrate
 
 CALLER = "+13125550142"
 FAST, GENERAL = "fast-biz", "general-biz"
@@ -57,7 +58,7 @@ LEAD_COLUMNS = ("phone", "name", "status", "source", "intent", "human_takeover")
 @pytest.fixture
 def store(db_url: str, tmp_path: Path) -> Iterator[tuple[Engine, sessionmaker[Session]]]:
     engine = make_engine(db_url)
-    upgrade(engine)
+    migrate(engine)
     yield engine, session_factory(engine)
     engine.dispose()
 

@@ -29,6 +29,7 @@ from core.crm import BookingData, Remote, Slot
 from core.errors import AuthError, ConfigError, ConnectorConfigError, Rejected, TransientError
 from core.hours import parse_range
 from core.slots import bookable_slots
+from tests.schema import migrate
 
 TestGoogleCalendarConformance = conformance_suite(GoogleCalendarKit())
 
@@ -254,7 +255,7 @@ def test_service_account_invites_need_delegation(url: str) -> None:
 def token_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TokenStore:
     monkeypatch.setenv(secrets.ENV_KEY, secrets.generate_key())
     engine = db.make_engine(f"sqlite:///{tmp_path / 'textback.db'}")
-    db.upgrade(engine)
+    migrate(engine)
     return TokenStore(db.session_factory(engine), secrets.SecretBox(), "acme", "google_calendar")
 
 

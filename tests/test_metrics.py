@@ -28,9 +28,10 @@ from bridge.metrics import samples
 from connectors.emulator import serve_in_thread
 from connectors.webhook.emulator import PATH, SANDBOX_SECRET, WebhookReceiver
 from core import logs
-from core.db import make_engine, upgrade
+from core.db import make_engine
 from core.secrets import generate_key
 from tests.conftest import AUTH_TOKEN, BUSINESS_NUMBER, config_dict, write_config
+from tests.schema import migrate
 from tests.stack import Stack, all_day_business, configure_emulator, settle
 
 CALLER = "+13125550142"
@@ -246,7 +247,7 @@ def test_counts_add_up_across_gunicorn_workers(tmp_path: Path, db_url: str) -> N
     url = f"http://127.0.0.1:{port}"
     config_path = write_config(tmp_path / "textback.yaml", config_dict(db_url, public_url=url))
     engine = make_engine(db_url)
-    upgrade(engine)
+    migrate(engine)
     engine.dispose()
     multiproc = tmp_path / "prom"
     multiproc.mkdir()
@@ -358,7 +359,7 @@ def test_worker_serves_its_own_metrics_and_ignores_the_bridge_directory(tmp_path
     db_url = f"sqlite:///{tmp_path / 'textback.db'}"
     config_path = write_config(tmp_path / "textback.yaml", config_dict(db_url))
     engine = make_engine(db_url)
-    upgrade(engine)
+    migrate(engine)
     engine.dispose()
     bridge_dir = tmp_path / "prom"
     bridge_dir.mkdir()

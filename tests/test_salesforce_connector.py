@@ -35,6 +35,7 @@ from core.crm import ActivityData, ContactData, DealData, TaskData
 from core.errors import AuthError, ConnectorConfigError, RateLimited, Rejected, TransientError
 from core.models import Alert, OutboxJob, utcnow
 from core.secrets import generate_key
+from tests.schema import migrate
 from tests.stack import Stack, settle
 
 TestSalesforceConformance = conformance_suite(SalesforceKit())
@@ -444,7 +445,7 @@ def test_legacy_password_works_and_check_warns(sf_url: str, monkeypatch: pytest.
 def token_store(db_url: str, monkeypatch: pytest.MonkeyPatch) -> TokenStore:
     monkeypatch.setenv(secrets.ENV_KEY, secrets.generate_key())
     engine = db.make_engine(db_url)
-    db.upgrade(engine)
+    migrate(engine)
     return TokenStore(db.session_factory(engine), secrets.SecretBox(), "acme", "salesforce")
 
 

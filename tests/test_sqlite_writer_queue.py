@@ -30,9 +30,9 @@ from core.outbox import Outbox
 def sqlite_url(tmp_path: Path) -> Iterator[str]:
     url = f"sqlite:///{tmp_path / 'textback.db'}"
     eng = make_engine(url)
-    from core.db import upgrade
+    from tests.schema import migrate
 
-    upgrade(eng)
+    migrate(eng)
     eng.dispose()
     yield url
 

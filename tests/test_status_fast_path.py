@@ -25,8 +25,9 @@ from sqlalchemy import text as text_sql
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import texting
-from core.db import make_engine, session_factory, transaction, upgrade
+from core.db import make_engine, session_factory, transaction
 from core.models import Lead, Message, MessageStatusEvent, Suppression, utcnow
+from tests.schema import migrate
 
 FAST, GENERAL = "fast-biz", "general-biz"
 Callback = tuple[str, int | None]  # (status, error code)
@@ -52,7 +53,7 @@ STARTS = {
 @pytest.fixture
 def store(db_url: str, tmp_path: Path) -> Iterator[tuple[Engine, sessionmaker[Session]]]:
     engine = make_engine(db_url)
-    upgrade(engine)
+    migrate(engine)
     yield engine, session_factory(engine)
     engine.dispose()
 

@@ -23,11 +23,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from bridge.runtime import Connectors
 from core import config as config_mod
 from core import connector_state
-from core.db import make_engine, reading, session_factory, transaction, upgrade
+from core.db import make_engine, reading, session_factory, transaction
 from core.errors import RateLimited
 from core.models import ConnectorInstall, RateWindow, utcnow
 from core.secrets import SecretBox, generate_key
 from tests.conftest import config_dict
+from tests.schema import migrate
 
 BUSINESS = "bright-spark"  # the business config_dict configures
 Throttle = Callable[..., None]
@@ -91,7 +92,7 @@ def use_up(throttle: Throttle) -> None:
 def test_a_refusal_does_not_wait_for_sqlites_write_lock(tmp_path: Path, why: str) -> None:
     path = tmp_path / "textback.db"
     engine = make_engine(f"sqlite:///{path}")
-    upgrade(engine)
+    migrate(engine)
     factory = session_factory(engine)
     throttle = hubspot_throttle(tmp_path, f"sqlite:///{path}", factory)
     if why == "paused after a 429":

@@ -195,6 +195,7 @@ class TwilioEmulator(Hosted):
         self.calls: list[dict[str, Any]] = []
         self.numbers: dict[str, dict[str, Any]] = {}
         self._generation = 0  # bumped by reset so pending status callbacks stop
+        self._progressing = 0  # messages whose statuses (and their callbacks) are still to come
         self.emulator = EmulatorApp("twilio", state=self._state, reset=self._reset)
         self._install()
 
@@ -205,7 +206,14 @@ class TwilioEmulator(Hosted):
             "inbound": [m.summary() for m in self.inbound],
             "calls": [dict(c) for c in self.calls],
             "config": self._config(),
+            "progressing": self._progressing,
         }
+
+    @property
+    def progressing(self) -> int:
+        """How many messages still have statuses to reach, each with its status callback answered."""
+        with self.lock:
+            return self._progressing
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -309,13 +317,19 @@ class TwilioEmulator(Hosted):
         status callback was answered, posting each status callback (on a pooled thread)."""
 
         def run() -> None:
-            for step in plan:
+            try:
+                for step in plan:
+                    with self.lock:
+                        delay = self.status_delay_ms / 1000
+                    time.sleep(delay)
+                    if not self._advance(message, step, generation):
+                        return
+            finally:
                 with self.lock:
-                    delay = self.status_delay_ms / 1000
-                time.sleep(delay)
-                if not self._advance(message, step, generation):
-                    return
+                    self._progressing -= 1
 
+        with self.lock:
+            self._progressing += 1
         POOL.submit(run)
 
     def _advance(self, message: Message, step: tuple[str, int | None], generation: int) -> bool:

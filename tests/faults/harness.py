@@ -42,11 +42,12 @@ from connectors.emulator import serve_in_thread
 from connectors.emulator.base import ServerThread
 from connectors.twilio.emulator import TwilioEmulator
 from core import config as config_mod
-from core.db import make_engine, session_factory, upgrade
+from core.db import make_engine, session_factory
 from core.models import Base, Message, OutboxJob, utcnow
 from core.secrets import generate_key
 from core.worker import Worker
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, BUSINESS_NUMBER, STAFF_PHONE
+from tests.schema import migrate
 
 ROOT = Path(__file__).resolve().parents[2]
 SECOND_NUMBER = "+13125550200"
@@ -415,7 +416,7 @@ class World:
         self.config = config_mod.load(str(self.config_path))
         # In-process only: no pre-ping round trip per checkout (the processes use the defaults).
         self.engine: Engine = make_engine(self.config.database_url, **self._engine_options())
-        upgrade(self.engine)
+        migrate(self.engine)
         self.factory: sessionmaker[Session] = session_factory(self.engine)
         self.app = create_app(self.config, engine=self.engine)
         self.client = self.app.test_client()
