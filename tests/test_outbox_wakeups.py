@@ -146,15 +146,30 @@ class CountingOutbox(Outbox):
         return super().claim(*args, **kwargs)
 
 
+def idle_claims(since: int, threads: int = 2, quiet: float = 0.3, timeout: float = 20.0) -> int:
+    """CountingOutbox's claims once each of the worker's ``threads`` has made its first claim (after
+    ``since``) and none has claimed for ``quiet`` s: every thread waits on the waker. A fixed sleep
+    was too short for that on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    last, changed = CountingOutbox.claims, time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        if CountingOutbox.claims != last:
+            last, changed = CountingOutbox.claims, time.monotonic()
+        elif last - since >= threads and time.monotonic() - changed >= quiet:
+            return last
+    raise AssertionError(f"the worker's threads did not settle: {CountingOutbox.claims - since} claims")
+
+
 def test_a_job_queued_for_later_wakes_no_thread_before_it_is_due(
     factory: sessionmaker[Session], elsewhere: sessionmaker[Session]
 ) -> None:
     """A held push is queued for later with every missed call: waking a thread for it is a wasted claim."""
     started: list[str] = []
     box = CountingOutbox(factory, "w")
+    start = CountingOutbox.claims
     with Serving(Worker(box, {"crm.sync": lambda j: started.append(j.target) or None}, POLL)):
-        time.sleep(0.5)  # the threads' first claims are done; all of them wait on the waker
-        before = CountingOutbox.claims
+        before = idle_claims(start)
         add(elsewhere, "later", run_at=utcnow() + timedelta(seconds=POLL / 2))
         time.sleep(1.5)  # the SQLite probe and PostgreSQL's LISTEN have seen the commit by now
         assert CountingOutbox.claims == before
@@ -173,9 +188,9 @@ def test_a_job_claimed_elsewhere_before_the_watcher_saw_it_wakes_no_thread(
         )
     started: list[str] = []
     box = CountingOutbox(factory, "w")
+    start = CountingOutbox.claims
     with Serving(Worker(box, {"crm.sync": lambda j: started.append(j.target) or None}, POLL)):
-        time.sleep(0.5)
-        before = CountingOutbox.claims
+        before = idle_claims(start)
         with transaction(elsewhere) as s:
             # Queued and claimed by another process's thread in one commit, as a fast claim looks
             # to a watcher that probes a few milliseconds later.

@@ -14,6 +14,8 @@ Vendor emulators subclass nothing: they build an :class:`EmulatorApp` and regist
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -191,7 +193,16 @@ class ServerThread:
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
+        # shutdown() waits for serve_forever's next poll, up to 0.5 s; a connection wakes its
+        # select() at once. A test suite stops hundreds of emulators, and a consultant's kit run too.
+        stopper = threading.Thread(target=self.server.shutdown, daemon=True)
+        stopper.start()
+        host, port = self.server.server_address[:2]
+        address = ("127.0.0.1" if host in ("0.0.0.0", "") else str(host), int(port))
+        while stopper.is_alive():
+            with contextlib.suppress(OSError), socket.create_connection(address, timeout=0.2):
+                pass
+            stopper.join(0.05)
         self.server.server_close()
         connections = getattr(self.server, "connections", None)
         if isinstance(connections, Connections):
