@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, create_engine, make_url, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import outbox
@@ -24,6 +25,8 @@ from core.models import OutboxJob, utcnow
 from core.outbox import Deferred, Job, Outbox
 from core.wakeup import Waker
 from core.worker import Worker
+from tests.conftest import PG_ADMIN_URL
+from tests.schema import migrate
 
 POLL = 60.0  # longer than any deadline below
 
@@ -161,10 +164,36 @@ def idle_claims(since: int, threads: int = 2, quiet: float = 0.3, timeout: float
     raise AssertionError(f"the worker's threads did not settle: {CountingOutbox.claims - since} claims")
 
 
+@pytest.fixture
+def alone(db_url: str) -> Iterator[tuple[sessionmaker[Session], sessionmaker[Session]]]:
+    """``factory`` and ``elsewhere`` on a database of this test's own. On PostgreSQL, NOTIFY reaches
+    every listener of the database whatever its schema, so other tests' jobs (the fault suite runs
+    beside this one under xdist) would wake this worker's threads: a schema is not enough here."""
+    url, admin, name = db_url, None, ""
+    if not db_url.startswith("sqlite"):
+        name = "w_" + uuid.uuid4().hex[:12]
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+        url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    engines = [make_engine(url), make_engine(url)]
+    try:
+        migrate(engines[0])
+        yield session_factory(engines[0]), session_factory(engines[1])
+    finally:
+        for engine in engines:
+            engine.dispose()
+        if admin is not None:
+            with admin.connect() as conn:
+                conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+            admin.dispose()
+
+
 def test_a_job_queued_for_later_wakes_no_thread_before_it_is_due(
-    factory: sessionmaker[Session], elsewhere: sessionmaker[Session]
+    alone: tuple[sessionmaker[Session], sessionmaker[Session]],
 ) -> None:
     """A held push is queued for later with every missed call: waking a thread for it is a wasted claim."""
+    factory, elsewhere = alone
     started: list[str] = []
     box = CountingOutbox(factory, "w")
     start = CountingOutbox.claims
