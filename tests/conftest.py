@@ -7,6 +7,7 @@ server is down the PostgreSQL half fails (under CI) or is skipped (on a laptop) 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -49,6 +50,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_problem: str | Non
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is required under CI but unreachable: {pg_problem}")
         pytest.skip(f"PostgreSQL unreachable: {pg_problem}")
+    with pg_schema() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def pg_schema() -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL schema (its connections' search_path), dropped after."""
     schema = "t_" + uuid.uuid4().hex[:12]
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:

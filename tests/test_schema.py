@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,36 +12,26 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy import Engine, inspect
 
 from core.db import current_revision, head_revision, make_engine, require_migrated, upgrade
 from core.models import Base
 from tests import schema
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import pg_schema
 from tests.schema import migrate
 
 
 @pytest.fixture
 def empty_database(db_url: str, tmp_path: Path) -> Iterator[Callable[[], str]]:
     """Makes more empty databases of the same kind as ``db_url``, dropped after the test."""
-    admin = None if db_url.startswith("sqlite") else create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    schemas: list[str] = []
+    with contextlib.ExitStack() as made:
 
-    def make() -> str:
-        name = "t_" + uuid.uuid4().hex[:12]
-        if admin is None:
-            return f"sqlite:///{tmp_path / name}.db"
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE SCHEMA {name}"))
-        schemas.append(name)
-        return f"{PG_ADMIN_URL}?options=-csearch_path%3D{name}"
+        def make() -> str:
+            if db_url.startswith("sqlite"):
+                return f"sqlite:///{tmp_path / uuid.uuid4().hex}.db"
+            return made.enter_context(pg_schema())
 
-    yield make
-    if admin is not None:
-        with admin.connect() as conn:
-            for name in schemas:
-                conn.execute(text(f"DROP SCHEMA {name} CASCADE"))
-        admin.dispose()
+        yield make
 
 
 def snapshot(engine: Engine) -> dict[str, Any]:
