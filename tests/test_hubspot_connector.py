@@ -877,61 +877,70 @@ def test_a_text_sent_after_its_calls_push_gets_a_note_from_its_own_push(
 # -- jobs claimed together: batch requests -----------------------------------------------------------
 
 
-def test_queued_leads_are_looked_up_and_created_in_batches(stack: Stack, hub: Hub, secret_key: str) -> None:
-    install(stack, at_the_missed_call(hub.url))
-    known = "+13125550190"
-    hub.api("POST", "/crm/v3/objects/contacts", {"properties": {PHONE_PROP: known, "firstname": "Kim"}})
-    callers = [f"+131255501{n:02d}" for n in range(91, 95)]
-    seen = len(hub.requests())
-    for caller in [known, *callers]:  # the worker is not running: the jobs queue up
-        stack.call(caller, "no-answer")
-    settle_all(stack, lambda: all(j.status == "done" for j in jobs(stack)) and len(jobs(stack)) >= 10)
-    made = Counter(f"{r['method']} {r['path']}" for r in hub.requests()[seen:])
-    objects = "POST /crm/v3/objects/"
-    # One search looked up all five callers before their texts; no lookup one by one.
-    assert made[objects + "contacts/search"] == 1
-    assert not [m for m in made if m.startswith("GET /crm/v3/objects/contacts/")]
-    # Their pushes waited for the texts (claimed with them), then their deals, calls (the texts
-    # written into them) and tasks were each made in one batch request: five requests for five leads.
-    for kind in ("deals", "calls", "tasks"):
-        assert made[f"{objects}{kind}/batch/create"] == 1, made
-        assert made[f"{objects}{kind}"] == 0, made
-    assert not [m for m in made if m.startswith("POST /crm/v3/objects/notes")], made
-    assert made[objects + "contacts/batch/upsert"] == 1
-    assert sum(made.values()) <= 3 * 5, made
-    # The known caller got the existing-customer text with their name, and no deal.
-    assert "Kim" in stack.sent(known)[0]["body"]
-    state = hub.state()
-    assert by_type(state) == {"contacts": 5, "deals": 4, "calls": 5, "tasks": 5, "notes": 0}
-    texted = {j.lead_id: j for j in jobs(stack) if j.payload["event"] == "texted"}
-    assert len(texted) == 5
-    for caller in [known, *callers]:
-        [contact] = hub.contacts(caller)
-        cid = contact["id"]
-        [call] = [c for c in state["calls"] if cid in hub.linked(state, "calls", c["id"], "contacts")]
-        [task] = [t for t in state["tasks"] if cid in hub.linked(state, "tasks", t["id"], "contacts")]
-        assert call["properties"]["hs_call_status"] == "NO_ANSWER"
-        assert f"Texted back to {caller}" in call["properties"]["hs_call_body"]
-        # Its text's own push was finished, unclaimed, with the batch that wrote the text in.
-        lead = stack.lead(caller)
-        assert lead is not None
-        job = texted[lead["id"]]
-        assert (job.status, job.attempts, job.result) == ("done", 0, {"folded_into": call["id"]})
-        deals = [d for d in state["deals"] if cid in hub.linked(state, "deals", d["id"], "contacts")]
-        assert len(deals) == (0 if caller == known else 1)
-        for record, kind in ((call, "calls"), (task, "tasks")):
-            assert hub.linked(state, kind, record["id"], "deals") == (
-                {} if caller == known else {deals[0]["id"]: {"calls": 206, "tasks": 216}[kind]}
-            )
-    # Replaying every job's events changes nothing: the ledger knows every record.
-    with stack.factory() as s:
-        for job in s.scalars(select(OutboxJob).where(OutboxJob.kind == "crm.sync")):
-            job.status, job.next_attempt_at = "pending", utcnow()
-        s.commit()
-    before = len(hub.requests())
-    settle_all(stack, lambda: all(j.status == "done" for j in jobs(stack)))
-    assert by_type(hub.state()) == by_type(state)
-    assert not [r for r in hub.requests()[before:] if r["method"] == "POST" and "batch/create" in r["path"]]
+def test_queued_leads_are_looked_up_and_created_in_batches(
+    tmp_path: Path, db_url: str, hub: Hub, secret_key: str
+) -> None:
+    # The budget is not under test here: under load the first lookup (which also builds the
+    # connector) can outlast the default 800 ms, and Kim would get the generic text.
+    stack = Stack(tmp_path, db_url, businesses=[business_with(policy=PATIENT_LOOKUP)])
+    try:
+        install(stack, at_the_missed_call(hub.url))
+        known = "+13125550190"
+        hub.api("POST", "/crm/v3/objects/contacts", {"properties": {PHONE_PROP: known, "firstname": "Kim"}})
+        callers = [f"+131255501{n:02d}" for n in range(91, 95)]
+        seen = len(hub.requests())
+        for caller in [known, *callers]:  # the worker is not running: the jobs queue up
+            stack.call(caller, "no-answer")
+        settle_all(stack, lambda: all(j.status == "done" for j in jobs(stack)) and len(jobs(stack)) >= 10)
+        made = Counter(f"{r['method']} {r['path']}" for r in hub.requests()[seen:])
+        objects = "POST /crm/v3/objects/"
+        # One search looked up all five callers before their texts; no lookup one by one.
+        assert made[objects + "contacts/search"] == 1
+        assert not [m for m in made if m.startswith("GET /crm/v3/objects/contacts/")]
+        # Their pushes waited for the texts (claimed with them), then their deals, calls (the texts
+        # written into them) and tasks were each made in one batch request: five requests for five leads.
+        for kind in ("deals", "calls", "tasks"):
+            assert made[f"{objects}{kind}/batch/create"] == 1, made
+            assert made[f"{objects}{kind}"] == 0, made
+        assert not [m for m in made if m.startswith("POST /crm/v3/objects/notes")], made
+        assert made[objects + "contacts/batch/upsert"] == 1
+        assert sum(made.values()) <= 3 * 5, made
+        # The known caller got the existing-customer text with their name, and no deal.
+        assert "Kim" in stack.sent(known)[0]["body"]
+        state = hub.state()
+        assert by_type(state) == {"contacts": 5, "deals": 4, "calls": 5, "tasks": 5, "notes": 0}
+        texted = {j.lead_id: j for j in jobs(stack) if j.payload["event"] == "texted"}
+        assert len(texted) == 5
+        for caller in [known, *callers]:
+            [contact] = hub.contacts(caller)
+            cid = contact["id"]
+            [call] = [c for c in state["calls"] if cid in hub.linked(state, "calls", c["id"], "contacts")]
+            [task] = [t for t in state["tasks"] if cid in hub.linked(state, "tasks", t["id"], "contacts")]
+            assert call["properties"]["hs_call_status"] == "NO_ANSWER"
+            assert f"Texted back to {caller}" in call["properties"]["hs_call_body"]
+            # Its text's own push was finished, unclaimed, with the batch that wrote the text in.
+            lead = stack.lead(caller)
+            assert lead is not None
+            job = texted[lead["id"]]
+            assert (job.status, job.attempts, job.result) == ("done", 0, {"folded_into": call["id"]})
+            deals = [d for d in state["deals"] if cid in hub.linked(state, "deals", d["id"], "contacts")]
+            assert len(deals) == (0 if caller == known else 1)
+            for record, kind in ((call, "calls"), (task, "tasks")):
+                assert hub.linked(state, kind, record["id"], "deals") == (
+                    {} if caller == known else {deals[0]["id"]: {"calls": 206, "tasks": 216}[kind]}
+                )
+        # Replaying every job's events changes nothing: the ledger knows every record.
+        with stack.factory() as s:
+            for job in s.scalars(select(OutboxJob).where(OutboxJob.kind == "crm.sync")):
+                job.status, job.next_attempt_at = "pending", utcnow()
+            s.commit()
+        before = len(hub.requests())
+        settle_all(stack, lambda: all(j.status == "done" for j in jobs(stack)))
+        assert by_type(hub.state()) == by_type(state)
+        again = hub.requests()[before:]
+        assert not [r for r in again if r["method"] == "POST" and "batch/create" in r["path"]]
+    finally:
+        stack.close()
 
 
 def test_batch_create_and_lookup_against_the_emulator(hub: Hub) -> None:

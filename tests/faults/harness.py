@@ -807,8 +807,9 @@ def serve(zygote: Zygote, world: World, name: str, port: int, workers: int = 2, 
             raise AssertionError(f"textback serve exited; see {log}:\n{log.read_text()[-2000:]}")
         return False
 
-    wait_for(f"textback serve on {url}", up, timeout=30)
-    wait_for("its gunicorn workers", lambda: len(gunicorn_workers(pid)) >= workers, timeout=30)
+    # Generous: on a loaded 2-core CI box the fault suite's other processes slow every import.
+    wait_for(f"textback serve on {url}", up, timeout=90)
+    wait_for("its gunicorn workers", lambda: len(gunicorn_workers(pid)) >= workers, timeout=60)
     return pid
 
 
