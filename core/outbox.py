@@ -8,12 +8,13 @@ so a stale worker can never finish a job somebody else has re-claimed.
 
 Jobs sharing an ``ordering_key`` (a lead and a target) run one at a time, oldest first.
 
-On PostgreSQL, queueing a job that is due now also sends ``NOTIFY textback_outbox`` (delivered at
-commit), so idle workers wake at once instead of at their next poll; a write that makes a job due
-later (a job queued for later, a retry, a deferral, an admin retry) sends ``due``, so idle workers
-re-read when the next job is due (see core.wakeup). A job queued for later may say why it waits
-(``reason``, kept in ``last_error`` as a deferral's is); :func:`wake` makes such jobs due now. A job
-whose work another job did may be finished unclaimed, by its dedupe key (:func:`complete_pending`).
+On PostgreSQL, queueing a job that is due now also sends a NOTIFY on the schema's channel
+(:data:`CHANNEL_SQL`, delivered at commit), so idle workers wake at once instead of at their next
+poll; a write that makes a job due later (a job queued for later, a retry, a deferral, an admin
+retry) sends ``due``, so idle workers re-read when the next job is due (see core.wakeup). A job
+queued for later may say why it waits (``reason``, kept in ``last_error`` as a deferral's is);
+:func:`wake` makes such jobs due now. A job whose work another job did may be finished unclaimed,
+by its dedupe key (:func:`complete_pending`).
 
 The statements a worker runs for every job (claim, renew, complete, defer, fail, enqueue) are Core
 statements built once (see :func:`_statements`) and run on the session's connection: building an
@@ -61,9 +62,13 @@ DEFAULT_PRIORITY = 5
 # Texts to callers and conversation replies: the jobs a caller is waiting for (the text lane).
 TEXT_PRIORITY = 1
 _ANY_PRIORITY = 2**31 - 1
-# The NOTIFY channel. Payload "text": a text-lane job is due now; "job": another job is due now;
-# "due": a job's due time moved (queued for later, retried, deferred): re-read the next due time.
-CHANNEL = "textback_outbox"
+# The NOTIFY channel, as SQL: one per schema, because PostgreSQL delivers a notification to every
+# listener of the database. Deployments sharing a database in different schemas would otherwise
+# wake each other's workers for jobs they can never claim. A hash keeps any schema's name within
+# the 63 bytes a channel may have. Payload "text": a text-lane job is due now; "job": another job
+# is due now; "due": a job's due time moved (queued for later, retried, deferred): re-read the
+# next due time.
+CHANNEL_SQL = "'textback_outbox_' || left(md5(current_schema()), 12)"
 DUE = "due"
 
 
@@ -252,10 +257,10 @@ def _statements(dialect: str) -> _Statements:
     announce: tuple[Any, ...] = ()
     if dialect == "postgresql":
         enqueue_notify = {
-            lane: enqueue.returning(c.id, literal_column(f"pg_notify('{CHANNEL}', '{lane}')"))
+            lane: enqueue.returning(c.id, literal_column(f"pg_notify({CHANNEL_SQL}, '{lane}')"))
             for lane in ("text", "job", DUE)
         }
-        announce = (c.id, literal_column(f"pg_notify('{CHANNEL}', '{DUE}')"))
+        announce = (c.id, literal_column(f"pg_notify({CHANNEL_SQL}, '{DUE}')"))
     # Held jobs' own reason only: a job deferred for anything else (a backoff, a pause) keeps its time.
     held = (
         update(jobs)
@@ -275,7 +280,7 @@ def _statements(dialect: str) -> _Statements:
     )
     if dialect == "postgresql":
         # Due now, like a new job of the general lane (the text lane's jobs are never held).
-        wake_held = wake_held.returning(c.id, literal_column(f"pg_notify('{CHANNEL}', 'job')"))
+        wake_held = wake_held.returning(c.id, literal_column(f"pg_notify({CHANNEL_SQL}, 'job')"))
         postpone_held = postpone_held.returning(*announce)
     state = cast(Table, ConnectorState.__table__)
     wake: Any = bindparam("wake", type_=stamp)
@@ -648,7 +653,7 @@ def retry(session: Session, job_id: int | None = None, dead: bool = False) -> in
         return 0
     count: int = session.execute(stmt).rowcount  # type: ignore[attr-defined]
     if count and session.get_bind().dialect.name == "postgresql":
-        session.execute(text(f"SELECT pg_notify('{CHANNEL}', '{DUE}')"))  # idle workers look again
+        session.execute(text(f"SELECT pg_notify({CHANNEL_SQL}, '{DUE}')"))  # idle workers look again
     return count
 
 

@@ -1,7 +1,7 @@
 """Wake idle outbox threads when a job is due, instead of having every thread poll.
 
 One watcher thread per worker process, with its own connection (no pool checkout, no ORM): on
-PostgreSQL it LISTENs on the outbox channel (a notification arrives at the commit of the
+PostgreSQL it LISTENs on its schema's outbox channel (a notification arrives at the commit of the
 transaction that queued the job); on SQLite it asks ``PRAGMA data_version`` every
 ``probe_interval`` on a read-only connection (WAL readers never wait for a writer and never take
 the write lock) and, when another connection committed, reads the new job ids.
@@ -35,7 +35,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from core.outbox import CHANNEL, DUE, TEXT_PRIORITY
+from core.outbox import CHANNEL_SQL, DUE, TEXT_PRIORITY
 
 log = logging.getLogger("textback.worker")
 
@@ -204,7 +204,9 @@ class Waker:
         # Named, so an admin looking at pg_stat_activity sees whose listening session it is.
         app = f"textback-wakeup {self.name}"[:63]
         with psycopg.connect(url, autocommit=True, connect_timeout=5, application_name=app) as conn:
-            conn.execute(f"LISTEN {CHANNEL}")
+            row = conn.execute(f"SELECT {CHANNEL_SQL}").fetchone()
+            assert row is not None
+            conn.execute(f'LISTEN "{row[0]}"')
             self.live = True
             self.tick()  # anything queued while nobody listened
             schedule = Schedule(self.poll_interval, self.fallback)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, make_url, text, update
+from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import outbox
@@ -25,7 +24,7 @@ from core.models import OutboxJob, utcnow
 from core.outbox import Deferred, Job, Outbox
 from core.wakeup import Waker
 from core.worker import Worker
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import pg_schema
 from tests.schema import migrate
 
 POLL = 60.0  # longer than any deadline below
@@ -170,36 +169,10 @@ def idle_claims(since: int, threads: int = 2, quiet: float = 0.3, timeout: float
     raise AssertionError(f"the worker's threads did not settle: {CountingOutbox.claims - since} claims")
 
 
-@pytest.fixture
-def alone(db_url: str) -> Iterator[tuple[sessionmaker[Session], sessionmaker[Session]]]:
-    """``factory`` and ``elsewhere`` on a database of this test's own. On PostgreSQL, NOTIFY reaches
-    every listener of the database whatever its schema, so other tests' jobs (the fault suite runs
-    beside this one under xdist) would wake this worker's threads: a schema is not enough here."""
-    url, admin, name = db_url, None, ""
-    if not db_url.startswith("sqlite"):
-        name = "w_" + uuid.uuid4().hex[:12]
-        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-        url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    engines = [make_engine(url), make_engine(url)]
-    try:
-        migrate(engines[0])
-        yield session_factory(engines[0]), session_factory(engines[1])
-    finally:
-        for engine in engines:
-            engine.dispose()
-        if admin is not None:
-            with admin.connect() as conn:
-                conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
-            admin.dispose()
-
-
 def test_a_job_queued_for_later_wakes_no_thread_before_it_is_due(
-    alone: tuple[sessionmaker[Session], sessionmaker[Session]],
+    factory: sessionmaker[Session], elsewhere: sessionmaker[Session]
 ) -> None:
     """A held push is queued for later with every missed call: waking a thread for it is a wasted claim."""
-    factory, elsewhere = alone
     started: list[str] = []
     box = CountingOutbox(factory, "w")
     start = CountingOutbox.claims
@@ -211,6 +184,32 @@ def test_a_job_queued_for_later_wakes_no_thread_before_it_is_due(
         add(elsewhere, "now")
         assert wait_for(lambda: started == ["hubspot"])  # a job due now still wakes a thread at once
     assert CountingOutbox.claims > before
+
+
+def test_jobs_of_another_schema_in_the_same_database_wake_no_thread(
+    factory: sessionmaker[Session], db_url: str
+) -> None:
+    """Deployments sharing one PostgreSQL database in different schemas: PostgreSQL delivers a
+    notification to every listener of the database, so each schema has its own channel."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("a SQLite database is a file of its own")
+    started: list[str] = []
+    box = CountingOutbox(factory, "w")
+    start = CountingOutbox.claims
+    with pg_schema() as other_url:
+        other = make_engine(other_url)
+        try:
+            migrate(other)
+            with Serving(Worker(box, {"crm.sync": lambda j: started.append(j.target) or None}, POLL)):
+                before = idle_claims(start)
+                for n in range(20):
+                    add(session_factory(other), f"other-{n}")
+                time.sleep(1.5)  # LISTEN would have seen them by now
+                assert CountingOutbox.claims == before
+                add(factory, "own")
+                assert wait_for(lambda: started == ["hubspot"])  # its own schema's job wakes it at once
+        finally:
+            other.dispose()
 
 
 def test_a_job_claimed_elsewhere_before_the_watcher_saw_it_wakes_no_thread(

@@ -227,18 +227,18 @@ def test_the_texted_sync_job_wakes_idle_workers(stack: Stack) -> None:
     install_connector(stack)
     stack.call(CALLER)
     job = claim_text(stack)
-    # One connection for the handler, so its notifications are told apart from other tests' (the
-    # channel is the database's, shared by every schema).
+    # One connection for the handler, so its notifications are told apart from the stack's own.
     engine = make_engine(stack.config.database_url, pool_size=1, max_overflow=0)
     try:
         with engine.connect() as conn:
             pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
         with stack.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as listening:
             raw: Any = listening.connection.dbapi_connection
-            raw.execute(f"LISTEN {outbox.CHANNEL}")
+            channel = raw.execute(f"SELECT {outbox.CHANNEL_SQL}").fetchone()[0]
+            raw.execute(f'LISTEN "{channel}"')
             done = handler(stack, factory=session_factory(engine))(job)
             assert isinstance(done, Finished) and done.owned
-            raw.execute(f"NOTIFY {outbox.CHANNEL}, 'end'")
+            raw.execute(f"NOTIFY \"{channel}\", 'end'")
             notes = list(raw.notifies(timeout=5, stop_after=1000))
             lanes = []
             for note in notes:
