@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,20 @@ def settle_all(stack: Stack, done: Any, timeout: float = 20.0) -> None:
             return
         time.sleep(0.1)
     raise AssertionError("the stack did not sync in time")
+
+
+@contextmanager
+def queued_at_one_moment(stack: Stack, callers: list[str]) -> Iterator[None]:
+    """Missed calls from ``callers`` while no worker runs, all at one simulated moment; the block
+    runs from that moment on. A missed call's push waits for its text for at most FOLD_WAIT_S
+    (2 s): on a loaded machine the calls took longer than that, and the first caller's push,
+    already due when the worker started, went alone instead of in the batch."""
+    moment = datetime.now(UTC)
+    with time_machine.travel(moment, tick=False):
+        for caller in callers:
+            stack.call(caller, "no-answer")
+    with time_machine.travel(moment, tick=True):
+        yield
 
 
 def by_type(state: dict[str, Any]) -> dict[str, int]:
@@ -640,10 +655,9 @@ def test_queued_leads_share_one_batch_upsert(stack: Stack, hub: Hub, secret_key:
     """Jobs that queued up together reach HubSpot as one batch call, not one call each."""
     install(stack, at_the_missed_call(hub.url))
     callers = [f"+1312555{n:04d}" for n in range(201, 206)]
-    for caller in callers:  # no worker is running: the calls' jobs queue up
-        stack.call(caller, "no-answer")
     stack.worker.batch_size = 50
-    stack.drain(timeout=10)
+    with queued_at_one_moment(stack, callers):
+        stack.drain(timeout=10)
     upserts = hub.requests("/crm/v3/objects/contacts/batch/upsert")
     assert max(len(r["json"]["inputs"]) for r in upserts) == len(callers)
     state = hub.state()
@@ -890,15 +904,7 @@ def test_queued_leads_are_looked_up_and_created_in_batches(
         hub.api("POST", "/crm/v3/objects/contacts", {"properties": {PHONE_PROP: known, "firstname": "Kim"}})
         callers = [f"+131255501{n:02d}" for n in range(91, 95)]
         seen = len(hub.requests())
-        # The five calls come in at one simulated moment and the worker starts at that moment. A
-        # push waits for its text for at most FOLD_WAIT_S (2 s); on a loaded machine five calls
-        # took longer than that, and the first caller's push, due before the worker started, went
-        # alone.
-        moment = datetime.now(UTC)
-        with time_machine.travel(moment, tick=False):
-            for caller in [known, *callers]:  # the worker is not running: the jobs queue up
-                stack.call(caller, "no-answer")
-        with time_machine.travel(moment, tick=True):
+        with queued_at_one_moment(stack, [known, *callers]):
             settle_all(stack, lambda: all(j.status == "done" for j in jobs(stack)) and len(jobs(stack)) >= 10)
         made = Counter(f"{r['method']} {r['path']}" for r in hub.requests()[seen:])
         objects = "POST /crm/v3/objects/"
