@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -27,6 +28,7 @@ from connectors.notify.email import EmailJob
 from connectors.twilio.client import make_client
 from connectors.twilio.sms import TwilioGateway
 from core import connector_state, sqlite_writer, sync
+from core.breaker import Breaker
 from core.config import Config
 from core.conversation import ConversationJob, FollowUpJob
 from core.crm import Capability, Remote
@@ -41,6 +43,10 @@ from core.sync import SyncJob
 from core.worker import Handler, Worker
 
 T = TypeVar("T")
+
+# Caller lookups from a CRM that failed this many in a row pause for this long (then one is tried).
+LOOKUP_FAILURES = 3
+LOOKUP_COOL_OFF_S = 30.0
 
 
 def _find_many(connector: Any, phones: list[str]) -> dict[str, Remote]:
@@ -97,6 +103,7 @@ class Connectors:
         self._lock = threading.Lock()
         self._box: SecretBox | None = None
         self.traits = traits or ConnectorTraits()
+        self._breaker = Breaker(LOOKUP_FAILURES, LOOKUP_COOL_OFF_S)
 
     @property
     def box(self) -> SecretBox:
@@ -263,14 +270,31 @@ class Connectors:
         return future.result(timeout=budget)
 
     def _ask(self, business_id: str, connector_id: str, stamp: Any, lookup: Callable[[Any], T]) -> T | None:
-        """One CRM's answer to a caller lookup, or None: a CRM problem never holds up or fails a text."""
+        """One CRM's answer to a caller lookup, or None: a CRM problem never holds up or fails a text.
+
+        A CRM that failed LOOKUP_FAILURES lookups in a row is not asked for LOOKUP_COOL_OFF_S
+        (core.breaker); 429s are not failures here, they pause the connector for every worker.
+        """
+        key = (business_id, connector_id)
+        if not self._breaker.allow(key, time.time()):
+            return None
         try:
-            return lookup(self._built(business_id, connector_id, stamp))
+            answer = lookup(self._built(business_id, connector_id, stamp))
         except RateLimited as exc:
             self._rate_limited(business_id, connector_id, exc)
+            return None
         except Exception as exc:
-            log.info("caller lookup failed", extra={"connector": connector_id, "error": type(exc).__name__})
-        return None
+            extra = {"connector": connector_id, "error": type(exc).__name__}
+            log.info("caller lookup failed", extra=extra)
+            if self._breaker.failed(key, time.time()):
+                log.warning(
+                    "caller lookups paused: the CRM keeps failing; texts go out without them",
+                    extra={**extra, "seconds": LOOKUP_COOL_OFF_S},
+                )
+            return None
+        if self._breaker.succeeded(key):
+            log.info("caller lookups resumed", extra={"connector": connector_id})
+        return answer
 
     def _rate_limited(self, business_id: str, connector_id: str, exc: RateLimited) -> None:
         if exc.code is not None:  # the vendor's 429 pauses the connector for every worker

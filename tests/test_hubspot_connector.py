@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from sqlalchemy import select, update
 
 from bridge.cli import main
-from bridge.runtime import Connectors, build_worker
+from bridge.runtime import LOOKUP_COOL_OFF_S, Connectors, build_worker
 from connectors.base import ConnectorContext
 from connectors.emulator import serve_in_thread
 from connectors.hubspot import mappers, paths, sandbox
@@ -694,6 +694,42 @@ def test_a_known_caller_gets_the_existing_customer_text_by_first_name(
         assert len(hub.state()["deals"]) == 0  # existing customers get no new deal
         lead = stack.lead(caller)
         assert lead is not None and lead["name"] == "Dana Reyes"
+    finally:
+        stack.close()
+
+
+def test_caller_lookups_pause_while_hubspot_keeps_failing_and_resume_after_a_trial(
+    tmp_path: Path, db_url: str, hub: Hub, secret_key: str
+) -> None:
+    stack = Stack(tmp_path, db_url, businesses=[business_with(policy=PATIENT_LOOKUP)])
+    try:
+        install(stack, sandbox.settings(hub.url))
+        unavailable = {"status": "error", "message": "Service Unavailable", "category": "SERVICE_UNAVAILABLE"}
+        # Three failed lookups open the breaker, and the trial after the cool-off fails once more.
+        hub.fault(path="/crm/v3/objects/contacts/+", method="GET", status=503, body=unavailable, count=4)
+        callers = iter(f"+131255502{n:02d}" for n in range(10, 20))
+
+        def lookups() -> int:
+            return len([r for r in hub.requests() if r["method"] == "GET" and "/contacts/+" in r["path"]])
+
+        def missed_call() -> str:
+            caller = next(callers)
+            before = lookups()
+            stack.call(caller, "no-answer")
+            stack.drain()
+            [text] = [m["body"] for m in stack.sent(caller)]  # a text goes out whatever the CRM does
+            return f"{lookups() - before} {text.split(',')[0]}"
+
+        assert [missed_call() for _ in range(5)] == ["1 Hi there"] * 3 + ["0 Hi there"] * 2
+        start = datetime.now(UTC)
+        with time_machine.travel(start + timedelta(seconds=LOOKUP_COOL_OFF_S + 1), tick=True):
+            # The cool-off is over: one trial, which fails, and the breaker is open again.
+            assert [missed_call() for _ in range(2)] == ["1 Hi there", "0 Hi there"]
+        with time_machine.travel(start + timedelta(seconds=2 * LOOKUP_COOL_OFF_S + 2), tick=True):
+            kim = "+13125550218"  # the second caller after the trial
+            hub.api("POST", "/crm/v3/objects/contacts", {"properties": {PHONE_PROP: kim, "firstname": "Kim"}})
+            # The next trial succeeds (HubSpot answers again): Kim is greeted, and lookups go on.
+            assert [missed_call() for _ in range(3)] == ["1 Hi there", "1 Hi Kim", "1 Hi there"]
     finally:
         stack.close()
 
