@@ -146,10 +146,14 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, db_url: str) -> Iterator[Any]:
-    from tests.stack import Stack
+def stack(tmp_path: Path, db_url: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The whole stack in this process; ``indirect`` parametrization gives its business a policy
+    (see tests.stack.patient_lookup)."""
+    from tests.stack import Stack, business_with
 
-    s = Stack(tmp_path, db_url)
+    policy = getattr(request, "param", None)
+    extra = {"businesses": [business_with(policy=policy)]} if policy else {}
+    s = Stack(tmp_path, db_url, **extra)
     try:
         yield s
     finally:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
@@ -186,6 +187,8 @@ class Stack:
 # builds the connector and reads the account's schema, can outlast the default 800 ms, and the text
 # then goes out generic.
 PATIENT_LOOKUP = {"crm_lookup_budget_ms": 5000}
+# The same, for a test that takes the ``stack`` fixture (tests/conftest.py).
+patient_lookup = pytest.mark.parametrize("stack", [PATIENT_LOOKUP], indirect=True, ids=["patient lookup"])
 
 
 def business_with(policy: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,7 +38,7 @@ from core.models import Alert, ConnectorState, OutboxJob, utcnow
 from core.outbox import Job
 from core.secrets import generate_key
 from core.worker import Worker
-from tests.stack import PATIENT_LOOKUP, Stack, business_with, stop_servers
+from tests.stack import Stack, patient_lookup, stop_servers
 
 TestHubSpotConformance = conformance_suite(HubSpotKit())
 
@@ -666,72 +665,66 @@ def test_queued_leads_share_one_batch_upsert(stack: Stack, hub: Hub, secret_key:
     assert len(state["calls"]) == len(callers) and len(state["tasks"]) == len(callers)
 
 
+@patient_lookup
 def test_a_known_caller_gets_the_existing_customer_text_by_first_name(
-    tmp_path: Path, db_url: str, hub: Hub, secret_key: str
+    stack: Stack, hub: Hub, secret_key: str
 ) -> None:
-    stack = Stack(tmp_path, db_url, businesses=[business_with(policy=PATIENT_LOOKUP)])
-    try:
-        install(stack, at_the_missed_call(hub.url))
-        caller = "+13125550231"
-        hub.api(
-            "POST",
-            "/crm/v3/objects/contacts/batch/upsert",
-            {
-                "inputs": [
-                    {
-                        "idProperty": PHONE_PROP,
-                        "id": caller,
-                        "properties": {"firstname": "Dana", "lastname": "Reyes"},
-                    }
-                ]
-            },
-        )
+    install(stack, at_the_missed_call(hub.url))
+    caller = "+13125550231"
+    hub.api(
+        "POST",
+        "/crm/v3/objects/contacts/batch/upsert",
+        {
+            "inputs": [
+                {
+                    "idProperty": PHONE_PROP,
+                    "id": caller,
+                    "properties": {"firstname": "Dana", "lastname": "Reyes"},
+                }
+            ]
+        },
+    )
+    stack.call(caller, "no-answer")
+    stack.drain()
+    [text] = [m["body"] for m in stack.sent(caller)]
+    # The existing-customer text:
+    assert text.startswith("Hi Dana, it's Bright Spark Electric. Sorry we missed you!")
+    assert len(hub.state()["deals"]) == 0  # existing customers get no new deal
+    lead = stack.lead(caller)
+    assert lead is not None and lead["name"] == "Dana Reyes"
+
+
+@patient_lookup
+def test_caller_lookups_pause_while_hubspot_keeps_failing_and_resume_after_a_trial(
+    stack: Stack, hub: Hub, secret_key: str
+) -> None:
+    install(stack, sandbox.settings(hub.url))
+    unavailable = {"status": "error", "message": "Service Unavailable", "category": "SERVICE_UNAVAILABLE"}
+    # Three failed lookups open the breaker, and the trial after the cool-off fails once more.
+    hub.fault(path="/crm/v3/objects/contacts/+", method="GET", status=503, body=unavailable, count=4)
+    callers = iter(f"+131255502{n:02d}" for n in range(10, 20))
+
+    def lookups() -> int:
+        return len([r for r in hub.requests() if r["method"] == "GET" and "/contacts/+" in r["path"]])
+
+    def missed_call() -> str:
+        caller = next(callers)
+        before = lookups()
         stack.call(caller, "no-answer")
         stack.drain()
-        [text] = [m["body"] for m in stack.sent(caller)]
-        # The existing-customer text:
-        assert text.startswith("Hi Dana, it's Bright Spark Electric. Sorry we missed you!")
-        assert len(hub.state()["deals"]) == 0  # existing customers get no new deal
-        lead = stack.lead(caller)
-        assert lead is not None and lead["name"] == "Dana Reyes"
-    finally:
-        stack.close()
+        [text] = [m["body"] for m in stack.sent(caller)]  # a text goes out whatever the CRM does
+        return f"{lookups() - before} {text.split(',')[0]}"
 
-
-def test_caller_lookups_pause_while_hubspot_keeps_failing_and_resume_after_a_trial(
-    tmp_path: Path, db_url: str, hub: Hub, secret_key: str
-) -> None:
-    stack = Stack(tmp_path, db_url, businesses=[business_with(policy=PATIENT_LOOKUP)])
-    try:
-        install(stack, sandbox.settings(hub.url))
-        unavailable = {"status": "error", "message": "Service Unavailable", "category": "SERVICE_UNAVAILABLE"}
-        # Three failed lookups open the breaker, and the trial after the cool-off fails once more.
-        hub.fault(path="/crm/v3/objects/contacts/+", method="GET", status=503, body=unavailable, count=4)
-        callers = iter(f"+131255502{n:02d}" for n in range(10, 20))
-
-        def lookups() -> int:
-            return len([r for r in hub.requests() if r["method"] == "GET" and "/contacts/+" in r["path"]])
-
-        def missed_call() -> str:
-            caller = next(callers)
-            before = lookups()
-            stack.call(caller, "no-answer")
-            stack.drain()
-            [text] = [m["body"] for m in stack.sent(caller)]  # a text goes out whatever the CRM does
-            return f"{lookups() - before} {text.split(',')[0]}"
-
-        assert [missed_call() for _ in range(5)] == ["1 Hi there"] * 3 + ["0 Hi there"] * 2
-        start = datetime.now(UTC)
-        with time_machine.travel(start + timedelta(seconds=LOOKUP_COOL_OFF_S + 1), tick=True):
-            # The cool-off is over: one trial, which fails, and the breaker is open again.
-            assert [missed_call() for _ in range(2)] == ["1 Hi there", "0 Hi there"]
-        with time_machine.travel(start + timedelta(seconds=2 * LOOKUP_COOL_OFF_S + 2), tick=True):
-            kim = "+13125550218"  # the second caller after the trial
-            hub.api("POST", "/crm/v3/objects/contacts", {"properties": {PHONE_PROP: kim, "firstname": "Kim"}})
-            # The next trial succeeds (HubSpot answers again): Kim is greeted, and lookups go on.
-            assert [missed_call() for _ in range(3)] == ["1 Hi there", "1 Hi Kim", "1 Hi there"]
-    finally:
-        stack.close()
+    assert [missed_call() for _ in range(5)] == ["1 Hi there"] * 3 + ["0 Hi there"] * 2
+    start = datetime.now(UTC)
+    with time_machine.travel(start + timedelta(seconds=LOOKUP_COOL_OFF_S + 1), tick=True):
+        # The cool-off is over: one trial, which fails, and the breaker is open again.
+        assert [missed_call() for _ in range(2)] == ["1 Hi there", "0 Hi there"]
+    with time_machine.travel(start + timedelta(seconds=2 * LOOKUP_COOL_OFF_S + 2), tick=True):
+        kim = "+13125550218"  # the second caller after the trial
+        hub.api("POST", "/crm/v3/objects/contacts", {"properties": {PHONE_PROP: kim, "firstname": "Kim"}})
+        # The next trial succeeds (HubSpot answers again): Kim is greeted, and lookups go on.
+        assert [missed_call() for _ in range(3)] == ["1 Hi there", "1 Hi Kim", "1 Hi there"]
 
 
 def test_a_slow_crm_never_delays_the_first_text(stack: Stack, hub: Hub, secret_key: str) -> None:
@@ -928,69 +921,62 @@ def test_a_text_sent_after_its_calls_push_gets_a_note_from_its_own_push(
 # -- jobs claimed together: batch requests -----------------------------------------------------------
 
 
-def test_queued_leads_are_looked_up_and_created_in_batches(
-    tmp_path: Path, db_url: str, hub: Hub, secret_key: str
-) -> None:
-    # The budget is not under test here: under load the first lookup (which also builds the
-    # connector) can outlast the default 800 ms, and Kim would get the generic text.
-    stack = Stack(tmp_path, db_url, businesses=[business_with(policy=PATIENT_LOOKUP)])
-    try:
-        install(stack, at_the_missed_call(hub.url))
-        known = "+13125550190"
-        hub.api("POST", "/crm/v3/objects/contacts", {"properties": {PHONE_PROP: known, "firstname": "Kim"}})
-        callers = [f"+131255501{n:02d}" for n in range(91, 95)]
-        seen = len(hub.requests())
-        with queued_at_one_moment(stack, [known, *callers]):
-            settle_all(stack, lambda: all(j.status == "done" for j in jobs(stack)) and len(jobs(stack)) >= 10)
-        made = Counter(f"{r['method']} {r['path']}" for r in hub.requests()[seen:])
-        objects = "POST /crm/v3/objects/"
-        # One search looked up all five callers before their texts; no lookup one by one.
-        assert made[objects + "contacts/search"] == 1
-        assert not [m for m in made if m.startswith("GET /crm/v3/objects/contacts/")]
-        # Their pushes waited for the texts (claimed with them), then their deals, calls (the texts
-        # written into them) and tasks were each made in one batch request: five requests for five leads.
-        for kind in ("deals", "calls", "tasks"):
-            assert made[f"{objects}{kind}/batch/create"] == 1, made
-            assert made[f"{objects}{kind}"] == 0, made
-        assert not [m for m in made if m.startswith("POST /crm/v3/objects/notes")], made
-        assert made[objects + "contacts/batch/upsert"] == 1
-        assert sum(made.values()) <= 3 * 5, made
-        # The known caller got the existing-customer text with their name, and no deal.
-        assert "Kim" in stack.sent(known)[0]["body"]
-        state = hub.state()
-        assert by_type(state) == {"contacts": 5, "deals": 4, "calls": 5, "tasks": 5, "notes": 0}
-        texted = {j.lead_id: j for j in jobs(stack) if j.payload["event"] == "texted"}
-        assert len(texted) == 5
-        for caller in [known, *callers]:
-            [contact] = hub.contacts(caller)
-            cid = contact["id"]
-            [call] = [c for c in state["calls"] if cid in hub.linked(state, "calls", c["id"], "contacts")]
-            [task] = [t for t in state["tasks"] if cid in hub.linked(state, "tasks", t["id"], "contacts")]
-            assert call["properties"]["hs_call_status"] == "NO_ANSWER"
-            assert f"Texted back to {caller}" in call["properties"]["hs_call_body"]
-            # Its text's own push was finished, unclaimed, with the batch that wrote the text in.
-            lead = stack.lead(caller)
-            assert lead is not None
-            job = texted[lead["id"]]
-            assert (job.status, job.attempts, job.result) == ("done", 0, {"folded_into": call["id"]})
-            deals = [d for d in state["deals"] if cid in hub.linked(state, "deals", d["id"], "contacts")]
-            assert len(deals) == (0 if caller == known else 1)
-            for record, kind in ((call, "calls"), (task, "tasks")):
-                assert hub.linked(state, kind, record["id"], "deals") == (
-                    {} if caller == known else {deals[0]["id"]: {"calls": 206, "tasks": 216}[kind]}
-                )
-        # Replaying every job's events changes nothing: the ledger knows every record.
-        with stack.factory() as s:
-            for job in s.scalars(select(OutboxJob).where(OutboxJob.kind == "crm.sync")):
-                job.status, job.next_attempt_at = "pending", utcnow()
-            s.commit()
-        before = len(hub.requests())
-        settle_all(stack, lambda: all(j.status == "done" for j in jobs(stack)))
-        assert by_type(hub.state()) == by_type(state)
-        again = hub.requests()[before:]
-        assert not [r for r in again if r["method"] == "POST" and "batch/create" in r["path"]]
-    finally:
-        stack.close()
+@patient_lookup
+def test_queued_leads_are_looked_up_and_created_in_batches(stack: Stack, hub: Hub, secret_key: str) -> None:
+    install(stack, at_the_missed_call(hub.url))
+    known = "+13125550190"
+    hub.api("POST", "/crm/v3/objects/contacts", {"properties": {PHONE_PROP: known, "firstname": "Kim"}})
+    callers = [f"+131255501{n:02d}" for n in range(91, 95)]
+    seen = len(hub.requests())
+    with queued_at_one_moment(stack, [known, *callers]):
+        settle_all(stack, lambda: all(j.status == "done" for j in jobs(stack)) and len(jobs(stack)) >= 10)
+    made = Counter(f"{r['method']} {r['path']}" for r in hub.requests()[seen:])
+    objects = "POST /crm/v3/objects/"
+    # One search looked up all five callers before their texts; no lookup one by one.
+    assert made[objects + "contacts/search"] == 1
+    assert not [m for m in made if m.startswith("GET /crm/v3/objects/contacts/")]
+    # Their pushes waited for the texts (claimed with them), then their deals, calls (the texts
+    # written into them) and tasks were each made in one batch request: five requests for five leads.
+    for kind in ("deals", "calls", "tasks"):
+        assert made[f"{objects}{kind}/batch/create"] == 1, made
+        assert made[f"{objects}{kind}"] == 0, made
+    assert not [m for m in made if m.startswith("POST /crm/v3/objects/notes")], made
+    assert made[objects + "contacts/batch/upsert"] == 1
+    assert sum(made.values()) <= 3 * 5, made
+    # The known caller got the existing-customer text with their name, and no deal.
+    assert "Kim" in stack.sent(known)[0]["body"]
+    state = hub.state()
+    assert by_type(state) == {"contacts": 5, "deals": 4, "calls": 5, "tasks": 5, "notes": 0}
+    texted = {j.lead_id: j for j in jobs(stack) if j.payload["event"] == "texted"}
+    assert len(texted) == 5
+    for caller in [known, *callers]:
+        [contact] = hub.contacts(caller)
+        cid = contact["id"]
+        [call] = [c for c in state["calls"] if cid in hub.linked(state, "calls", c["id"], "contacts")]
+        [task] = [t for t in state["tasks"] if cid in hub.linked(state, "tasks", t["id"], "contacts")]
+        assert call["properties"]["hs_call_status"] == "NO_ANSWER"
+        assert f"Texted back to {caller}" in call["properties"]["hs_call_body"]
+        # Its text's own push was finished, unclaimed, with the batch that wrote the text in.
+        lead = stack.lead(caller)
+        assert lead is not None
+        job = texted[lead["id"]]
+        assert (job.status, job.attempts, job.result) == ("done", 0, {"folded_into": call["id"]})
+        deals = [d for d in state["deals"] if cid in hub.linked(state, "deals", d["id"], "contacts")]
+        assert len(deals) == (0 if caller == known else 1)
+        for record, kind in ((call, "calls"), (task, "tasks")):
+            assert hub.linked(state, kind, record["id"], "deals") == (
+                {} if caller == known else {deals[0]["id"]: {"calls": 206, "tasks": 216}[kind]}
+            )
+    # Replaying every job's events changes nothing: the ledger knows every record.
+    with stack.factory() as s:
+        for job in s.scalars(select(OutboxJob).where(OutboxJob.kind == "crm.sync")):
+            job.status, job.next_attempt_at = "pending", utcnow()
+        s.commit()
+    before = len(hub.requests())
+    settle_all(stack, lambda: all(j.status == "done" for j in jobs(stack)))
+    assert by_type(hub.state()) == by_type(state)
+    again = hub.requests()[before:]
+    assert not [r for r in again if r["method"] == "POST" and "batch/create" in r["path"]]
 
 
 def test_batch_create_and_lookup_against_the_emulator(hub: Hub) -> None:
