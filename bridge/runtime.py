@@ -91,6 +91,7 @@ class Connectors:
         self.config = config
         self.factory = factory
         self._cache: dict[tuple[str, str], _Cached] = {}
+        self._building: dict[tuple[str, str], threading.Lock] = {}
         # One lookup per job thread at once, or texts queue here behind each other's lookups.
         threads = max(4, lookup_threads)
         # A lookup is part of its text: on SQLite its rate-limit writes go before the CRM pushes' too.
@@ -322,14 +323,23 @@ class Connectors:
             cached = self._cache.get(key)
             if cached and cached.stamp == stamp:
                 return cached.connector
-        with self.factory() as session:
-            install = session.get(ConnectorInstall, (business_id, connector_id))
-        if install is not None:
-            stamp = install.updated_at  # what is built, should it have changed since the read above
-        connector = self.build(business_id, connector_id, install)
-        with self._lock:
-            self._cache[key] = _Cached(stamp, connector)
-        return connector
+            building = self._building.setdefault(key, threading.Lock())
+        # One build at a time per connector: at a worker's start its text threads' lookups and its
+        # job threads all ask at once, and each built its own (an ORM read, the secrets decrypted,
+        # an SDK client) on a machine busy enough already.
+        with building:
+            with self._lock:
+                cached = self._cache.get(key)
+                if cached and cached.stamp == stamp:
+                    return cached.connector
+            with self.factory() as session:
+                install = session.get(ConnectorInstall, (business_id, connector_id))
+            if install is not None:
+                stamp = install.updated_at  # what is built, should it have changed since the read above
+            connector = self.build(business_id, connector_id, install)
+            with self._lock:
+                self._cache[key] = _Cached(stamp, connector)
+            return connector
 
 
 @functools.cache

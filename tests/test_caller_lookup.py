@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -139,3 +140,53 @@ def test_a_text_does_not_queue_behind_lookups_a_slow_crm_still_holds(
     connectors._box = SimpleNamespace(open=lambda _sealed: {})  # type: ignore[assignment]
     found = connectors.find_contact(business, CALLER, budget=30)
     assert found is not None and found[1].name == "Dana"
+
+
+def test_lookups_and_pushes_asking_at_once_build_the_connector_once(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's first moments: every text thread's lookup and every job thread want the connector."""
+    built: list[str] = []
+    answered = threading.Barrier(8, timeout=30)
+
+    def load(connector_id: str) -> Any:
+        class Finder:
+            def __init__(self, config: dict[str, Any], _context: Any) -> None:
+                built.append(config["owner"])
+                time.sleep(0.2)  # a build takes a while: the others ask meanwhile
+
+            def find_contact(self, phone: str) -> Remote | None:
+                answered.wait()  # every lookup is under way before any ends
+                return None
+
+        finds = [Capability.FIND_CONTACT]
+        return SimpleNamespace(manifest=SimpleNamespace(capabilities=finds, rate_limits=[]), cls=Finder)
+
+    monkeypatch.setattr(runtime.registry, "load", load)
+    connectors = runtime.Connectors(stack.config, stack.factory, lookup_threads=4)
+    connectors._box = SimpleNamespace(open=lambda _sealed: {})  # type: ignore[assignment]
+    business = stack.config.businesses[0].id
+    install(stack, "hubspot", "ann")
+    start = threading.Barrier(8, timeout=30)
+    got: list[Any] = []
+
+    def text(i: int) -> None:
+        start.wait()
+        got.append(connectors.find_contact(business, f"+1312555011{i}", budget=30))
+
+    def push() -> None:
+        start.wait()
+        got.append(connectors.resolve(business, "hubspot"))
+        answered.wait()
+
+    threads = [threading.Thread(target=text, args=(i,)) for i in range(4)]
+    threads += [threading.Thread(target=push) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        connectors._pool.shutdown(wait=True)
+    assert built == ["ann"]
+    assert got.count(None) == 4 and len({id(c) for c in got if c is not None}) == 1
