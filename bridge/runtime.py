@@ -32,7 +32,7 @@ from core.breaker import Breaker
 from core.config import Config
 from core.conversation import ConversationJob, FollowUpJob
 from core.crm import Capability, Remote
-from core.db import READ_ONLY, make_engine, reading, require_migrated, session_factory, transaction
+from core.db import make_engine, read_only, reading, require_migrated, session_factory, transaction
 from core.errors import ConfigError, RateLimited
 from core.escalation import SlaJob
 from core.models import ConnectorInstall, utcnow
@@ -212,7 +212,7 @@ class Connectors:
         bind = self.factory.kw.get("bind")
         if isinstance(bind, Engine):
             with bind.connect() as conn:
-                yield conn.execution_options(**READ_ONLY)
+                yield conn.execution_options(**read_only(bind.dialect.name))
             return
         with reading(self.factory) as session:
             yield session.connection()

@@ -26,6 +26,16 @@ SQLITE_BUSY_TIMEOUT_MS = 15000
 # Execution options of a transaction that only reads. On SQLite it begins DEFERRED: in WAL mode a
 # reader never waits for the write lock, which every other transaction takes up front.
 READ_ONLY: dict[str, Any] = {"textback_read_only": True}
+# On PostgreSQL such a transaction runs in autocommit: one round trip per statement, where psycopg
+# would send BEGIN and COMMIT on round trips of their own, and no ROLLBACK at its end (psycopg
+# forgets a connection's prepared statements at a ROLLBACK). Its reads see what READ COMMITTED's
+# do (a snapshot per statement).
+_PG_READ_ONLY: dict[str, Any] = {**READ_ONLY, "isolation_level": "AUTOCOMMIT"}
+
+
+def read_only(dialect: str) -> dict[str, Any]:
+    """The execution options of a transaction that only reads, on ``dialect``."""
+    return _PG_READ_ONLY if dialect == "postgresql" else READ_ONLY
 
 
 def normalise_url(url: str) -> str:
@@ -64,7 +74,6 @@ def make_engine(url: str, *, background: bool = False, **kwargs: Any) -> Engine:
     engine = create_engine(url, **kwargs)
     if not kwargs.get("pool_pre_ping"):
         event.listen(engine, "checkout", _check_alive)
-    event.listen(engine, "rollback", _end_read_only)
     return engine
 
 
@@ -107,24 +116,6 @@ def _ping(dbapi_conn: Any) -> bool:
         if not dbapi_conn.closed:
             dbapi_conn.autocommit = autocommit
     return True
-
-
-def _end_read_only(conn: Any) -> None:
-    """End a read-only transaction with COMMIT where SQLAlchemy would send ROLLBACK.
-
-    psycopg forgets every prepared statement of a connection at a ROLLBACK (and sends ``DEALLOCATE
-    ALL``), so the next statements on it are parsed and planned again until re-prepared. For a
-    transaction that only read, COMMIT does the same as ROLLBACK and keeps them; psycopg's rollback
-    then finds no transaction and sends nothing.
-    """
-    if conn.invalidated or not conn.get_execution_options().get("textback_read_only"):
-        return
-    from psycopg import pq
-
-    dbapi_conn = conn.connection.dbapi_connection
-    pgconn = getattr(dbapi_conn, "pgconn", None)
-    if pgconn is not None and pgconn.transaction_status == pq.TransactionStatus.INTRANS:  # no error
-        dbapi_conn.commit()
 
 
 def _tune_sqlite(engine: Engine, database: str | None, background: bool) -> None:
@@ -176,7 +167,7 @@ def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
     connection writes), so only pure reads belong here.
     """
     with factory() as session:
-        session.connection(execution_options=READ_ONLY)
+        session.connection(execution_options=read_only(session.get_bind().dialect.name))
         yield session
 
 

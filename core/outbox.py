@@ -50,7 +50,7 @@ from sqlalchemy.sql import Select, Update
 from tenacity import RetryCallState, wait_exponential_jitter
 
 from core import connector_state
-from core.db import READ_ONLY
+from core.db import read_only
 from core.errors import JobError, TransientError
 from core.models import ConnectorState, OutboxJob, utcnow
 
@@ -527,7 +527,7 @@ class Outbox:
         but one would otherwise queue for the write lock only to claim nothing.
         """
         with self.factory() as session:
-            conn = session.connection(execution_options=READ_ONLY)
+            conn = session.connection(execution_options=read_only(session.get_bind().dialect.name))
             return conn.execute(_ready_statement(max_priority), {"now": now}).first() is not None
 
     def _guarded(self, job: Job) -> Any:
