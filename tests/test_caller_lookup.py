@@ -70,6 +70,18 @@ def uninstall(stack: Stack, connector_id: str) -> None:
         session.delete(row)
 
 
+def finding_with(cls: type, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> tuple[runtime.Connectors, str]:
+    """Connectors (four lookup threads) whose every connector is ``cls``, a finder of one contact at
+    a time, installed as "hubspot" for the business (with the setting owner "ann")."""
+    finds = [Capability.FIND_CONTACT]
+    manifest = SimpleNamespace(capabilities=finds, rate_limits=[])
+    monkeypatch.setattr(runtime.registry, "load", lambda _id: SimpleNamespace(manifest=manifest, cls=cls))
+    connectors = runtime.Connectors(stack.config, stack.factory, lookup_threads=4)
+    connectors._box = SimpleNamespace(open=lambda _sealed: {})  # type: ignore[assignment]
+    install(stack, "hubspot", "ann")
+    return connectors, stack.config.businesses[0].id
+
+
 @pytest.mark.parametrize("many", [False, True], ids=["one", "many"])
 def test_each_text_asks_the_crms_installed_and_enabled_at_that_text(
     stack: Stack, asked: list[tuple[str, str]], many: bool
@@ -108,24 +120,16 @@ def test_a_text_does_not_queue_behind_lookups_a_slow_crm_still_holds(
     release = threading.Event()
     calls: list[str] = []
 
-    def load(connector_id: str) -> Any:
-        class Slow:
-            def __init__(self, _config: dict[str, Any], _context: Any) -> None:
-                pass
+    class Slow:
+        def __init__(self, _config: dict[str, Any], _context: Any) -> None:
+            pass
 
-            def find_contact(self, phone: str) -> Remote | None:
-                calls.append(phone)
-                release.wait(30)
-                return Remote("c1", None, "contact", name="Dana")
+        def find_contact(self, phone: str) -> Remote | None:
+            calls.append(phone)
+            release.wait(30)
+            return Remote("c1", None, "contact", name="Dana")
 
-        finds = [Capability.FIND_CONTACT]
-        return SimpleNamespace(manifest=SimpleNamespace(capabilities=finds, rate_limits=[]), cls=Slow)
-
-    monkeypatch.setattr(runtime.registry, "load", load)
-    connectors = runtime.Connectors(stack.config, stack.factory, lookup_threads=4)
-    connectors._box = SimpleNamespace(open=lambda _sealed: {})  # type: ignore[assignment]
-    business = stack.config.businesses[0].id
-    install(stack, "hubspot", "ann")
+    connectors, business = finding_with(Slow, stack, monkeypatch)
     try:
         for i in range(4):  # each gives up at once; its lookup keeps a thread while the CRM hangs
             assert connectors.find_contact(business, f"+1312555010{i}", budget=0.01) is None
@@ -136,8 +140,7 @@ def test_a_text_does_not_queue_behind_lookups_a_slow_crm_still_holds(
         connectors._pool.shutdown(wait=True)
     assert CALLER not in calls and len(calls) == 4
     # The threads are free again: the next text asks the CRM and gets its answer.
-    connectors = runtime.Connectors(stack.config, stack.factory, lookup_threads=4)
-    connectors._box = SimpleNamespace(open=lambda _sealed: {})  # type: ignore[assignment]
+    connectors, _ = finding_with(Slow, stack, monkeypatch)
     found = connectors.find_contact(business, CALLER, budget=30)
     assert found is not None and found[1].name == "Dana"
 
@@ -149,24 +152,16 @@ def test_lookups_and_pushes_asking_at_once_build_the_connector_once(
     built: list[str] = []
     answered = threading.Barrier(8, timeout=30)
 
-    def load(connector_id: str) -> Any:
-        class Finder:
-            def __init__(self, config: dict[str, Any], _context: Any) -> None:
-                built.append(config["owner"])
-                time.sleep(0.2)  # a build takes a while: the others ask meanwhile
+    class Finder:
+        def __init__(self, config: dict[str, Any], _context: Any) -> None:
+            built.append(config["owner"])
+            time.sleep(0.2)  # a build takes a while: the others ask meanwhile
 
-            def find_contact(self, phone: str) -> Remote | None:
-                answered.wait()  # every lookup is under way before any ends
-                return None
+        def find_contact(self, phone: str) -> Remote | None:
+            answered.wait()  # every lookup is under way before any ends
+            return None
 
-        finds = [Capability.FIND_CONTACT]
-        return SimpleNamespace(manifest=SimpleNamespace(capabilities=finds, rate_limits=[]), cls=Finder)
-
-    monkeypatch.setattr(runtime.registry, "load", load)
-    connectors = runtime.Connectors(stack.config, stack.factory, lookup_threads=4)
-    connectors._box = SimpleNamespace(open=lambda _sealed: {})  # type: ignore[assignment]
-    business = stack.config.businesses[0].id
-    install(stack, "hubspot", "ann")
+    connectors, business = finding_with(Finder, stack, monkeypatch)
     start = threading.Barrier(8, timeout=30)
     got: list[Any] = []
 
